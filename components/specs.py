@@ -1,0 +1,81 @@
+"""Typed specs of one variant: these models are the Prefect UI form."""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from components.models import EMBEDDED_DEFAULT
+
+CALIBRATION_DATA = Path(__file__).parent / "calibration_data"
+
+
+class Scheme(str, Enum):
+    """Named quantization schemes; each is a file in components/recipes/."""
+
+    fp8_static = "fp8-static"
+    w8a8_int8 = "w8a8-int8"
+    fp8_dynamic = "fp8-dynamic"
+    w4a16 = "w4a16"
+
+
+class Engine(str, Enum):
+    """Evaluation engine. `auto` picks vLLM where this platform's vLLM runs the scheme, else hf."""
+
+    auto = "auto"
+    vllm = "vllm"
+    hf = "hf"
+
+
+class BaseModelSpec(BaseModel):
+    source: str = Field(EMBEDDED_DEFAULT, description="Hub id, local HF directory, GGUF file, or pkg:<package>/<file.gguf>.")
+    revision: str | None = Field(None, description="Hub revision (Hub ids only).")
+
+
+class CalibrationSpec(BaseModel):
+    """Where calibration samples come from and how they are prepared."""
+
+    source: Literal["dataset", "random"] = Field("dataset", description="An HF dataset (Hub id or local file/dir), or random token ids.")
+    dataset: str = Field(str(CALIBRATION_DATA / "chat.jsonl"), description="Hub dataset id, or a local JSON/JSONL/parquet file or directory.")
+    config_name: str | None = None
+    split: str = Field("train", description="Dataset split, e.g. train_sft for UltraChat.")
+    column: str = Field("messages", description="Column holding chat messages (chat template applied) or plain text.")
+    apply_chat_template: bool = True
+    num_samples: int = Field(16, ge=1, le=65536)
+    max_seq_length: int = Field(512, ge=8, le=131072)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _dataset_needed(self) -> "CalibrationSpec":
+        if self.source == "dataset" and not self.dataset:
+            raise ValueError("calibration.dataset is required when calibration.source is 'dataset'")
+        return self
+
+
+class EvalSpec(BaseModel):
+    suite: str = Field("smoke", description="Suite name: a YAML file in components/evaluation/suites/ (see `quantflow suites`).")
+    engine: Engine = Engine.auto
+    max_model_len: int | None = Field(None, ge=128, description="Override the suite's max_model_len.")
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.8, gt=0, le=1)
+    batch_size: str = "auto"
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N docs of each task (smoke runs).")
+    seed: int = 1234
+
+
+class StoreSpec(BaseModel):
+    kind: Literal["local"] = "local"
+    uri: str | None = Field(None, description="Where to publish; local default: <home>/published.")
+
+
+class VariantSpec(BaseModel):
+    """One quantized variant of one base model: everything the flow needs."""
+
+    base: BaseModelSpec = BaseModelSpec()
+    scheme: Scheme = Scheme.w8a8_int8
+    calibration: CalibrationSpec = CalibrationSpec()
+    evaluation: EvalSpec = EvalSpec()
+    stores: list[StoreSpec] = Field(default_factory=lambda: [StoreSpec()])
+    variant_name: str | None = Field(None, description="Published name; default <base>-<scheme suffix>.")

@@ -1,0 +1,91 @@
+"""MLflow: one experiment per base model, one run per variant with the baseline as a nested run."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import tempfile
+from pathlib import Path
+
+from components.calibration import CalibSet
+from components.evaluation.runner import EvalResult
+from components.models import ModelRef
+from components.recovery import RecoveryTable
+from components.settings import settings
+
+PACKAGES = ["quantflow", "llmcompressor", "compressed-tensors", "transformers", "torch", "lm_eval", "prefect", "mlflow"]
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+def _experiment(mlflow, base: ModelRef) -> str:
+    name = f"quantflow/{base.name}"
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None if settings().mlflow_tracking_uri else settings().path("mlartifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifacts)
+
+
+def _metrics(mlflow, result: EvalResult) -> None:
+    for task, s in result.scores.items():
+        mlflow.log_metric(f"{task}.{s.metric}", s.value)
+        if s.stderr is not None:
+            mlflow.log_metric(f"{task}.{s.metric}_stderr", s.stderr)
+    mlflow.log_metric("eval_wall_s", result.wall_s)
+
+
+def log_variant(*, run_name: str, params: dict, base: ModelRef, calibration: CalibSet | None, base_eval: EvalResult,
+                variant_eval: EvalResult, table: RecoveryTable, files: dict[str, Path], tags: dict[str, str]) -> str:
+    """Record one finished variant; returns the MLflow run id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings().tracking_uri)
+    experiment_id = _experiment(mlflow, base)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        mlflow.log_params(flatten(params))
+        mlflow.log_params({f"version.{k}": v for k, v in versions().items()})
+        if calibration is not None:
+            from datasets import load_from_disk
+
+            ds = mlflow.data.from_huggingface(load_from_disk(calibration.path), path=calibration.path,
+                                              name=f"calibration-{calibration.digest[:12]}", digest=calibration.digest[:32])
+            mlflow.log_input(ds, context="calibration")
+        _metrics(mlflow, variant_eval)
+        for row in table.rows:
+            if row.recovery is not None:
+                mlflow.log_metric(f"{row.task}.recovery", row.recovery)
+        if table.average_recovery is not None:
+            mlflow.log_metric("average_recovery", table.average_recovery)
+        for name, path in files.items():
+            if Path(path).is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=name)
+            else:
+                mlflow.log_artifact(str(path), artifact_path=name)
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "recovery.json"
+            p.write_text(table.model_dump_json(indent=2))
+            mlflow.log_artifact(str(p))
+        with mlflow.start_run(run_name=f"baseline-{base.name}", nested=True, tags={"quantflow.role": "baseline"}):
+            mlflow.log_params({"model.source": base.source, "model.digest": base.digest, "suite": base_eval.suite,
+                               "engine": base_eval.settings.engine})
+            _metrics(mlflow, base_eval)
+        return run.info.run_id

@@ -1,0 +1,99 @@
+"""`quantflow`: the one command line for everything a person types."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+app = typer.Typer(help="Quantize LLMs with llm-compressor, evaluate them with lm-eval, publish them with their cards.",
+                  no_args_is_help=True)
+
+
+def _prefect_defaults() -> None:
+    """Keep Prefect's results (the task cache) beside quantflow's data unless told otherwise."""
+    from components.settings import settings
+
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings().path("prefect-results")))
+
+
+def _spec(spec_file: Optional[Path], overrides: dict):
+    from components.specs import VariantSpec
+
+    data = yaml.safe_load(spec_file.read_text()) if spec_file else {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return VariantSpec.model_validate(data)
+
+
+@app.command()
+def run(
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="VariantSpec as YAML or JSON; flags override it."),
+    model: Optional[str] = typer.Option(None, help="Base model: Hub id, local dir, GGUF file or pkg:<package>/<file>."),
+    scheme: Optional[str] = typer.Option(None, help="Scheme name (see `quantflow schemes`)."),
+    suite: Optional[str] = typer.Option(None, help="Eval suite (see `quantflow suites`)."),
+    engine: Optional[str] = typer.Option(None, help="auto | vllm | hf"),
+    dataset: Optional[str] = typer.Option(None, help="Calibration dataset: Hub id or local file."),
+    num_samples: Optional[int] = typer.Option(None, help="Calibration samples."),
+    max_seq_length: Optional[int] = typer.Option(None, help="Calibration sequence length."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N docs of each task."),
+) -> None:
+    """Run one variant end to end (quantize, evaluate base and variant, card, publish, track)."""
+    _prefect_defaults()
+    spec = _spec(spec_file, {"base.source": model, "scheme": scheme, "evaluation.suite": suite, "evaluation.engine": engine,
+                             "calibration.dataset": dataset, "calibration.num_samples": num_samples,
+                             "calibration.max_seq_length": max_seq_length, "evaluation.limit": limit})
+    from flows.quantize_variant import quantize_variant
+
+    outcome = quantize_variant(spec)
+    from components.card.render import accuracy_table
+    from components.settings import settings
+
+    typer.echo("\n" + accuracy_table(outcome.table, "base", outcome.name))
+    typer.echo(f"\nEngine: {outcome.engine}\nCard: {outcome.card}\nCheckpoint: {outcome.checkpoint}")
+    for p in outcome.published:
+        typer.echo(f"Published ({p.store}): {p.uri}")
+    typer.echo(f"MLflow run: {outcome.mlflow_run_id}  (browse: mlflow ui --backend-store-uri {settings().tracking_uri})")
+
+
+@app.command()
+def schemes() -> None:
+    """List the named quantization schemes."""
+    from components import recipes
+
+    for name in recipes.names():
+        s = recipes.load(name)
+        typer.echo(f"{name:12} W:{s.weights:5} A:{s.activations or '16-bit':7} calibration:{'yes' if s.needs_calibration else 'no':3}  vLLM on: {','.join(s.vllm_platforms)}")
+
+
+@app.command("suites")
+def list_suites() -> None:
+    """List evaluation suites and their tasks."""
+    from components.evaluation import suites
+
+    for name in suites.names():
+        s = suites.load(name)
+        typer.echo(f"{name}: {s.description}")
+        for t in s.tasks:
+            typer.echo(f"  - {t.task:40} {t.metric},{t.filter}  fewshot={t.num_fewshot}  {t.label}")
+
+
+@app.command()
+def spec() -> None:
+    """Print the default VariantSpec as YAML (a starting point for --spec)."""
+    from components.specs import VariantSpec
+
+    typer.echo(yaml.safe_dump(json.loads(VariantSpec().model_dump_json()), sort_keys=False))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,157 @@
+"""One variant, end to end: the seed cards' Creation and Evaluation sections as a Prefect flow."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+
+from components import calibration, recipes, recovery, tracking
+from components.calibration import CalibSet
+from components.card.render import CardFacts, accuracy_table, render
+from components.digests import digest_dir, sha256_file
+from components.evaluation import suites
+from components.evaluation.command import EngineSettings
+from components.evaluation.engine import choose_engine, detect_platform
+from components.evaluation.runner import EvalResult, run_suite, suite_digest
+from components.models import ModelRef, resolve
+from components.quantize import quantize
+from components.recipes import SchemeDef
+from components.settings import settings
+from components.specs import BaseModelSpec, CalibrationSpec, VariantSpec
+from components.stores import Published, open_store
+from flows.cache import key
+
+CARD = "README.md"
+
+
+class Checkpoint(BaseModel):
+    name: str
+    path: str
+    digest: str  # content without the card
+
+
+class VariantOutcome(BaseModel):
+    name: str
+    checkpoint: str
+    card: str
+    engine: str
+    table: recovery.RecoveryTable
+    published: list[Published]
+    mlflow_run_id: str
+
+
+# --- Creation ---------------------------------------------------------------------------------
+
+@task(cache_key_fn=lambda ctx, p: key("base", p["spec"].model_dump()), persist_result=True)
+def resolve_base(spec: BaseModelSpec) -> ModelRef:
+    """Materialise the base model locally (GGUF converted once to bf16 safetensors)."""
+    return resolve(spec.source, spec.revision)
+
+
+def _calibration_key(ctx, p) -> str:
+    spec: CalibrationSpec = p["spec"]
+    local = Path(spec.dataset)
+    content = sha256_file(local) if local.is_file() else digest_dir(local) if local.is_dir() else None
+    return key("calibration", spec.model_dump(exclude={"dataset"} if content else set()), content, p["base"].digest)
+
+
+@task(cache_key_fn=_calibration_key, persist_result=True)
+def build_calibration(spec: CalibrationSpec, base: ModelRef) -> CalibSet:
+    """Fetch, template, shuffle, select and tokenize the calibration samples."""
+    from transformers import AutoTokenizer
+
+    ds, description = calibration.build(spec, AutoTokenizer.from_pretrained(base.path))
+    return calibration.save(ds, description, spec, settings().path("calibration"))
+
+
+@task(cache_key_fn=lambda ctx, p: key("quantize", p["base"].digest, p["scheme"].digest,
+                                      p["calib"].digest if p["calib"] else None), persist_result=True)
+def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | None, name: str) -> Checkpoint:
+    """llm-compressor oneshot with the scheme's recipe; the compressed checkpoint keeps recipe.yaml."""
+    out = settings().path("checkpoints") / f"{name}-{scheme.digest[:8]}-{(calib.digest if calib else 'nodata')[:8]}"
+    quantize(base.path, scheme, calib.path if calib else None, out,
+             calib.num_samples if calib else 0, calib.max_seq_length if calib else 0)
+    return Checkpoint(name=name, path=str(out), digest=digest_dir(out, exclude=(CARD,)))
+
+
+# --- Evaluation -------------------------------------------------------------------------------
+
+@task(cache_key_fn=lambda ctx, p: key("evaluate", p["model_digest"], p["suite_digest"], p["engine"].model_dump()),
+      persist_result=True, retries=1)
+def evaluate(model_path: str, model_digest: str, suite_name: str, suite_digest: str, engine: EngineSettings) -> EvalResult:
+    """lm_eval in its own process; the baseline's key has no variant in it, so every variant shares it."""
+    logger = get_run_logger()
+    out = settings().path("evals") / key("evaluate", model_digest, suite_digest, engine.model_dump())
+    return run_suite(model_path, suites.load(suite_name), engine, out, log=logger.info)
+
+
+# --- Card, publication, lineage ---------------------------------------------------------------
+
+@task
+def write_card(facts: CardFacts, checkpoint: Checkpoint) -> str:
+    path = Path(checkpoint.path) / CARD
+    path.write_text(render(facts))
+    return str(path)
+
+
+@task(retries=2, retry_delay_seconds=5)
+def publish(checkpoint: Checkpoint, spec: VariantSpec, scheme: SchemeDef) -> list[Published]:
+    """Checkpoint and card together; each store writes its manifest last."""
+    meta = {"recipe": scheme.recipe, "recipe_digest": scheme.digest, "checkpoint_digest": checkpoint.digest,
+            "spec": spec.model_dump(mode="json")}
+    return [open_store(s).put(Path(checkpoint.path), checkpoint.name, meta) for s in spec.stores]
+
+
+@task
+def track(**kwargs) -> str:
+    return tracking.log_variant(**kwargs)
+
+
+@flow(name="quantize-variant", log_prints=True)
+def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
+    """Quantize one variant of a base model, evaluate it beside its base, publish it with its card."""
+    logger = get_run_logger()
+    # Preflight: everything that can be wrong with the spec fails here, before any heavy work.
+    scheme = recipes.load(spec.scheme.value)
+    suite = suites.load(spec.evaluation.suite)
+    platform = detect_platform()
+    engine = EngineSettings(
+        engine=choose_engine(spec.evaluation.engine.value, scheme, platform), platform=platform,
+        tensor_parallel_size=spec.evaluation.tensor_parallel_size, batch_size=spec.evaluation.batch_size,
+        limit=spec.evaluation.limit, seed=spec.evaluation.seed)
+    suite_key = suite_digest(suite)
+
+    # Creation
+    base = resolve_base(spec.base)
+    name = spec.variant_name or f"{base.name}-{scheme.suffix}"
+    calib = build_calibration(spec.calibration, base) if scheme.needs_calibration else None
+    checkpoint = quantize_checkpoint(base, scheme, calib, name)
+
+    # Evaluation: same engine and settings for base and variant
+    base_eval = evaluate(base.path, base.digest, suite.name, suite_key, engine)
+    variant_eval = evaluate(checkpoint.path, checkpoint.digest, suite.name, suite_key, engine)
+    table = recovery.table(base_eval.scores, variant_eval.scores)
+
+    # Card, publication, lineage
+    run_id, run_url = flow_run.get_id(), flow_run.get_flow_run_ui_url()
+    facts = CardFacts(name=name, model_id=name, spec=spec, base=base, scheme=scheme, calibration=calib, suite=suite,
+                      variant_eval=variant_eval, table=table, versions=tracking.versions(),
+                      provenance=[("Prefect flow run", f"`{run_id}`")])
+    card = write_card(facts, checkpoint)
+    published = publish(checkpoint, spec, scheme)
+    mlflow_run = track(
+        run_name=name, params={"spec": spec.model_dump(mode="json"), "scheme.digest": scheme.digest,
+                               "base.digest": base.digest, "checkpoint.digest": checkpoint.digest, "engine": engine.model_dump()},
+        base=base, calibration=calib, base_eval=base_eval, variant_eval=variant_eval, table=table,
+        files={"card": Path(card), "recipe": Path(checkpoint.path) / "recipe.yaml", "lm_eval": Path(variant_eval.output_dir)},
+        tags={"quantflow.scheme": scheme.name, "quantflow.prefect_flow_run_id": str(run_id or ""),
+              "quantflow.prefect_flow_run_url": str(run_url or "")})
+
+    markdown = accuracy_table(table, base.name, name)
+    create_markdown_artifact(key="recovery-table", markdown=markdown, description=f"{name}: recovery vs {base.name}")
+    logger.info("Recovery of %s (%s engine):\n%s\nCard: %s\nMLflow run: %s", name, engine.engine, markdown, card, mlflow_run)
+    return VariantOutcome(name=name, checkpoint=checkpoint.path, card=card, engine=engine.engine, table=table,
+                          published=published, mlflow_run_id=mlflow_run)
