@@ -53,13 +53,25 @@ def _metrics(mlflow, result: EvalResult) -> None:
     mlflow.log_metric("eval_wall_s", result.wall_s)
 
 
-def log_variant(*, run_name: str, params: dict, base: ModelRef, calibration: CalibSet | None, base_eval: EvalResult,
-                variant_eval: EvalResult, table: RecoveryTable, files: dict[str, Path], tags: dict[str, str]) -> str:
-    """Record one finished variant; returns the MLflow run id."""
+def find_record(mlflow, experiment_id: str, record: str) -> str | None:
+    """The finished run that already holds this record, if any."""
+    runs = mlflow.search_runs([experiment_id], filter_string=f"tags.`quantflow.record` = '{record}' and attributes.status = 'FINISHED'",
+                              output_format="list", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, calibration: CalibSet | None,
+                base_eval: EvalResult, variant_eval: EvalResult, table: RecoveryTable, files: dict[str, Path],
+                tags: dict[str, str]) -> str:
+    """Record one finished variant once: `record` (a digest of everything recorded) makes reruns no-ops."""
     import mlflow
 
     mlflow.set_tracking_uri(settings().tracking_uri)
     experiment_id = _experiment(mlflow, base)
+    existing = find_record(mlflow, experiment_id, record)
+    if existing:
+        return existing
+    tags = {**tags, "quantflow.record": record}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params(flatten(params))
         mlflow.log_params({f"version.{k}": v for k, v in versions().items()})

@@ -14,7 +14,7 @@ from components.card.render import CardFacts, accuracy_table, render
 from components.digests import digest_dir, sha256_file
 from components.evaluation import suites
 from components.evaluation.command import EngineSettings
-from components.evaluation.engine import choose_engine, detect_platform
+from components.evaluation.engine import batch_size, choose_engine, detect_platform
 from components.evaluation.runner import EvalResult, run_suite, suite_digest
 from components.models import ModelRef, resolve
 from components.quantize import quantize
@@ -118,9 +118,10 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     scheme = recipes.load(spec.scheme.value)
     suite = suites.load(spec.evaluation.suite)
     platform = detect_platform()
+    engine_name = choose_engine(spec.evaluation.engine.value, scheme, platform)
     engine = EngineSettings(
-        engine=choose_engine(spec.evaluation.engine.value, scheme, platform), platform=platform,
-        tensor_parallel_size=spec.evaluation.tensor_parallel_size, batch_size=spec.evaluation.batch_size,
+        engine=engine_name, platform=platform, tensor_parallel_size=spec.evaluation.tensor_parallel_size,
+        batch_size=batch_size(spec.evaluation.batch_size, engine_name, platform),
         limit=spec.evaluation.limit, seed=spec.evaluation.seed)
     suite_key = suite_digest(suite)
 
@@ -143,6 +144,8 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     card = write_card(facts, checkpoint)
     published = publish(checkpoint, spec, scheme)
     mlflow_run = track(
+        record=key("record", checkpoint.digest, *(e.model_dump(include={"suite_digest", "settings", "scores"}) for e in (base_eval, variant_eval)),
+                   [p.manifest_digest for p in published]),
         run_name=name, params={"spec": spec.model_dump(mode="json"), "scheme.digest": scheme.digest,
                                "base.digest": base.digest, "checkpoint.digest": checkpoint.digest, "engine": engine.model_dump()},
         base=base, calibration=calib, base_eval=base_eval, variant_eval=variant_eval, table=table,

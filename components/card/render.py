@@ -8,7 +8,7 @@ from pathlib import Path
 import jinja2
 from pydantic import BaseModel
 
-from components.calibration import CalibSet
+from components.calibration import FILE_BUILDERS, CalibSet
 from components.evaluation.command import render as render_command
 from components.evaluation.runner import EvalResult
 from components.evaluation.suites import Suite
@@ -68,7 +68,10 @@ def creation_code(f: CardFacts) -> str:
                   f"input_ids = [[random.randint(0, max_token_id) for _ in range({c.max_seq_length})] for _ in range({c.num_samples})]",
                   f"ds = Dataset.from_dict({{\"input_ids\": input_ids, \"attention_mask\": [[1] * {c.max_seq_length}] * {c.num_samples}}})"]
     elif f.calibration:
-        lines += [f'ds = load_dataset("{c.dataset}", split="{c.split}")',
+        local = Path(c.dataset)
+        load = (f'load_dataset("{FILE_BUILDERS[local.suffix]}", data_files="{local.name}", split="train")'
+                if local.is_file() else f'load_dataset("{c.dataset}", split="{c.split}")')
+        lines += [f"ds = {load}",
                   f"ds = ds.shuffle(seed={c.seed}).select(range({c.num_samples}))",
                   f'ds = ds.map(lambda x: {{"text": tokenizer.apply_chat_template(x["{c.column}"], tokenize=False)}})'
                   if c.apply_chat_template else f'ds = ds.map(lambda x: {{"text": x["{c.column}"]}})',

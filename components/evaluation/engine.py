@@ -19,3 +19,10 @@ def choose_engine(requested: str, scheme: SchemeDef, platform: str) -> str:
         raise ValueError(f"vLLM on {platform} cannot run scheme {scheme.name} "
                          f"(it runs on: {', '.join(scheme.vllm_platforms)}); use engine 'hf' or 'auto'")
     return "vllm" if runs else "hf"
+
+
+def batch_size(requested: str, engine: str, platform: str) -> str:
+    """hf's `auto` probes GPU memory; on CPU it grows batches until the OS kills it (seen here: 23 GB on a tiny model)."""
+    if requested == "auto" and engine == "hf" and platform == "cpu":
+        return "4"
+    return requested

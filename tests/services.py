@@ -1,0 +1,80 @@
+"""Start the real servers tests talk to (Prefect, MLflow) on 127.0.0.1, and stop them leaving nothing behind."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def start(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    with open(log, "w") as f:
+        return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                start_new_session=True)
+
+
+def stop(proc: subprocess.Popen, grace: float = 10) -> None:
+    """TERM, then INT, then KILL the whole process group."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # children that outlived the leader
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
+           "PREFECT_API_URL": ""}
+    proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                 home / "prefect-server.log", env)
+    url = f"http://127.0.0.1:{port}/api"
+    wait_http(f"{url}/health", proc, home / "prefect-server.log")
+    return proc, url
+
+
+def mlflow_server(home: Path, artifacts: str | None = None, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    argv = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+            "--artifacts-destination", artifacts or str(home / "mlartifacts"), "--serve-artifacts"]
+    proc = start(argv, home / "mlflow-server.log", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health", proc, home / "mlflow-server.log")
+    return proc, url

@@ -1,0 +1,96 @@
+"""The whole flow on the tiny random Llama, through both environments, against the real Prefect and MLflow servers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.specs import VariantSpec
+
+
+def _spec(model: Path, scheme: str, **evaluation) -> VariantSpec:
+    return VariantSpec.model_validate({
+        "base": {"source": str(model)}, "scheme": scheme,
+        "calibration": {"num_samples": 8, "max_seq_length": 128},
+        "evaluation": {"limit": 8, **evaluation},
+    })
+
+
+def _task_states(flow_run_id) -> dict[str, list[str]]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    import anyio
+
+    async def go():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        out: dict[str, list[str]] = {}
+        for r in runs:
+            out.setdefault(r.name.rsplit("-", 1)[0], []).append(r.state.name)
+        return out
+
+    return anyio.run(go)
+
+
+def test_w8a8_on_vllm_then_cached(tiny_model):
+    import mlflow
+    from flows.quantize_variant import quantize_variant
+
+    state = quantize_variant(_spec(tiny_model, "w8a8-int8"), return_state=True)
+    outcome = state.result()
+    assert outcome.engine == "vllm"
+    card = Path(outcome.card).read_text()
+    assert "--model vllm" in card and "| **Average** |" in card and "GPTQModifier" in card
+    for row in outcome.table.rows:
+        assert row.base == row.base  # a number, not NaN
+    ckpt = Path(outcome.checkpoint)
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert (ckpt / "recipe.yaml").exists()
+    published = Path(outcome.published[0].uri.removeprefix("file://"))
+    assert (published / "quantflow-manifest.json").exists() and (published / "README.md").exists()
+
+    run = mlflow.get_run(outcome.mlflow_run_id)
+    assert run.data.tags["quantflow.prefect_flow_run_id"] == str(state.state_details.flow_run_id)
+    assert any(k.endswith(".recovery") for k in run.data.metrics)
+    assert run.inputs.dataset_inputs, "calibration set logged as an MLflow dataset input"
+    children = mlflow.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert len(children) == 1
+
+    first = _task_states(state.state_details.flow_run_id)
+    assert first["evaluate"] == ["Completed", "Completed"]
+
+    # Same spec again: every heavy task from cache, the same table, no second MLflow run.
+    again = quantize_variant(_spec(tiny_model, "w8a8-int8"), return_state=True)
+    states = _task_states(again.state_details.flow_run_id)
+    for name in ("resolve_base", "build_calibration", "quantize_checkpoint", "evaluate"):
+        assert set(states[name]) == {"Cached"}, (name, states[name])
+    assert again.result().table == outcome.table
+    assert again.result().mlflow_run_id == outcome.mlflow_run_id
+
+    # One input changed (the scheme): the base model, calibration set and baseline evaluation come from cache.
+    other = quantize_variant(_spec(tiny_model, "fp8-dynamic"), return_state=True)
+    states = _task_states(other.state_details.flow_run_id)
+    assert states["resolve_base"] == ["Cached"] and "build_calibration" not in states  # data-free scheme
+    assert sorted(states["evaluate"]) == ["Cached", "Completed"]
+    assert states["quantize_checkpoint"] == ["Completed"]
+
+
+def test_fp8_static_evaluates_with_hf_on_cpu(tiny_model):
+    from flows.quantize_variant import quantize_variant
+
+    outcome = quantize_variant(_spec(tiny_model, "fp8-static", limit=4))
+    assert outcome.engine == "hf"
+    card = Path(outcome.card).read_text()
+    assert "--model hf" in card and "strategy: tensor" in card
+
+
+def test_vllm_refused_for_fp8_static_on_cpu_before_any_work(tiny_model, data_root):
+    from flows.quantize_variant import quantize_variant
+
+    before = set((data_root / "home" / "checkpoints").glob("*")) if (data_root / "home" / "checkpoints").exists() else set()
+    with pytest.raises(ValueError, match="cannot run scheme fp8-static"):
+        quantize_variant(_spec(tiny_model, "fp8-static", engine="vllm"))
+    after = set((data_root / "home" / "checkpoints").glob("*")) if (data_root / "home" / "checkpoints").exists() else set()
+    assert before == after
