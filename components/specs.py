@@ -63,11 +63,32 @@ class EvalSpec(BaseModel):
     batch_size: str = "auto"
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N docs of each task (smoke runs).")
     seed: int = 1234
+    rtol: float = Field(0.08, ge=0, le=1, description="Gate: per-task relative tolerance (vLLM's lm-eval CI uses 0.08).")
+    min_average_recovery: float = Field(0.95, ge=0, le=1.5, description="Gate: floor on the average recovery (llm-compressor's e2e tests use 0.95).")
 
 
 class StoreSpec(BaseModel):
-    kind: Literal["local"] = "local"
-    uri: str | None = Field(None, description="Where to publish; local default: <home>/published.")
+    """One place to publish to: a local folder, an S3-compatible bucket, or a Hugging Face Hub repo."""
+
+    kind: Literal["local", "s3", "hub"] = "local"
+    uri: str | None = Field(None, description="Where to publish. local: a folder (default <home>/published); "
+                                              "s3: s3://bucket/prefix; hub: a repo id namespace/name, or a namespace "
+                                              "alone to publish each variant as namespace/<variant name>.")
+    endpoint_url: str | None = Field(None, description="s3: endpoint of an S3-compatible server (MinIO, SeaweedFS...); "
+                                                       "hub: Hub endpoint (default HF_ENDPOINT or huggingface.co).")
+    region: str | None = Field(None, description="s3: bucket region (default: from the AWS config/environment).")
+    create_bucket: bool = Field(False, description="s3: create the bucket if it does not exist (else fail).")
+    private: bool = Field(True, description="hub: create the repo private (an existing repo keeps its visibility).")
+    credentials: str | None = Field(None, description="Name of a Prefect block holding credentials: AwsCredentials "
+                                                      "for s3, Secret (the token) for hub. Default: AWS chain / HF_TOKEN.")
+
+    @model_validator(mode="after")
+    def _uri_fits_kind(self) -> "StoreSpec":
+        if self.kind == "s3" and not (self.uri or "").startswith("s3://"):
+            raise ValueError("an s3 store needs uri: s3://bucket/prefix")
+        if self.kind == "hub" and not self.uri:
+            raise ValueError("a hub store needs uri: a repo id (namespace/name) or a namespace")
+        return self
 
 
 class VariantSpec(BaseModel):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from components.calibration import CalibSet
 from components.evaluation.runner import EvalResult
+from components.gate import GateVerdict
 from components.models import ModelRef
 from components.recovery import RecoveryTable
 from components.settings import settings
@@ -61,7 +62,7 @@ def find_record(mlflow, experiment_id: str, record: str) -> str | None:
 
 
 def log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, calibration: CalibSet | None,
-                base_eval: EvalResult, variant_eval: EvalResult, table: RecoveryTable, files: dict[str, Path],
+                base_eval: EvalResult, variant_eval: EvalResult, table: RecoveryTable, verdict: GateVerdict, files: dict[str, Path],
                 tags: dict[str, str]) -> str:
     """Record one finished variant once: `record` (a digest of everything recorded) makes reruns no-ops."""
     import mlflow
@@ -87,6 +88,8 @@ def log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, cal
                 mlflow.log_metric(f"{row.task}.recovery", row.recovery)
         if table.average_recovery is not None:
             mlflow.log_metric("average_recovery", table.average_recovery)
+        mlflow.log_metric("gate_passed", float(verdict.passed))
+        mlflow.log_dict(verdict.model_dump(), "gate.json")
         for name, path in files.items():
             if Path(path).is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=name)
@@ -96,7 +99,8 @@ def log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, cal
             p = Path(tmp) / "recovery.json"
             p.write_text(table.model_dump_json(indent=2))
             mlflow.log_artifact(str(p))
-        with mlflow.start_run(run_name=f"baseline-{base.name}", nested=True, tags={"quantflow.role": "baseline"}):
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"baseline-{base.name}", nested=True,
+                              tags={"quantflow.role": "baseline"}):
             mlflow.log_params({"model.source": base.source, "model.digest": base.digest, "suite": base_eval.suite,
                                "engine": base_eval.settings.engine})
             _metrics(mlflow, base_eval)

@@ -55,14 +55,45 @@ def run(
     from flows.quantize_variant import quantize_variant
 
     outcome = quantize_variant(spec)
-    from components.card.render import accuracy_table
+    from components.card.render import accuracy_table, gate_markdown
     from components.settings import settings
 
-    typer.echo("\n" + accuracy_table(outcome.table, "base", outcome.name))
+    typer.echo("\n" + accuracy_table(outcome.table, "base", outcome.name) + "\n\n" + gate_markdown(outcome.gate))
     typer.echo(f"\nEngine: {outcome.engine}\nCard: {outcome.card}\nCheckpoint: {outcome.checkpoint}")
     for p in outcome.published:
         typer.echo(f"Published ({p.store}): {p.uri}")
     typer.echo(f"MLflow run: {outcome.mlflow_run_id}  (browse: mlflow ui --backend-store-uri {settings().tracking_uri})")
+
+
+server = typer.Typer(help="The local stack: Prefect server and MLflow server on 127.0.0.1.")
+app.add_typer(server, name="server")
+
+
+@server.command("up")
+def server_up(prefect_port: int = 4200, mlflow_port: int = 5000) -> None:
+    """Start Prefect and MLflow servers (data under QUANTFLOW_HOME/stack) until Ctrl-C."""
+    import time
+
+    from components.local_stack import mlflow_server, prefect_server, stop
+    from components.settings import settings
+
+    procs = []
+    try:
+        proc, prefect_url = prefect_server(settings().path("stack", "prefect"), prefect_port)
+        procs.append(proc)
+        proc, mlflow_url = mlflow_server(settings().path("stack", "mlflow"), port=mlflow_port)
+        procs.append(proc)
+        typer.echo(f"Prefect UI: {prefect_url.removesuffix('/api')}   MLflow UI: {mlflow_url}\nIn another shell:\n"
+                   f"  export PREFECT_API_URL={prefect_url} QUANTFLOW_MLFLOW_TRACKING_URI={mlflow_url}")
+        while all(p.poll() is None for p in procs):
+            time.sleep(1)
+        typer.echo("a server exited; see the logs under " + str(settings().path("stack")), err=True)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in reversed(procs):
+            stop(p)
 
 
 @app.command()

@@ -9,10 +9,11 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from components import calibration, recipes, recovery, tracking
+from components.gate import GateVerdict, gate
 from components.calibration import CalibSet
-from components.card.render import CardFacts, accuracy_table, render
+from components.card.render import CardFacts, accuracy_table, gate_markdown, render
 from components.digests import digest_dir, sha256_file
-from components.evaluation import suites
+from components.evaluation import sandbox, suites
 from components.evaluation.command import EngineSettings
 from components.evaluation.engine import batch_size, choose_engine, detect_platform
 from components.evaluation.runner import EvalResult, run_suite, suite_digest
@@ -39,8 +40,10 @@ class VariantOutcome(BaseModel):
     card: str
     engine: str
     table: recovery.RecoveryTable
+    gate: GateVerdict
     published: list[Published]
     mlflow_run_id: str
+    flow_run_id: str
 
 
 # --- Creation ---------------------------------------------------------------------------------
@@ -116,7 +119,9 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     logger = get_run_logger()
     # Preflight: everything that can be wrong with the spec fails here, before any heavy work.
     scheme = recipes.load(spec.scheme.value)
-    suite = suites.load(spec.evaluation.suite)
+    suite = suites.validate(suites.load(spec.evaluation.suite))
+    if any(t.scorer for t in suite.tasks):
+        sandbox.require_opt_in()
     platform = detect_platform()
     engine_name = choose_engine(spec.evaluation.engine.value, scheme, platform)
     engine = EngineSettings(
@@ -135,11 +140,12 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     base_eval = evaluate(base.path, base.digest, suite.name, suite_key, engine)
     variant_eval = evaluate(checkpoint.path, checkpoint.digest, suite.name, suite_key, engine)
     table = recovery.table(base_eval.scores, variant_eval.scores)
+    verdict = gate(table, rtol=spec.evaluation.rtol, min_average_recovery=spec.evaluation.min_average_recovery)
 
     # Card, publication, lineage
     run_id, run_url = flow_run.get_id(), flow_run.get_flow_run_ui_url()
     facts = CardFacts(name=name, model_id=name, spec=spec, base=base, scheme=scheme, calibration=calib, suite=suite,
-                      variant_eval=variant_eval, table=table, versions=tracking.versions(),
+                      variant_eval=variant_eval, table=table, gate=verdict, versions=tracking.versions(),
                       provenance=[("Prefect flow run", f"`{run_id}`")])
     card = write_card(facts, checkpoint)
     published = publish(checkpoint, spec, scheme)
@@ -148,13 +154,13 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
                    [p.manifest_digest for p in published]),
         run_name=name, params={"spec": spec.model_dump(mode="json"), "scheme.digest": scheme.digest,
                                "base.digest": base.digest, "checkpoint.digest": checkpoint.digest, "engine": engine.model_dump()},
-        base=base, calibration=calib, base_eval=base_eval, variant_eval=variant_eval, table=table,
+        base=base, calibration=calib, base_eval=base_eval, variant_eval=variant_eval, table=table, verdict=verdict,
         files={"card": Path(card), "recipe": Path(checkpoint.path) / "recipe.yaml", "lm_eval": Path(variant_eval.output_dir)},
-        tags={"quantflow.scheme": scheme.name, "quantflow.prefect_flow_run_id": str(run_id or ""),
+        tags={"quantflow.scheme": scheme.name, "quantflow.gate": "passed" if verdict.passed else "failed", "quantflow.prefect_flow_run_id": str(run_id or ""),
               "quantflow.prefect_flow_run_url": str(run_url or "")})
 
-    markdown = accuracy_table(table, base.name, name)
+    markdown = accuracy_table(table, base.name, name) + "\n\n" + gate_markdown(verdict)
     create_markdown_artifact(key="recovery-table", markdown=markdown, description=f"{name}: recovery vs {base.name}")
     logger.info("Recovery of %s (%s engine):\n%s\nCard: %s\nMLflow run: %s", name, engine.engine, markdown, card, mlflow_run)
-    return VariantOutcome(name=name, checkpoint=checkpoint.path, card=card, engine=engine.engine, table=table,
-                          published=published, mlflow_run_id=mlflow_run)
+    return VariantOutcome(name=name, checkpoint=checkpoint.path, card=card, engine=engine.engine, table=table, gate=verdict,
+                          published=published, mlflow_run_id=mlflow_run, flow_run_id=str(run_id))

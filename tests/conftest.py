@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from services import mlflow_server, prefect_server, stop  # noqa: E402
+from components.local_stack import mlflow_server, prefect_server, stop  # noqa: E402
 
 _procs = []
 ROOT = Path(tempfile.mkdtemp(prefix="quantflow-tests-"))

@@ -12,6 +12,7 @@ from components.calibration import FILE_BUILDERS, CalibSet
 from components.evaluation.command import render as render_command
 from components.evaluation.runner import EvalResult
 from components.evaluation.suites import Suite
+from components.gate import GateVerdict
 from components.models import ModelRef
 from components.recipes import SchemeDef
 from components.recovery import RecoveryRow, RecoveryTable
@@ -30,6 +31,7 @@ class CardFacts(BaseModel):
     suite: Suite
     variant_eval: EvalResult
     table: RecoveryTable
+    gate: GateVerdict
     versions: dict[str, str]
     provenance: list[tuple[str, str]] = []
     developers: str = "quantflow"
@@ -55,6 +57,14 @@ def accuracy_table(table: RecoveryTable, base_name: str, name: str) -> str:
     if table.average_base is not None:
         lines.append(f"| **Average** | **{pct(table.average_base)}** | **{pct(table.average_quant)}** | **{rec(table.average_recovery)}** |")
     return "\n".join(lines)
+
+
+def gate_markdown(v: GateVerdict) -> str:
+    """The gate's verdict in one line, with the failures (or noisy passes) under it."""
+    floor = f", average recovery >= {100 * v.min_average_recovery:g}%" if v.min_average_recovery is not None else ""
+    noise = f" unless the drop is within noise at one-sided z {v.z_crit:g}" if v.z_crit is not None else ""
+    head = f"**Gate: {'PASSED' if v.passed else 'FAILED'}** (per task within {100 * v.rtol:g}% of the baseline{noise}{floor})"
+    return "\n".join([head] + [f"- {r}" for r in v.reasons or v.notes])
 
 
 def creation_code(f: CardFacts) -> str:
@@ -117,7 +127,7 @@ def render(f: CardFacts) -> str:
         calibration=f.calibration, tensor_parallel_size=s.tensor_parallel_size, creation_code=creation_code(f),
         versions=f.versions, engine_name={"vllm": "vLLM", "hf": "Hugging Face transformers"}[s.engine],
         platform=s.platform.upper(), suite_name=f.suite.name, suite_title=f.suite.name, suite_description=f.suite.description,
-        table=f.table, accuracy_table=accuracy_table(f.table, f.base.name, f.name), reproduction=reproduction(f), base_digest=f.base.digest, provenance=f.provenance,
+        table=f.table, accuracy_table=accuracy_table(f.table, f.base.name, f.name), gate=gate_markdown(f.gate), reproduction=reproduction(f), base_digest=f.base.digest, provenance=f.provenance,
         pct=pct, rec=rec,
     )
 

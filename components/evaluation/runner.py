@@ -1,6 +1,7 @@
 """Run lm_eval in its own process (vLLM in the evaluation environment, hf in this one)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,21 @@ def _env(s: EngineSettings) -> dict[str, str]:
     return env
 
 
+def score_outside_lm_eval(run_dir: Path, suite: Suite, argv: list[str]) -> None:
+    """Tasks with a `scorer`: execute the logged completions in the sandbox, write the score into lm-eval's results."""
+    ran = argv[argv.index("--tasks") + 1].split(",")
+    scored = [t for t in suite.tasks if t.scorer == "humaneval_sandbox" and t.task in ran]
+    if not scored:
+        return
+    from components.evaluation import sandbox
+
+    results_file = sorted(run_dir.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)[-1]
+    doc = json.loads(results_file.read_text())
+    for t in scored:
+        sandbox.add_to_results(doc, sandbox.score_lm_eval_samples(run_dir, task=t.task), metric=t.metric, filter=t.filter)
+    results_file.write_text(json.dumps(doc, indent=2))
+
+
 def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, log=print) -> EvalResult:
     """Evaluate one model: one lm_eval process per group of tasks that share settings."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +88,7 @@ def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, l
         if proc.returncode != 0:
             tail = "".join(deque(open(log_file, errors="replace"), maxlen=15))
             raise EvaluationError(f"lm_eval exited with {proc.returncode} (log: {log_file}); last lines:\n{tail}")
+        score_outside_lm_eval(run_dir, suite, argv)
         scores.update(parse_dir(run_dir, suite))
     missing = [t.task for t in suite.tasks if t.task not in scores]
     if missing:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Protocol
 
@@ -10,6 +11,29 @@ from pydantic import BaseModel
 from components.digests import digest_obj, sha256_file
 
 MANIFEST = "quantflow-manifest.json"
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9!_.*'()=+,;:@ \-]+$")
+
+
+class StoreError(RuntimeError):
+    """A store could not publish or fetch a checkpoint; the message says why (never with a secret in it)."""
+
+
+class CheckpointNotFound(StoreError, FileNotFoundError):
+    """No complete checkpoint (its manifest is missing)."""
+
+
+def safe_key_path(path: str, what: str = "checkpoint name") -> str:
+    """A relative, '/'-separated path whose every segment is a plain name: no '..', '.', empty or absolute parts."""
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{what} must be a non-empty string")
+    if path.startswith("/") or "\\" in path or re.match(r"^[A-Za-z]:", path):
+        raise ValueError(f"{what} {path!r} must be a relative '/'-separated path")
+    for seg in path.split("/"):
+        if seg in ("", ".", ".."):
+            raise ValueError(f"{what} {path!r} has an empty, '.' or '..' segment")
+        if not _SEGMENT_RE.match(seg):
+            raise ValueError(f"{what} {path!r}: segment {seg!r} has characters not allowed in an object key")
+    return path
 
 
 class Published(BaseModel):
@@ -18,6 +42,7 @@ class Published(BaseModel):
     manifest_digest: str
     files: int
     bytes: int
+    revision: str | None = None  # e.g. the Hub commit sha, where the store has one
 
 
 def manifest(src: Path, meta: dict) -> dict:

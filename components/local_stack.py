@@ -1,4 +1,4 @@
-"""Start the real servers tests talk to (Prefect, MLflow) on 127.0.0.1, and stop them leaving nothing behind."""
+"""The local stack on 127.0.0.1 (Prefect server, MLflow server): started by `quantflow server up` and by the tests."""
 from __future__ import annotations
 
 import os
@@ -58,8 +58,8 @@ def stop(proc: subprocess.Popen, grace: float = 10) -> None:
         pass
 
 
-def prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def prefect_server(home: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    port = port or free_port()
     env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
            "PREFECT_API_URL": ""}
     proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -69,8 +69,9 @@ def prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def mlflow_server(home: Path, artifacts: str | None = None, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def mlflow_server(home: Path, artifacts: str | None = None, env: dict | None = None,
+                  port: int | None = None) -> tuple[subprocess.Popen, str]:
+    port = port or free_port()
     argv = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
             "--artifacts-destination", artifacts or str(home / "mlartifacts"), "--serve-artifacts"]

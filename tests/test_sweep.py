@@ -1,0 +1,28 @@
+"""A sweep of three variants: one calibration build, one baseline evaluation, then everything from cache."""
+from __future__ import annotations
+
+from prefect_states import task_states
+
+from flows.sweep import SweepSpec, sweep
+
+
+def test_sweep_shares_calibration_and_baseline(tiny_model):
+    spec = SweepSpec.model_validate({
+        "base": {"source": str(tiny_model)}, "schemes": ["w8a8-int8", "w4a16", "fp8-dynamic"],
+        "calibration": {"num_samples": 8, "max_seq_length": 64, "seed": 7},
+        "evaluation": {"engine": "hf", "limit": 4, "seed": 7},
+    })
+    outcomes = sweep(spec)
+    assert [o.name for o in outcomes] == ["tiny-quantized.w8a8", "tiny-quantized.w4a16", "tiny-FP8-dynamic"]
+    states = [task_states(o.flow_run_id) for o in outcomes]
+    evaluations = [s for st in states for s in st["evaluate"]]
+    # 3 variant evaluations + 1 baseline evaluation computed; the other two baselines come from cache.
+    assert sorted(evaluations) == ["Cached", "Cached", "Completed", "Completed", "Completed", "Completed"]
+    calibrations = [s for st in states for s in st.get("build_calibration", [])]
+    assert calibrations == ["Completed", "Cached"]  # fp8-dynamic is data-free
+
+    again = sweep(spec)
+    for o in again:
+        st = task_states(o.flow_run_id)
+        assert set(st["evaluate"]) == {"Cached"} and set(st["quantize_checkpoint"]) == {"Cached"}
+    assert [o.table for o in again] == [o.table for o in outcomes]
