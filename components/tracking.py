@@ -12,6 +12,7 @@ from components.gate import GateVerdict
 from components.models import ModelRef
 from components.recovery import RecoveryTable
 from components.settings import settings
+from components.stores.base import Published
 
 PACKAGES = ["quantflow", "llmcompressor", "compressed-tensors", "transformers", "torch", "lm_eval", "prefect", "mlflow"]
 
@@ -62,7 +63,7 @@ def find_record(mlflow, experiment_id: str, record: str) -> str | None:
 
 
 def log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, calibration: CalibSet | None,
-                base_eval: EvalResult, variant_eval: EvalResult, table: RecoveryTable, verdict: GateVerdict, files: dict[str, Path],
+                base_eval: EvalResult, variant_eval: EvalResult, table: RecoveryTable, verdict: GateVerdict, published: list[Published], files: dict[str, Path],
                 tags: dict[str, str]) -> str:
     """Record one finished variant once: `record` (a digest of everything recorded) makes reruns no-ops."""
     import mlflow
@@ -104,4 +105,42 @@ def log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, cal
             mlflow.log_params({"model.source": base.source, "model.digest": base.digest, "suite": base_eval.suite,
                                "engine": base_eval.settings.engine})
             _metrics(mlflow, base_eval)
-        return run.info.run_id
+        run_id = run.info.run_id
+    register(run_id, run_name, published, verdict, table, tags)
+    return run_id
+
+
+def run_url(run_id: str) -> str | None:
+    """The run's page in the MLflow UI, when tracking goes to a server."""
+    uri = settings().tracking_uri
+    if not uri.startswith("http"):
+        return None
+    import mlflow
+
+    experiment = mlflow.get_run(run_id).info.experiment_id
+    return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def register(run_id: str, name: str, published: list[Published], verdict: GateVerdict, table: RecoveryTable,
+             tags: dict[str, str]) -> None:
+    """A registered model version per published variant; alias `candidate` on a pass.
+
+    Its source is the first remote store's URI (s3://, https://); a local-only publication points at the run's
+    card artifact instead, since the registry accepts local paths only inside the run's artifacts.
+    """
+    from mlflow import MlflowClient
+
+    if not published:
+        return
+    client = MlflowClient(settings().tracking_uri)
+    if client.search_registered_models(filter_string=f"name = '{name}'") == []:
+        client.create_registered_model(name, tags={"quantflow.scheme": tags.get("quantflow.scheme", "")})
+    version_tags = {**tags, "quantflow.gate": "passed" if verdict.passed else "failed",
+                    "quantflow.average_recovery": "n/a" if table.average_recovery is None else f"{table.average_recovery:.2f}"}
+    version_tags.update({f"quantflow.uri.{p.store}": p.uri for p in published})
+    version_tags.update({f"quantflow.revision.{p.store}": p.revision for p in published if p.revision})
+    remote = [p.uri for p in published if not p.uri.startswith("file:")]
+    source = remote[0] if remote else f"{client.get_run(run_id).info.artifact_uri}/card"
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags=version_tags)
+    if verdict.passed:
+        client.set_registered_model_alias(name, "candidate", mv.version)

@@ -65,6 +65,30 @@ def run(
     typer.echo(f"MLflow run: {outcome.mlflow_run_id}  (browse: mlflow ui --backend-store-uri {settings().tracking_uri})")
 
 
+@app.command()
+def sweep(
+    schemes: list[str] = typer.Option(["w8a8-int8", "fp8-dynamic"], "--scheme", help="Repeat for each variant."),
+    model: Optional[str] = typer.Option(None, help="Base model (default: the embedded default)."),
+    suite: Optional[str] = typer.Option(None, help="Eval suite."),
+    engine: Optional[str] = typer.Option(None, help="auto | vllm | hf"),
+    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N docs of each task."),
+) -> None:
+    """Several schemes of one base model; calibration and the baseline evaluation are computed once."""
+    _prefect_defaults()
+    from flows.sweep import SweepSpec, comparison, sweep as sweep_flow
+
+    data: dict = {"schemes": schemes}
+    for dotted, value in {"base.source": model, "evaluation.suite": suite, "evaluation.engine": engine,
+                          "evaluation.limit": limit}.items():
+        if value is not None:
+            head, leaf = dotted.split(".")
+            data.setdefault(head, {})[leaf] = value
+    outcomes = sweep_flow(SweepSpec.model_validate(data))
+    typer.echo("\n" + comparison(outcomes))
+    for o in outcomes:
+        typer.echo(f"{o.name}: gate {'passed' if o.gate.passed else 'FAILED'}, card {o.card}")
+
+
 server = typer.Typer(help="The local stack: Prefect server and MLflow server on 127.0.0.1.")
 app.add_typer(server, name="server")
 

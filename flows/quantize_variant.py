@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
@@ -145,8 +145,7 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     # Card, publication, lineage
     run_id, run_url = flow_run.get_id(), flow_run.get_flow_run_ui_url()
     facts = CardFacts(name=name, model_id=name, spec=spec, base=base, scheme=scheme, calibration=calib, suite=suite,
-                      variant_eval=variant_eval, table=table, gate=verdict, versions=tracking.versions(),
-                      provenance=[("Prefect flow run", f"`{run_id}`")])
+                      variant_eval=variant_eval, table=table, gate=verdict, versions=tracking.versions())
     card = write_card(facts, checkpoint)
     published = publish(checkpoint, spec, scheme)
     mlflow_run = track(
@@ -154,12 +153,17 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
                    [p.manifest_digest for p in published]),
         run_name=name, params={"spec": spec.model_dump(mode="json"), "scheme.digest": scheme.digest,
                                "base.digest": base.digest, "checkpoint.digest": checkpoint.digest, "engine": engine.model_dump()},
-        base=base, calibration=calib, base_eval=base_eval, variant_eval=variant_eval, table=table, verdict=verdict,
+        base=base, calibration=calib, base_eval=base_eval, variant_eval=variant_eval, table=table, verdict=verdict, published=published,
         files={"card": Path(card), "recipe": Path(checkpoint.path) / "recipe.yaml", "lm_eval": Path(variant_eval.output_dir)},
         tags={"quantflow.scheme": scheme.name, "quantflow.gate": "passed" if verdict.passed else "failed", "quantflow.prefect_flow_run_id": str(run_id or ""),
               "quantflow.prefect_flow_run_url": str(run_url or "")})
 
     markdown = accuracy_table(table, base.name, name) + "\n\n" + gate_markdown(verdict)
+    if url := tracking.run_url(mlflow_run):
+        create_link_artifact(key="mlflow-run", link=url, link_text=f"MLflow run of {name}")
+    where = [f"- card: `{card}`"] + [f"- {p.store}: {p.uri}" + (f" (revision `{p.revision}`)" if p.revision else "")
+                                     for p in published]
+    create_markdown_artifact(key="published", markdown="\n".join(where), description=f"Where {name} was published")
     create_markdown_artifact(key="recovery-table", markdown=markdown, description=f"{name}: recovery vs {base.name}")
     logger.info("Recovery of %s (%s engine):\n%s\nCard: %s\nMLflow run: %s", name, engine.engine, markdown, card, mlflow_run)
     return VariantOutcome(name=name, checkpoint=checkpoint.path, card=card, engine=engine.engine, table=table, gate=verdict,

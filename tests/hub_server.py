@@ -250,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"files": files})
 
     def _lfs_batch(self, match, body: bytes) -> None:
-        if (repo := self._repo(match)) is None:
+        if self._repo(match) is None:
             return
         p = json.loads(body)
         objects = []

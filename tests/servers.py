@@ -6,10 +6,8 @@ Plain functions and context managers (no pytest): ``with seaweed_s3() as s3: ...
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import signal
 import socket
 import string
 import subprocess
@@ -21,6 +19,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NamedTuple
+
+from components.local_stack import stop as stop_process
 
 
 class S3Server(NamedTuple):
@@ -60,26 +60,6 @@ def random_credentials() -> tuple[str, str]:
     """An access key id and secret made up at run time."""
     alphabet = string.ascii_uppercase + string.digits
     return "QF" + "".join(secrets.choice(alphabet) for _ in range(18)), secrets.token_urlsafe(30)
-
-
-def stop_process(proc: subprocess.Popen, grace: float = 15) -> None:
-    """TERM the process group, then KILL it if it is still there after `grace` seconds."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # anything left in the group
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait(5)
 
 
 def _wait_s3(endpoint: str, access_key: str, secret_key: str, proc: subprocess.Popen, log: Path,

@@ -38,10 +38,10 @@ def facts(tmp_path: Path) -> CardFacts:
     suite = load("smoke")
     s = EngineSettings(engine="vllm", platform="cuda", tensor_parallel_size=2)
     base = {t.task: TaskScore(task=t.task, label=t.label, metric=t.metric, value=v, stderr=0.01,
-                              higher_is_better=t.higher_is_better, n=30) for t, v in zip(suite.tasks, [0.8383, 0.25, 12.5])}
+                              higher_is_better=t.higher_is_better, n=30) for t, v in zip(suite.tasks, [0.8383, 0.25, 12.5], strict=True)}
     quant = {k: v.model_copy(update={"value": v.value * 0.99}) for k, v in base.items()}
     cmds = build_commands("/data/ckpt/Meta-Llama-3.1-70B-Instruct-FP8", suite, s, "/abs/tasks")
-    ev = EvalResult(suite="smoke", suite_digest="d", settings=s, commands=cmds, scores=quant, wall_s=1.0, output_dir="/x")
+    ev = EvalResult(suite="smoke", suite_digest="d", settings=s, commands=cmds, scores=quant, wall_s=1.0, output_dir="/x", date="2024-07-23")
     return CardFacts(
         name="Meta-Llama-3.1-70B-Instruct-FP8", model_id="org/Meta-Llama-3.1-70B-Instruct-FP8",
         spec=VariantSpec.model_validate({"scheme": "fp8-static", "calibration": {"dataset": "HuggingFaceH4/ultrachat_200k",
@@ -60,6 +60,7 @@ def test_card_follows_the_seed_layout(tmp_path):
     assert headings(card)[: len(headings(seed))] == headings(seed)
     front = yaml.safe_load(card.split("---")[1])
     assert front["base_model"] == "meta-llama/Meta-Llama-3.1-70B-Instruct" and "fp8-static" in front["tags"]
+    assert "**Release Date:** 07/23/2024" in card
     assert "number_gpus = 2" in card and 'model_id = "org/Meta-Llama-3.1-70B-Instruct-FP8"' in card
 
 

@@ -13,7 +13,7 @@ def test_sweep_shares_calibration_and_baseline(tiny_model):
         "evaluation": {"engine": "hf", "limit": 4, "seed": 7},
     })
     outcomes = sweep(spec)
-    assert [o.name for o in outcomes] == ["tiny-quantized.w8a8", "tiny-quantized.w4a16", "tiny-FP8-dynamic"]
+    assert [o.name for o in outcomes] == ["tiny-llama-quantized.w8a8", "tiny-llama-quantized.w4a16", "tiny-llama-FP8-dynamic"]
     states = [task_states(o.flow_run_id) for o in outcomes]
     evaluations = [s for st in states for s in st["evaluate"]]
     # 3 variant evaluations + 1 baseline evaluation computed; the other two baselines come from cache.

@@ -33,7 +33,6 @@ class CardFacts(BaseModel):
     table: RecoveryTable
     gate: GateVerdict
     versions: dict[str, str]
-    provenance: list[tuple[str, str]] = []
     developers: str = "quantflow"
 
 
@@ -123,11 +122,11 @@ def render(f: CardFacts) -> str:
     return env.from_string(TEMPLATE.read_text()).render(
         tags=tags, name=f.name, model_id=f.model_id, base_model=f.base.source, base_name=f.base.name,
         base_link=_link(f.base.source), architecture=_architecture(f.base),
-        scheme=f.scheme, date=dt.date.today().strftime("%m/%d/%Y"), developers=f.developers,
+        scheme=f.scheme, date=dt.date.fromisoformat(f.variant_eval.date).strftime("%m/%d/%Y"), developers=f.developers,
         calibration=f.calibration, tensor_parallel_size=s.tensor_parallel_size, creation_code=creation_code(f),
         versions=f.versions, engine_name={"vllm": "vLLM", "hf": "Hugging Face transformers"}[s.engine],
         platform=s.platform.upper(), suite_name=f.suite.name, suite_title=f.suite.name, suite_description=f.suite.description,
-        table=f.table, accuracy_table=accuracy_table(f.table, f.base.name, f.name), gate=gate_markdown(f.gate), reproduction=reproduction(f), base_digest=f.base.digest, provenance=f.provenance,
+        table=f.table, accuracy_table=accuracy_table(f.table, f.base.name, f.name), gate=gate_markdown(f.gate), reproduction=reproduction(f), base_digest=f.base.digest,
         pct=pct, rec=rec,
     )
 

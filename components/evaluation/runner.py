@@ -1,6 +1,7 @@
 """Run lm_eval in its own process (vLLM in the evaluation environment, hf in this one)."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -30,6 +31,7 @@ class EvalResult(BaseModel):
     scores: dict[str, TaskScore]
     wall_s: float
     output_dir: str
+    date: str  # when the evaluation finished (ISO date): the card's release date, stable across cached reruns
 
 
 def suite_digest(suite: Suite) -> str:
@@ -94,4 +96,5 @@ def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, l
     if missing:
         raise EvaluationError(f"lm-eval results lack tasks {missing}")
     return EvalResult(suite=suite.name, suite_digest=suite_digest(suite), settings=s, commands=commands,
-                      scores=scores, wall_s=round(time.time() - start, 1), output_dir=str(out_dir))
+                      scores=scores, wall_s=round(time.time() - start, 1), output_dir=str(out_dir),
+                      date=datetime.date.today().isoformat())

@@ -233,7 +233,7 @@ class HubStore:
                 out = dest / rel
                 if base not in out.resolve().parents:
                     raise StoreError(f"manifest path {rel!r} escapes {dest}")
-                got_path = self._call(lambda: download(rel), f"fetching {rel}", repo_id, token)
+                got_path = self._call(lambda rel=rel: download(rel), f"fetching {rel}", repo_id, token)
                 got = sha256_file(got_path)
                 if got != f["sha256"]:
                     raise StoreError(f"checksum mismatch for {rel} in {self.endpoint}/{repo_id}@{rev}: "
