@@ -20,10 +20,8 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings().path("prefect-results")))
 
 
-def _spec(spec_file: Optional[Path], overrides: dict):
-    from components.specs import VariantSpec
-
-    data = yaml.safe_load(spec_file.read_text()) if spec_file else {}
+def _with(data: dict, overrides: dict) -> dict:
+    """`data` with dotted-key overrides (None: not given) applied."""
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -32,7 +30,13 @@ def _spec(spec_file: Optional[Path], overrides: dict):
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return VariantSpec.model_validate(data)
+    return data
+
+
+def _spec(spec_file: Optional[Path], overrides: dict):
+    from components.specs import VariantSpec
+
+    return VariantSpec.model_validate(_with(yaml.safe_load(spec_file.read_text()) if spec_file else {}, overrides))
 
 
 @app.command()
@@ -77,12 +81,8 @@ def sweep(
     _prefect_defaults()
     from flows.sweep import SweepSpec, comparison, sweep as sweep_flow
 
-    data: dict = {"schemes": schemes}
-    for dotted, value in {"base.source": model, "evaluation.suite": suite, "evaluation.engine": engine,
-                          "evaluation.limit": limit}.items():
-        if value is not None:
-            head, leaf = dotted.split(".")
-            data.setdefault(head, {})[leaf] = value
+    data = _with({"schemes": schemes}, {"base.source": model, "evaluation.suite": suite, "evaluation.engine": engine,
+                                        "evaluation.limit": limit})
     outcomes = sweep_flow(SweepSpec.model_validate(data))
     typer.echo("\n" + comparison(outcomes))
     for o in outcomes:

@@ -47,8 +47,8 @@ class Published(BaseModel):
 
 def manifest(src: Path, meta: dict) -> dict:
     """Files with sizes and sha256, plus run metadata (recipe, spec digest). Readers trust a checkpoint only if it has one."""
-    files = [{"path": p.relative_to(src).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in sorted(src.rglob("*")) if p.is_file() and p.name != MANIFEST]
+    files = [{"path": safe_key_path(p.relative_to(src).as_posix(), "file path"), "size": p.stat().st_size,
+              "sha256": sha256_file(p)} for p in sorted(src.rglob("*")) if p.is_file() and p.name != MANIFEST]
     return {"files": files, **meta}
 
 

@@ -183,8 +183,6 @@ class HubStore:
         src = Path(src)
         repo_id = self.repo_id(name)
         m = manifest(src, meta)
-        for f in m["files"]:
-            safe_key_path(f["path"], "file path")
         token = self._token()  # fails before any request
         api = self._api(token)
         body = manifest_bytes(m)

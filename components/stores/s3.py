@@ -210,8 +210,6 @@ class S3Store:
         src = Path(src)
         root = self._root(name)
         m = manifest(src, meta)
-        for f in m["files"]:
-            safe_key_path(f["path"], "file path")
         try:
             self._ensure_bucket()
             if self._read_manifest(root) == m:
