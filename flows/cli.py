@@ -18,6 +18,7 @@ def _prefect_defaults() -> None:
     from components.settings import settings
 
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings().path("prefect-results")))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network at run time
 
 
 def _with(data: dict, overrides: dict) -> dict:
@@ -87,6 +88,18 @@ def sweep(
     typer.echo("\n" + comparison(outcomes))
     for o in outcomes:
         typer.echo(f"{o.name}: gate {'passed' if o.gate.passed else 'FAILED'}, card {o.card}")
+
+
+@app.command()
+def compare(base: str = typer.Argument(..., help="Base model name, e.g. SmolLM2-135M-Instruct."),
+            png: Optional[Path] = typer.Option(None, help="Also write a bar chart of recovery per task here.")) -> None:
+    """The variants of a base model side by side (recovery per task, gate), from MLflow."""
+    from components import comparison
+
+    tasks, rows = comparison.variants(base)
+    typer.echo(comparison.markdown(tasks, rows))
+    if png:
+        typer.echo(f"chart: {comparison.chart(tasks, rows, png)}")
 
 
 server = typer.Typer(help="The local stack: Prefect server and MLflow server on 127.0.0.1.")
