@@ -1,11 +1,13 @@
 """Typed specs of one variant: these models are the Prefect UI form."""
 from __future__ import annotations
 
+import difflib
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from components.models import EMBEDDED_DEFAULT
 
@@ -19,6 +21,37 @@ class Scheme(str, Enum):
     w8a8_int8 = "w8a8-int8"
     fp8_dynamic = "fp8-dynamic"
     w4a16 = "w4a16"
+
+
+def closest(value: str, choices: list[str]) -> list[str]:
+    """The choices a misspelling most likely meant ('w8a8_int8' -> ['w8a8-int8'], 'fp8' -> both fp8 schemes)."""
+    norm = lambda x: re.sub(r"[^a-z0-9]", "", x.lower())  # noqa: E731
+    same = [c for c in choices if norm(c) == norm(value)]
+    if same:
+        return same
+    prefixed = [c for c in choices if norm(value) and norm(c).startswith(norm(value))]
+    return prefixed or difflib.get_close_matches(value.lower(), choices, n=2, cutoff=0.5)
+
+
+def did_you_mean(value: str, choices: list[str]) -> str:
+    """': did you mean 'x'?' (or 'one of ...'), or '' when nothing is close."""
+    hint = closest(value, choices)
+    if not hint:
+        return ""
+    return f": did you mean {hint[0]!r}?" if len(hint) == 1 else f": did you mean one of {', '.join(map(repr, hint))}?"
+
+
+# A published name must be valid everywhere a variant goes: a folder name, an S3 key segment, a Hub repo name.
+VARIANT_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
+
+
+def check_variant_name(name: str) -> str:
+    """`name` if it is one plain name (letters, digits, '-', '_', '.'; at most 96), else ValueError saying why."""
+    if not VARIANT_NAME_RE.fullmatch(name) or ".." in name or "--" in name:
+        raise ValueError(f"variant name {name!r} must be one plain name: letters, digits, '-', '_', '.', at most 96, "
+                         "starting and ending with a letter or digit, no '..' or '--' (no '/', spaces or other "
+                         "characters: it becomes a folder, an S3 key segment and a Hub repo name)")
+    return name
 
 
 class Engine(str, Enum):
@@ -57,12 +90,13 @@ class CalibrationSpec(BaseModel):
 class EvalSpec(BaseModel):
     suite: str = Field("smoke", description="Suite name: a YAML file in components/evaluation/suites/ (see `quantflow suites`).")
     engine: Engine = Engine.auto
-    max_model_len: int | None = Field(None, ge=128, description="Override the suite's max_model_len.")
     tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.8, gt=0, le=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM's share of GPU memory (default: vLLM's own).")
     batch_size: str = "auto"
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N docs of each task (smoke runs).")
     seed: int = 1234
+    require_gpu: bool = Field(False, description="Fail at preflight unless a CUDA GPU is visible (e.g. a GPU work pool "
+                                                 "that came up without one), instead of running for hours on CPU.")
     rtol: float = Field(0.08, ge=0, le=1, description="Gate: per-task relative tolerance (vLLM's lm-eval CI uses 0.08).")
     min_average_recovery: float = Field(0.95, ge=0, le=1.5, description="Gate: floor on the average recovery (llm-compressor's e2e tests use 0.95).")
 
@@ -99,4 +133,18 @@ class VariantSpec(BaseModel):
     calibration: CalibrationSpec = CalibrationSpec()
     evaluation: EvalSpec = EvalSpec()
     stores: list[StoreSpec] = Field(default_factory=lambda: [StoreSpec()])
-    variant_name: str | None = Field(None, description="Published name; default <base>-<scheme suffix>.")
+    variant_name: str | None = Field(None, description="Published name; default <base>-<scheme suffix>. One plain name: "
+                                                       "letters, digits, '-', '_', '.' (at most 96).")
+
+    @field_validator("scheme", mode="before")
+    @classmethod
+    def _known_scheme(cls, value):
+        if isinstance(value, str) and not isinstance(value, Scheme) and value not in {s.value for s in Scheme}:
+            choices = [s.value for s in Scheme]
+            raise ValueError(f"unknown scheme {value!r}{did_you_mean(value, choices)} (choose one of {', '.join(choices)})")
+        return value
+
+    @field_validator("variant_name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_variant_name(value)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -27,14 +29,48 @@ def versions() -> dict[str, str]:
     return out
 
 
+class TrackingError(RuntimeError):
+    """MLflow could not record a variant; the message names the tracking URI (without credentials)."""
+
+
+# Keys whose values are never logged, and environment variables whose values never leave the process through MLflow.
+_SECRET_KEY_RE = re.compile(r"(token|secret|password|passwd|api[_-]?key|authorization|private[_-]?key)", re.I)
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_API_KEY",
+              "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+_SECRET_ENV_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_?KEY|SECRET_ACCESS_KEY)(_|$)", re.I)
+
+
+def safe_uri(uri: str) -> str:
+    """A URI without user:password@ and without query parameters (tokens travel there)."""
+    return re.sub(r"(?<=://)[^/@?#]*@", "", uri).split("?", 1)[0].split("#", 1)[0]
+
+
+def _secret_values() -> list[str]:
+    names = set(SECRET_ENV) | {k for k in os.environ if _SECRET_ENV_RE.search(k)}
+    return sorted({v for k in names if len(v := os.environ.get(k, "").strip()) >= 8}, key=len, reverse=True)
+
+
+def scrub(text: str) -> str:
+    """`text` with every secret held in the environment replaced by '***', and user:password@ dropped from URLs."""
+    for value in _secret_values():
+        text = text.replace(value, "***")
+    return re.sub(r"(?<=://)[^/@\s:]+:[^/@\s]+@", "***@", text)
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """Nested params as dotted keys; values under secret-looking keys, and secrets from the environment, masked.
+
+    Only what the caller passes is logged (specs carry no secrets by design); the environment never is.
+    """
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
+        elif _SECRET_KEY_RE.search(str(k)) and v not in (None, "", [], ()):
+            out[key] = "***"
         else:
-            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+            out[key] = scrub(json.dumps(v) if isinstance(v, (list, tuple)) else str(v))
     return out
 
 
@@ -65,15 +101,36 @@ def find_record(mlflow, experiment_id: str, record: str) -> str | None:
 def log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, calibration: CalibSet | None,
                 base_eval: EvalResult, variant_eval: EvalResult, table: RecoveryTable, verdict: GateVerdict, published: list[Published], files: dict[str, Path],
                 tags: dict[str, str]) -> str:
-    """Record one finished variant once: `record` (a digest of everything recorded) makes reruns no-ops."""
+    """Record one finished variant once: `record` (a digest of everything recorded) makes reruns no-ops.
+
+    A rerun after a failure (tracking server down, registration cut short) finds the finished run by its record and
+    completes what is missing (the registered version), so a variant is recorded once and registered once.
+    """
+    uri = settings().tracking_uri
+    try:
+        return _log_variant(record=record, run_name=run_name, params=params, base=base, calibration=calibration,
+                            base_eval=base_eval, variant_eval=variant_eval, table=table, verdict=verdict,
+                            published=published, files=files, tags=tags)
+    except Exception as e:  # noqa: BLE001 - every failure here is "MLflow could not record it"
+        detail = scrub(str(e).strip().splitlines()[0][:300]) if str(e).strip() else ""
+        raise TrackingError(
+            f"MLflow tracking at {safe_uri(uri)} could not record {run_name!r} ({type(e).__name__}: {detail}). "
+            "The checkpoint, its evaluations and its publication are kept (cached): rerun the flow once the tracking "
+            "server answers, it records the run once (QUANTFLOW_MLFLOW_TRACKING_URI sets the server)") from e
+
+
+def _log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, calibration: CalibSet | None,
+                 base_eval: EvalResult, variant_eval: EvalResult, table: RecoveryTable, verdict: GateVerdict,
+                 published: list[Published], files: dict[str, Path], tags: dict[str, str]) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(settings().tracking_uri)
     experiment_id = _experiment(mlflow, base)
+    tags = {k: scrub(str(v)) for k, v in {**tags, "quantflow.record": record}.items()}
     existing = find_record(mlflow, experiment_id, record)
     if existing:
+        register(existing, run_name, published, verdict, table, tags)
         return existing
-    tags = {**tags, "quantflow.record": record}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params(flatten(params))
         mlflow.log_params({f"version.{k}": v for k, v in versions().items()})
@@ -135,6 +192,11 @@ def register(run_id: str, name: str, published: list[Published], verdict: GateVe
     client = MlflowClient(settings().tracking_uri)
     if client.search_registered_models(filter_string=f"name = '{name}'") == []:
         client.create_registered_model(name, tags={"quantflow.scheme": tags.get("quantflow.scheme", "")})
+    done = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if done:  # registered by an earlier attempt: only make sure the alias follows the verdict
+        if verdict.passed:
+            client.set_registered_model_alias(name, "candidate", done[0].version)
+        return
     version_tags = {**tags, "quantflow.gate": "passed" if verdict.passed else "failed",
                     "quantflow.average_recovery": "n/a" if table.average_recovery is None else f"{table.average_recovery:.2f}"}
     version_tags.update({f"quantflow.uri.{p.store}": p.uri for p in published})

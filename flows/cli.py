@@ -102,6 +102,39 @@ def compare(base: str = typer.Argument(..., help="Base model name, e.g. SmolLM2-
         typer.echo(f"chart: {comparison.chart(tasks, rows, png)}")
 
 
+@app.command()
+def deploy(prefect_file: Path = typer.Option(Path("infra/prefect.yaml"), help="Deployments to create."),
+           pool: str = typer.Option("quantflow-local", help="Process work pool to create if missing.")) -> None:
+    """Create the work pool (if missing) and deploy every deployment of the file to PREFECT_API_URL."""
+    import subprocess
+    import sys
+
+    prefect = str(Path(sys.executable).parent / "prefect")
+    for argv in ([prefect, "--no-prompt", "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                 [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)]):
+        if subprocess.run(argv).returncode:
+            raise typer.Exit(1)
+    typer.echo(f"Start a worker: QUANTFLOW_PROJECT_DIR=$PWD {prefect} worker start --pool {pool}")
+
+
+@app.command()
+def status(limit: int = typer.Option(10, help="How many recent runs.")) -> None:
+    """Recent quantflow flow runs and their states, from the Prefect server."""
+    import anyio
+    from prefect import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def runs():
+        async with get_client() as client:
+            flows = {f.id: f.name for f in await client.read_flows()}
+            return flows, await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=limit)
+
+    flows, found = anyio.run(runs)
+    for r in found:
+        start = r.start_time.strftime("%Y-%m-%d %H:%M") if r.start_time else "-"
+        typer.echo(f"{start}  {flows.get(r.flow_id, '?'):18} {r.name:24} {r.state_name or '-':10} {r.id}")
+
+
 server = typer.Typer(help="The local stack: Prefect server and MLflow server on 127.0.0.1.")
 app.add_typer(server, name="server")
 

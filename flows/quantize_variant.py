@@ -8,16 +8,16 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from components import calibration, recipes, recovery, tracking
+from components import calibration, recovery, tracking
 from components.gate import GateVerdict, gate
 from components.calibration import CalibSet
 from components.card.render import CardFacts, accuracy_table, gate_markdown, render
 from components.digests import digest_dir, sha256_file
-from components.evaluation import sandbox, suites
+from components.evaluation import suites
 from components.evaluation.command import EngineSettings
-from components.evaluation.engine import batch_size, choose_engine, detect_platform
-from components.evaluation.runner import EvalResult, run_suite, suite_digest
+from components.evaluation.runner import EvalResult, run_suite
 from components.models import ModelRef, resolve
+from components.preflight import preflight
 from components.quantize import quantize
 from components.recipes import SchemeDef
 from components.settings import settings
@@ -117,18 +117,12 @@ def track(**kwargs) -> str:
 def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     """Quantize one variant of a base model, evaluate it beside its base, publish it with its card."""
     logger = get_run_logger()
-    # Preflight: everything that can be wrong with the spec fails here, before any heavy work.
-    scheme = recipes.load(spec.scheme.value)
-    suite = suites.validate(suites.load(spec.evaluation.suite))
-    if any(t.scorer for t in suite.tasks):
-        sandbox.require_opt_in()
-    platform = detect_platform()
-    engine_name = choose_engine(spec.evaluation.engine.value, scheme, platform)
-    engine = EngineSettings(
-        engine=engine_name, platform=platform, tensor_parallel_size=spec.evaluation.tensor_parallel_size,
-        batch_size=batch_size(spec.evaluation.batch_size, engine_name, platform),
-        limit=spec.evaluation.limit, seed=spec.evaluation.seed)
-    suite_key = suite_digest(suite)
+    # Preflight: everything that can be wrong with the spec, the model, the data, the stores and the tracking server
+    # fails here, all problems in one error, before any heavy work (components/preflight.py).
+    plan = preflight(spec)
+    scheme, suite, engine, suite_key = plan.scheme, plan.suite, plan.engine, plan.suite_digest
+    for note in plan.notes:
+        logger.warning(note)
 
     # Creation
     base = resolve_base(spec.base)
@@ -147,7 +141,8 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     facts = CardFacts(name=name, model_id=name, spec=spec, base=base, scheme=scheme, calibration=calib, suite=suite,
                       variant_eval=variant_eval, table=table, gate=verdict, versions=tracking.versions())
     card = write_card(facts, checkpoint)
-    published = publish(checkpoint, spec, scheme)
+    # The checkpoint may come from the cache of a variant with another name (its key is content only): publish as this one.
+    published = publish(checkpoint.model_copy(update={"name": name}), spec, scheme)
     mlflow_run = track(
         record=key("record", checkpoint.digest, *(e.model_dump(include={"suite_digest", "settings", "scores"}) for e in (base_eval, variant_eval)),
                    [p.manifest_digest for p in published]),

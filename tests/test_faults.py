@@ -1,0 +1,486 @@
+"""Fault drills on the tiny model (hf engine, 2 docs per task): each breaks one thing in the middle of a real run,
+then checks that nothing is lost, nothing half-done is published or recorded, and that a rerun finishes from the cache.
+
+  a. the quantization process is killed (SIGKILL) while writing its checkpoint
+  b. the S3 server dies during the upload
+  c. the MLflow server goes down after preflight
+  d. the evaluation process crashes (SIGKILL), once and then twice
+  f. the flow-run process is terminated (SIGTERM) or killed (SIGKILL) as a dying worker or pod would leave it
+(e. Hub 429/5xx retried with backoff, 401 not retried: tests/test_store_hub.py.)
+
+They need the session's Prefect and MLflow servers (the default; not with QUANTFLOW_TEST_SERVERS=0).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from prefect_states import task_states  # noqa: E402
+from servers import seaweed_s3  # noqa: E402
+
+from components.local_stack import stop  # noqa: E402
+from components.settings import settings  # noqa: E402
+from components.specs import VariantSpec  # noqa: E402
+from components.stores.base import MANIFEST  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [
+    pytest.mark.skipif(not os.environ.get("PREFECT_API_URL") or not os.environ.get("QUANTFLOW_MLFLOW_TRACKING_URI"),
+                       reason="needs the session's Prefect and MLflow servers (QUANTFLOW_TEST_SERVERS=1)"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+
+def drill_spec(tiny: Path, tmp: Path, name: str, calib_seed: int = 42, eval_seed: int = 1234, stores=None,
+               source: str | None = None) -> VariantSpec:
+    return VariantSpec.model_validate({
+        "base": {"source": source or str(tiny)}, "scheme": "w8a8-int8", "variant_name": name,
+        "calibration": {"num_samples": 8, "max_seq_length": 64, "seed": calib_seed},
+        "evaluation": {"engine": "hf", "limit": 2, "seed": eval_seed},
+        "stores": stores or [{"kind": "local", "uri": str(tmp / "published")}]})
+
+
+def flow_run_state(flow_run_id) -> str:
+    import anyio
+    from prefect import get_client
+
+    async def go():
+        async with get_client() as client:
+            return (await client.read_flow_run(flow_run_id)).state
+
+    return anyio.run(go)
+
+
+def task_run_history(flow_run_id, task: str) -> list[list[str]]:
+    """State names each run of `task` went through, in order (e.g. Pending, Running, Retrying, Running, Completed)."""
+    import anyio
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def go():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            out = []
+            for r in sorted(runs, key=lambda r: r.expected_start_time or r.created):
+                if r.name.rsplit("-", 1)[0] == task:
+                    states = await client.read_task_run_states(r.id)
+                    out.append([s.name for s in sorted(states, key=lambda s: s.timestamp)])
+            return out
+
+    return anyio.run(go)
+
+
+# --- a flow run in its own process, stopped at a chosen point --------------------------------------------------
+
+HANG = textwrap.dedent('''
+    import json, os, sys, time
+    from pathlib import Path
+
+    sentinel = Path(os.environ["QF_DRILL_SENTINEL"])
+
+    def hang(what):
+        from prefect.runtime import flow_run
+        sentinel.write_text(json.dumps({"flow_run_id": str(flow_run.get_id()), "what": str(what), "pid": os.getpid()}))
+        time.sleep(600)
+
+    import transformers
+    real_save = transformers.PreTrainedModel.save_pretrained
+
+    def save_then_hang(self, path, *a, **k):  # the .partial checkpoint is on disk, not renamed yet
+        real_save(self, path, *a, **k)
+        if os.environ["QF_DRILL_HANG"] == "save_pretrained" and str(path).endswith(".partial"):
+            hang(path)
+
+    transformers.PreTrainedModel.save_pretrained = save_then_hang
+
+    import flows.quantize_variant as qv
+    from components.specs import VariantSpec
+
+    if os.environ["QF_DRILL_HANG"] == "resolve":
+        qv.resolve = lambda *a, **k: hang("resolve")
+    qv.quantize_variant(VariantSpec.model_validate_json(os.environ["QF_DRILL_SPEC"]))
+''')
+
+
+def start_flow_process(spec: VariantSpec, tmp: Path, hang_at: str, env: dict | None = None):
+    sentinel = tmp / f"sentinel-{hang_at}.json"
+    log = open(tmp / f"flow-{hang_at}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", HANG], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "QF_DRILL_SENTINEL": str(sentinel),
+                                 "QF_DRILL_HANG": hang_at, "QF_DRILL_SPEC": spec.model_dump_json(), **(env or {})})
+    deadline = time.time() + 300
+    while not sentinel.exists():
+        assert proc.poll() is None, (tmp / f"flow-{hang_at}.log").read_text()[-3000:]
+        assert time.time() < deadline, "the flow process never reached the drill point"
+        time.sleep(0.2)
+    time.sleep(0.2)
+    return proc, json.loads(sentinel.read_text())
+
+
+def kill(proc: subprocess.Popen, sig: int) -> None:
+    os.killpg(proc.pid, sig)
+    proc.wait(60)
+
+
+def wait_flow_state(flow_run_id, types: set[str], timeout: float) -> str:
+    deadline = time.time() + timeout
+    while True:
+        state = flow_run_state(flow_run_id)
+        if state.type.value in types or time.time() > deadline:
+            return state.type.value
+        time.sleep(1)
+
+
+# --- a. quantization killed mid-way ------------------------------------------------------------------------------
+
+def test_a_quantization_killed_then_rerun_reuses_base_and_calibration(tiny_model, data_root, tmp_path):
+    from flows.quantize_variant import quantize_variant
+
+    spec = drill_spec(tiny_model, tmp_path, "drill-a", calib_seed=1001)
+    proc, where = start_flow_process(spec, tmp_path, "save_pretrained")
+    kill(proc, signal.SIGKILL)  # no handler runs: as the OOM killer or a lost machine would do it
+    partial = Path(where["what"])
+    assert partial.name.endswith(".partial") and partial.is_dir() and any(partial.glob("*.safetensors"))
+    final = partial.with_name(partial.name.removesuffix(".partial"))
+    assert not final.exists(), "only ever a whole checkpoint under its final name"
+    assert not (tmp_path / "published").exists(), "nothing published"
+    killed = task_states(where["flow_run_id"])
+    assert killed["build_calibration"] == ["Completed"] and killed["quantize_checkpoint"] == ["Running"], killed
+    assert flow_run_state(where["flow_run_id"]).type.value == "RUNNING", "SIGKILL: nobody reports (see drill f)"
+
+    state = quantize_variant(spec, return_state=True)
+    outcome = state.result()
+    states = task_states(state.state_details.flow_run_id)
+    assert states["resolve_base"] == ["Cached"] and states["build_calibration"] == ["Cached"], states
+    assert states["quantize_checkpoint"] == ["Completed"], states
+    assert Path(outcome.checkpoint) == final and not partial.exists()
+    assert (final / "recipe.yaml").exists() and (final / "tokenizer.json").exists()
+    published = Path(outcome.published[0].uri.removeprefix("file://"))
+    m = json.loads((published / MANIFEST).read_text())
+    on_disk = sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file())
+    assert sorted(f["path"] for f in m["files"]) == on_disk, "the whole checkpoint, with its card"
+
+
+# --- b. S3 server dies during the upload -------------------------------------------------------------------------
+
+def _aws_env(monkeypatch, tmp_path, s3) -> None:
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+
+
+def ensure_bucket(s3, name: str, timeout: float = 30) -> None:
+    """Create `name` and wait until it answers (weed mini's -bucket creation can lag behind its S3 port)."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    cli = boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id=s3.access_key,
+                       aws_secret_access_key=s3.secret_key, region_name="us-east-1")
+    deadline = time.time() + timeout
+    while True:
+        try:
+            cli.create_bucket(Bucket=name)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+        try:
+            cli.head_bucket(Bucket=name)
+            return
+        except ClientError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_b_s3_dies_during_upload_then_rerun_sends_only_what_is_missing(tiny_model, tmp_path, monkeypatch):
+    import boto3
+    import mlflow
+
+    from components.stores import s3 as s3mod
+    from flows.quantize_variant import quantize_variant
+    from servers import _wait_s3
+
+    restarted = None
+    with seaweed_s3(tmp_path / "weed", buckets=("qf-drill",)) as s3:
+        try:
+            ensure_bucket(s3, "qf-drill")
+            _aws_env(monkeypatch, tmp_path, s3)
+            writes: list[str] = []
+            died = []
+            real_init = s3mod.S3Store.__init__
+
+            def init(self, *a, **k):
+                real_init(self, *a, **k)
+
+                def record(params, model, **kw):
+                    if model.name in ("PutObject", "CreateMultipartUpload"):
+                        writes.append(params["Key"])
+
+                def die_after_first_file(http_response, model, **kw):
+                    if not died and http_response is not None and http_response.status_code == 200:
+                        died.append(True)
+                        os.killpg(s3.process.pid, signal.SIGKILL)  # the server dies mid-upload
+                        s3.process.wait()
+
+                self.client.meta.events.register("before-parameter-build.s3", record)
+                if not died:
+                    self.client.meta.events.register("after-call.s3.PutObject", die_after_first_file)
+
+            monkeypatch.setattr(s3mod.S3Store, "__init__", init)
+            store = {"kind": "s3", "uri": "s3://qf-drill/checkpoints", "endpoint_url": s3.endpoint_url}
+            spec = drill_spec(tiny_model, tmp_path, "drill-b", stores=[store])
+            state = quantize_variant(spec, return_state=True)
+            assert state.is_failed()
+            with pytest.raises(Exception, match=f"bucket 'qf-drill' at {s3.endpoint_url}"):
+                state.result()
+            first = task_states(state.state_details.flow_run_id)
+            assert first["publish"] == ["Failed"] and "track" not in first, first
+            assert died and writes, "the server died after the first file"
+            client = mlflow.MlflowClient(settings().tracking_uri)
+            assert client.search_model_versions("name = 'drill-b'") == [], "nothing recorded as published"
+            experiments = [e.experiment_id for e in client.search_experiments()]
+            assert not client.search_runs(experiments, "attributes.run_name = 'drill-b'"), "no MLflow run"
+
+            # The server comes back on the same data dir and ports.
+            log = tmp_path / "weed-restart.log"
+            restarted = subprocess.Popen(s3.process.args, cwd=tmp_path / "weed", stdout=open(log, "w"),
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            _wait_s3(s3.endpoint_url, s3.access_key, s3.secret_key, restarted, log, 60)
+            cli = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1", aws_access_key_id=s3.access_key,
+                               aws_secret_access_key=s3.secret_key)  # not the default session: it caches old keys
+            keys = {o["Key"] for o in cli.list_objects_v2(Bucket="qf-drill").get("Contents", [])}
+            root = "checkpoints/drill-b/"
+            assert keys and root + MANIFEST not in keys, ("no manifest after the failed run", keys)
+            heads = {k: cli.head_object(Bucket="qf-drill", Key=k) for k in keys}
+            there = {k: (h.get("Metadata", {}).get("sha256"), h["ContentLength"]) for k, h in heads.items()}
+
+            writes.clear()
+            again = quantize_variant(spec, return_state=True)
+            outcome = again.result()
+            states = task_states(again.state_details.flow_run_id)
+            for name in ("resolve_base", "build_calibration", "quantize_checkpoint", "evaluate"):
+                assert set(states[name]) == {"Cached"}, (name, states[name])
+            assert outcome.published[0].uri == "s3://qf-drill/checkpoints/drill-b/"
+            m = json.loads(cli.get_object(Bucket="qf-drill", Key=root + MANIFEST)["Body"].read())
+            verified = {root + f["path"] for f in m["files"] if there.get(root + f["path"]) == (f["sha256"], f["size"])}
+            assert verified, "at least the first file arrived whole before the server died"
+            assert not verified & set(writes), "verified files are not sent again"
+            assert sorted(writes) == sorted({root + f["path"] for f in m["files"]} - verified | {root + MANIFEST})
+            assert writes[-1] == root + MANIFEST, "the manifest last"
+            assert {root + f["path"] for f in m["files"]} | {root + MANIFEST} == \
+                {o["Key"] for o in cli.list_objects_v2(Bucket="qf-drill")["Contents"]}
+            [version] = client.search_model_versions("name = 'drill-b'")
+            assert version.tags["quantflow.uri.s3"] == "s3://qf-drill/checkpoints/drill-b/"
+        finally:
+            if restarted is not None:
+                stop(restarted)
+
+
+# --- c. MLflow server down ---------------------------------------------------------------------------------------
+
+def test_c_mlflow_down_keeps_the_work_and_rerun_records_once(tiny_model, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from components.local_stack import free_port, mlflow_server
+    from flows import quantize_variant as qv
+
+    home = tmp_path / "mlflow"
+    home.mkdir()
+    port = free_port()
+    server, uri = mlflow_server(home, port=port)
+    try:
+        monkeypatch.setenv("QUANTFLOW_MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # fail in seconds, not after minutes of backoff
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        settings.cache_clear()
+        real_preflight = qv.preflight
+
+        def preflight_then_mlflow_dies(spec):
+            plan = real_preflight(spec)  # the server answered /health here
+            stop(server)
+            return plan
+
+        monkeypatch.setattr(qv, "preflight", preflight_then_mlflow_dies)
+        spec = drill_spec(tiny_model, tmp_path, "drill-c")
+        state = qv.quantize_variant(spec, return_state=True)
+        assert state.is_failed()
+        with pytest.raises(Exception) as ei:
+            state.result()
+        msg = str(ei.value)
+        assert type(ei.value).__name__ == "TrackingError" and f"MLflow tracking at {uri} could not record 'drill-c'" in msg
+        assert "kept (cached)" in msg
+        first = task_states(state.state_details.flow_run_id)
+        assert first["publish"] == ["Completed"] and first["track"] == ["Failed"], first
+        assert first["quantize_checkpoint"][0] in ("Completed", "Cached") and len(first["evaluate"]) == 2
+
+        monkeypatch.setattr(qv, "preflight", real_preflight)
+        server, _ = mlflow_server(home, port=port)  # back, same store
+        again = qv.quantize_variant(spec, return_state=True)
+        outcome = again.result()
+        states = task_states(again.state_details.flow_run_id)
+        for name in ("resolve_base", "build_calibration", "quantize_checkpoint", "evaluate"):
+            assert set(states[name]) == {"Cached"}, (name, states[name])
+        client = MlflowClient(uri)
+        run = client.get_run(outcome.mlflow_run_id)
+        record = run.data.tags["quantflow.record"]
+        runs = client.search_runs([run.info.experiment_id], f"tags.`quantflow.record` = '{record}'")
+        assert [r.info.run_id for r in runs] == [outcome.mlflow_run_id] and runs[0].info.status == "FINISHED"
+        [version] = client.search_model_versions("name = 'drill-c'")
+        assert version.run_id == outcome.mlflow_run_id
+
+        # Registration cut short after the run was recorded: the next rerun completes it, still one run, one version.
+        client.delete_model_version("drill-c", version.version)
+        third = qv.quantize_variant(spec, return_state=True).result()
+        assert third.mlflow_run_id == outcome.mlflow_run_id
+        assert len(client.search_runs([run.info.experiment_id], f"tags.`quantflow.record` = '{record}'")) == 1
+        [version] = client.search_model_versions("name = 'drill-c'")
+        assert version.run_id == outcome.mlflow_run_id
+    finally:
+        stop(server)
+        settings.cache_clear()
+
+
+# --- d. the evaluation process crashes ---------------------------------------------------------------------------
+
+def _crashing_python(tmp: Path, fails: int) -> Path:
+    """An interpreter that is SIGKILLed on its first `fails` starts, then runs lm_eval for real."""
+    script = tmp / "crashing-python"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        n=$(( $(cat {tmp}/count 2>/dev/null || echo 0) + 1 )); echo $n > {tmp}/count; echo "$$ $n" >> {tmp}/calls
+        if [ $n -le {fails} ]; then kill -9 $$; fi
+        exec {sys.executable} "$@"
+        """))
+    script.chmod(0o755)
+    (tmp / "count").unlink(missing_ok=True)
+    (tmp / "calls").unlink(missing_ok=True)
+    return script
+
+
+def test_d_eval_crash_is_retried_in_a_fresh_process_and_never_cached(tiny_model, data_root, tmp_path, monkeypatch):
+    from components.digests import digest_dir
+    from components.evaluation import runner
+    from components.preflight import preflight
+    from flows.cache import key
+    from flows.quantize_variant import quantize_variant
+
+    # Once: the base evaluation's first process dies, the task's retry runs a new one, the flow completes.
+    script = _crashing_python(tmp_path, fails=1)
+    monkeypatch.setattr(runner, "python_for", lambda engine: str(script))
+    spec = drill_spec(tiny_model, tmp_path, "drill-d", eval_seed=2001)  # engine settings no other test uses
+    state = quantize_variant(spec, return_state=True)
+    assert state.is_completed()
+    pids = [line.split()[0] for line in (tmp_path / "calls").read_text().splitlines()]
+    assert len(pids) == 3 and len(set(pids)) == 3, "base: crashed + retried, variant: one process each"
+    [base_history, _] = task_run_history(state.state_details.flow_run_id, "evaluate")
+    assert "Retrying" in base_history and base_history[-1] == "Completed", base_history
+
+    # Twice (retries spent): the task fails, the flow fails, and nothing is cached under the baseline's key.
+    spec2 = drill_spec(tiny_model, tmp_path, "drill-d", eval_seed=2002)
+    script = _crashing_python(tmp_path, fails=2)
+    state = quantize_variant(spec2, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"lm_eval exited with -9"):
+        state.result()
+    assert task_states(state.state_details.flow_run_id)["evaluate"] == ["Failed"]
+    plan = preflight(spec2)
+    base_key = key("evaluate", digest_dir(tiny_model), plan.suite_digest, plan.engine.model_dump())
+    results = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])
+    assert not (results / base_key).exists(), "a failed evaluation leaves no cached result"
+    assert any(p.name.startswith("evaluate-") for p in results.iterdir())
+
+    # The same spec once the crashes stop: the baseline is evaluated again (not served from a cache), then completes.
+    script = _crashing_python(tmp_path, fails=0)
+    state = quantize_variant(spec2, return_state=True)
+    assert state.is_completed()
+    assert task_states(state.state_details.flow_run_id)["evaluate"] == ["Completed", "Completed"]
+    assert (results / base_key).exists()
+
+
+# --- f. the flow-run process terminated or killed --------------------------------------------------------------
+
+def test_f_terminated_flow_process_ends_crashed(tiny_model, tmp_path):
+    """SIGTERM (a worker, Docker or Kubernetes stopping the run): Prefect's engine reports CRASHED on the way out."""
+    copy = tmp_path / "tiny-f"
+    copy.mkdir()
+    for p in tiny_model.iterdir():
+        (copy / p.name).symlink_to(p)
+    spec = drill_spec(tiny_model, tmp_path, "drill-f", source=str(copy))
+    proc, where = start_flow_process(spec, tmp_path, "resolve")
+    assert flow_run_state(where["flow_run_id"]).type.value == "RUNNING"
+    kill(proc, signal.SIGTERM)
+    assert wait_flow_state(where["flow_run_id"], {"CRASHED"}, 30) == "CRASHED"
+
+
+def test_f_killed_flow_process_is_marked_crashed_by_the_heartbeat_automation(tiny_model, tmp_path):
+    """SIGKILL (a worker's machine or pod gone): nobody reports, the run would stay RUNNING forever. With heartbeats
+    (PREFECT_FLOWS_HEARTBEAT_FREQUENCY) and the automation of docs/reliability.md the server marks it CRASHED."""
+    import anyio
+    from prefect import get_client
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    copy = tmp_path / "tiny-f2"
+    copy.mkdir()
+    for p in tiny_model.iterdir():
+        (copy / p.name).symlink_to(p)
+    spec = drill_spec(tiny_model, tmp_path, "drill-f2", source=str(copy))
+    proc, where = start_flow_process(spec, tmp_path, "resolve", env={"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"})
+    run_id = where["flow_run_id"]
+    # Scoped to this flow run: the session's other runs beat every 180 s (the default) and must not be touched.
+    automation = AutomationCore(
+        name=f"crash-zombie-{run_id}",
+        trigger=EventTrigger(after={"prefect.flow-run.heartbeat"},
+                             expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
+                                     "prefect.flow-run.Failed", "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+                             match={"prefect.resource.id": f"prefect.flow-run.{run_id}"},
+                             for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1, within=45),
+        actions=[ChangeFlowRunState(state="CRASHED", message="no heartbeat for 45 s: the flow-run process is gone")])
+
+    async def create():
+        async with get_client() as client:
+            return await client.create_automation(automation)
+
+    async def delete(aid):
+        async with get_client() as client:
+            await client.delete_automation(aid)
+
+    async def heartbeats_since(since) -> int:
+        from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+
+        async with get_client() as client:
+            page = await client.read_events(EventFilter(
+                occurred=EventOccurredFilter(since=since), event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+                resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"])), limit=10)  # the server caps 50
+            return page.total
+
+    armed_since = datetime.datetime.now(datetime.timezone.utc)
+    automation_id = anyio.run(create)
+    try:
+        deadline = time.time() + 90  # a heartbeat after the automation exists arms it (one every 30 s)
+        while not anyio.run(heartbeats_since, armed_since):
+            assert time.time() < deadline, "no heartbeat from the flow-run process"
+            time.sleep(1)
+        time.sleep(2)
+        assert flow_run_state(run_id).type.value == "RUNNING"
+        kill(proc, signal.SIGKILL)
+        assert wait_flow_state(run_id, {"CRASHED"}, 150) == "CRASHED"
+    finally:
+        anyio.run(delete, automation_id)

@@ -1,0 +1,184 @@
+"""No secret leaves a run: one flow run with real credentials in its environment, then everything it left is searched.
+
+The run publishes to a real SeaweedFS S3 server (credentials enforced, given as AWS_* variables) with HF_TOKEN and a
+Prefect-API-key-like variable set to values made up at run time. Then every trace of the run is read back: the files
+under the test session's data dir (QUANTFLOW_HOME: cards, manifests, lm-eval outputs and logs, Prefect results; the
+Prefect and MLflow servers' databases and artifact stores), the MLflow runs (params, tags, metric names, artifacts
+downloaded), the registered model version, the Prefect flow run (parameters, logs, artifacts, task runs), and every
+object and its metadata in the bucket. None may hold any secret, raw, base64 or URL-encoded.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from servers import seaweed_s3  # noqa: E402
+
+from components.specs import VariantSpec  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not os.environ.get("PREFECT_API_URL") or not os.environ.get("QUANTFLOW_MLFLOW_TRACKING_URI"),
+                                reason="needs the session's Prefect and MLflow servers (QUANTFLOW_TEST_SERVERS=1)")
+
+
+def ensure_bucket(s3, name: str, timeout: float = 30) -> None:
+    """Create `name` and wait until it answers (weed mini's -bucket creation can lag behind its S3 port)."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    cli = boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id=s3.access_key,
+                       aws_secret_access_key=s3.secret_key, region_name="us-east-1")
+    deadline = time.time() + timeout
+    while True:
+        try:
+            cli.create_bucket(Bucket=name)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+        try:
+            cli.head_bucket(Bucket=name)
+            return
+        except ClientError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def forms(secret: str) -> list[bytes]:
+    """The ways a secret could be written down."""
+    raw = secret.encode()
+    return [raw, base64.b64encode(raw), base64.urlsafe_b64encode(raw), urllib.parse.quote(secret, safe="").encode()]
+
+
+class Scanner:
+    def __init__(self, named: dict[str, str]):
+        self.named = named
+        self.patterns = [(name, f) for name, s in named.items() for f in forms(s)]
+        self.seen: dict[str, int] = {}  # where -> how many items were read there
+        self.leaks: list[str] = []
+
+    def check(self, where: str, item: str, data: bytes | str | None) -> None:
+        if data is None:
+            return
+        data = data.encode() if isinstance(data, str) else data
+        self.seen[where] = self.seen.get(where, 0) + 1
+        for name, pattern in self.patterns:
+            if pattern in data:
+                self.leaks.append(f"{name} in {where}: {item}")
+
+    def tree(self, where: str, root: Path) -> None:
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and not p.is_symlink():
+                self.check(where, str(p), p.read_bytes())
+
+
+def prefect_records(flow_run_id):
+    import anyio
+    from prefect import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
+                                                FlowRunFilterId, LogFilter, LogFilterFlowRunId)
+
+    async def go():
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return run, logs, artifacts, tasks
+
+    return anyio.run(go)
+
+
+def test_no_secret_in_anything_a_run_leaves(tiny_model, data_root, tmp_path, monkeypatch):
+    import boto3
+    import mlflow
+
+    from flows.quantize_variant import quantize_variant
+
+    with seaweed_s3(tmp_path / "weed", buckets=("qf-secrets",)) as s3:
+        ensure_bucket(s3, "qf-secrets")
+        hf_token = "hf_" + secrets.token_hex(17)
+        api_key = "pnu_" + secrets.token_hex(18)
+        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+        monkeypatch.setenv("HF_TOKEN", hf_token)
+        monkeypatch.setenv("QUANTFLOW_FAKE_PREFECT_API_KEY", api_key)  # the shape of a Prefect Cloud key, in the env
+        monkeypatch.setenv("PREFECT_API_KEY", api_key)  # a local server ignores it; nothing may record it
+
+        spec = VariantSpec.model_validate({
+            "base": {"source": str(tiny_model)}, "scheme": "w8a8-int8", "variant_name": "tiny-secrets-w8a8",
+            "calibration": {"num_samples": 8, "max_seq_length": 64},
+            "evaluation": {"engine": "hf", "limit": 2},
+            "stores": [{"kind": "local", "uri": str(tmp_path / "published")},
+                       {"kind": "s3", "uri": "s3://qf-secrets/checkpoints", "endpoint_url": s3.endpoint_url}]})
+        state = quantize_variant(spec, return_state=True)
+        outcome = state.result()
+        flow_run_id = state.state_details.flow_run_id
+
+        scan = Scanner({"AWS secret key": s3.secret_key, "HF token": hf_token, "Prefect API key": api_key})
+
+        # 1. Files: QUANTFLOW_HOME, the servers' stores, the published folder.
+        scan.tree("session data dir", data_root)
+        scan.tree("local store", tmp_path / "published")
+
+        # 2. MLflow: the variant run, its baseline run, the registered version.
+        mlflow.set_tracking_uri(os.environ["QUANTFLOW_MLFLOW_TRACKING_URI"])
+        client = mlflow.MlflowClient()
+        run = client.get_run(outcome.mlflow_run_id)
+        children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+        for r in [run, *children]:
+            for k, v in {**r.data.params, **r.data.tags}.items():
+                scan.check("MLflow params/tags", f"{r.info.run_id} {k}", f"{k}={v}")
+            for k in r.data.metrics:
+                scan.check("MLflow metric names", k, k)
+            dest = tmp_path / "mlflow-artifacts" / r.info.run_id
+            dest.mkdir(parents=True)
+            mlflow.artifacts.download_artifacts(run_id=r.info.run_id, dst_path=str(dest))
+            scan.tree("MLflow artifacts", dest)
+        for v in client.search_model_versions(f"name = '{outcome.name}'"):
+            scan.check("MLflow model version", v.version, f"{v.source} {v.tags} {v.description}")
+
+        # 3. Prefect: the flow run with its parameters, its logs, its artifacts, its task runs.
+        flow_run, logs, artifacts, tasks = prefect_records(flow_run_id)
+        scan.check("Prefect flow run", "flow run", flow_run.model_dump_json())
+        for log in logs:
+            scan.check("Prefect logs", log.message[:80], log.message)
+        for a in artifacts:
+            scan.check("Prefect artifacts", a.key, a.model_dump_json())
+        for t in tasks:
+            scan.check("Prefect task runs", t.name, t.model_dump_json())
+
+        # 4. The bucket: every object, its metadata.
+        s3c = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1", aws_access_key_id=s3.access_key,
+                               aws_secret_access_key=s3.secret_key)  # not the default session: it caches old keys
+        for o in s3c.list_objects_v2(Bucket="qf-secrets")["Contents"]:
+            obj = s3c.get_object(Bucket="qf-secrets", Key=o["Key"])
+            scan.check("bucket objects", o["Key"], obj["Body"].read())
+            scan.check("bucket metadata", o["Key"], repr(obj.get("Metadata")))
+
+    assert scan.leaks == [], "\n".join(scan.leaks)
+    probe = Scanner(scan.named)  # the scanner itself finds a secret where there is one: the server's identities file
+    probe.tree("weed config", tmp_path / "weed")
+    assert any(leak.startswith("AWS secret key in weed config") for leak in probe.leaks)
+    # The scan read something everywhere it looked.
+    for where in ("session data dir", "local store", "MLflow params/tags", "MLflow metric names", "MLflow artifacts",
+                  "MLflow model version", "Prefect flow run", "Prefect logs", "Prefect artifacts", "Prefect task runs",
+                  "bucket objects"):
+        assert scan.seen.get(where), f"nothing read in {where}"
+    assert scan.seen["bucket objects"] >= 5 and scan.seen["Prefect logs"] >= 5, scan.seen
+    print({k: v for k, v in scan.seen.items()})
