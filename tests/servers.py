@@ -158,6 +158,29 @@ def _start_weed(root: Path, data: Path, logs: Path, config: Path, buckets: tuple
     return proc, f"http://127.0.0.1:{s3}"
 
 
+def ensure_bucket(s3, name: str, timeout: float = 30) -> None:
+    """Create `name` and wait until it answers (weed mini's -bucket creation can lag behind its S3 port)."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    cli = boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id=s3.access_key,
+                       aws_secret_access_key=s3.secret_key, region_name="us-east-1")
+    deadline = time.time() + timeout
+    while True:
+        try:
+            cli.create_bucket(Bucket=name)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+        try:
+            cli.head_bucket(Bucket=name)
+            return
+        except ClientError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 if __name__ == "__main__":  # manual check: start, print the endpoint, stop on Ctrl-C
     with seaweed_s3() as srv:
         print(srv.endpoint_url, srv.access_key, "(secret not shown)", flush=True)

@@ -27,7 +27,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from prefect_states import task_states  # noqa: E402
-from servers import seaweed_s3  # noqa: E402
+from servers import ensure_bucket, seaweed_s3  # noqa: E402
 
 from components.local_stack import stop  # noqa: E402
 from components.settings import settings  # noqa: E402
@@ -184,29 +184,6 @@ def _aws_env(monkeypatch, tmp_path, s3) -> None:
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
-
-
-def ensure_bucket(s3, name: str, timeout: float = 30) -> None:
-    """Create `name` and wait until it answers (weed mini's -bucket creation can lag behind its S3 port)."""
-    import boto3
-    from botocore.exceptions import ClientError
-
-    cli = boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id=s3.access_key,
-                       aws_secret_access_key=s3.secret_key, region_name="us-east-1")
-    deadline = time.time() + timeout
-    while True:
-        try:
-            cli.create_bucket(Bucket=name)
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise
-        try:
-            cli.head_bucket(Bucket=name)
-            return
-        except ClientError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def test_b_s3_dies_during_upload_then_rerun_sends_only_what_is_missing(tiny_model, tmp_path, monkeypatch):

@@ -434,32 +434,9 @@ def test_bad_input_is_named(case, tiny_model, embedded_base, tmp_path, monkeypat
         assert "Traceback" not in problem
 
 
-def ensure_bucket(s3, name: str, timeout: float = 30) -> None:
-    """Create `name` and wait until it answers (weed mini's -bucket creation can lag behind its S3 port)."""
-    import boto3
-    from botocore.exceptions import ClientError
-
-    cli = boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id=s3.access_key,
-                       aws_secret_access_key=s3.secret_key, region_name="us-east-1")
-    deadline = time.time() + timeout
-    while True:
-        try:
-            cli.create_bucket(Bucket=name)
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise
-        try:
-            cli.head_bucket(Bucket=name)
-            return
-        except ClientError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.5)
-
-
 def test_s3_credentials_refused_and_bucket_missing(tiny_model, tmp_path, monkeypatch):
     """Against a real SeaweedFS: wrong secret -> refused; right secret, no bucket -> missing, unless create_bucket."""
-    from servers import seaweed_s3
+    from servers import ensure_bucket, seaweed_s3
 
     with seaweed_s3(tmp_path / "weed", buckets=("qf-there",)) as s3:
         ensure_bucket(s3, "qf-there")

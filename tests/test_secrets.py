@@ -13,7 +13,6 @@ import base64
 import os
 import secrets
 import sys
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -21,35 +20,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from servers import seaweed_s3  # noqa: E402
+from servers import ensure_bucket, seaweed_s3  # noqa: E402
 
 from components.specs import VariantSpec  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not os.environ.get("PREFECT_API_URL") or not os.environ.get("QUANTFLOW_MLFLOW_TRACKING_URI"),
                                 reason="needs the session's Prefect and MLflow servers (QUANTFLOW_TEST_SERVERS=1)")
-
-
-def ensure_bucket(s3, name: str, timeout: float = 30) -> None:
-    """Create `name` and wait until it answers (weed mini's -bucket creation can lag behind its S3 port)."""
-    import boto3
-    from botocore.exceptions import ClientError
-
-    cli = boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id=s3.access_key,
-                       aws_secret_access_key=s3.secret_key, region_name="us-east-1")
-    deadline = time.time() + timeout
-    while True:
-        try:
-            cli.create_bucket(Bucket=name)
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise
-        try:
-            cli.head_bucket(Bucket=name)
-            return
-        except ClientError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def forms(secret: str) -> list[bytes]:
