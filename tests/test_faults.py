@@ -27,7 +27,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from prefect_states import task_states  # noqa: E402
-from servers import ensure_bucket, seaweed_s3  # noqa: E402
+from servers import ensure_bucket, seaweed_s3, use_only_these_aws_credentials  # noqa: E402
 
 from components.local_stack import stop  # noqa: E402
 from components.settings import settings  # noqa: E402
@@ -176,14 +176,7 @@ def test_a_quantization_killed_then_rerun_reuses_base_and_calibration(tiny_model
 # --- b. S3 server dies during the upload -------------------------------------------------------------------------
 
 def _aws_env(monkeypatch, tmp_path, s3) -> None:
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    use_only_these_aws_credentials(monkeypatch, s3, tmp_path)
 
 
 def test_b_s3_dies_during_upload_then_rerun_sends_only_what_is_missing(tiny_model, tmp_path, monkeypatch):

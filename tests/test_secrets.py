@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from servers import ensure_bucket, seaweed_s3  # noqa: E402
+from servers import ensure_bucket, seaweed_s3, use_only_these_aws_credentials  # noqa: E402
 
 from components.specs import VariantSpec  # noqa: E402
 
@@ -84,14 +84,7 @@ def test_no_secret_in_anything_a_run_leaves(tiny_model, data_root, tmp_path, mon
         ensure_bucket(s3, "qf-secrets")
         hf_token = "hf_" + secrets.token_hex(17)
         api_key = "pnu_" + secrets.token_hex(18)
-        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            monkeypatch.delenv(var, raising=False)
-        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        monkeypatch.setenv("AWS_REGION", "us-east-1")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+        use_only_these_aws_credentials(monkeypatch, s3, tmp_path)
         monkeypatch.setenv("HF_TOKEN", hf_token)
         monkeypatch.setenv("QUANTFLOW_FAKE_PREFECT_API_KEY", api_key)  # the shape of a Prefect Cloud key, in the env
         monkeypatch.setenv("PREFECT_API_KEY", api_key)  # a local server ignores it; nothing may record it
