@@ -21,10 +21,10 @@ from pydantic import ValidationError
 
 from components import recipes
 from components.calibration import FILE_BUILDERS
-from components.evaluation import suites
+from components.evaluation import references, suites
 from components.evaluation.command import EngineSettings
 from components.evaluation.engine import batch_size, choose_engine, detect_platform
-from components.evaluation.runner import suite_digest
+from components.evaluation.runner import EvalResult, suite_digest
 from components.models import gguf_path, model_name
 from components.recipes import SchemeDef
 from components.settings import settings
@@ -59,6 +59,8 @@ class Plan:
     name: str  # the published name: variant_name, or <base name>-<scheme suffix>
     checkpoint_bytes: int | None = None  # estimated size of the compressed checkpoint
     notes: list[str] = field(default_factory=list)  # what could not be checked here (not errors)
+    serving: bool = False  # measure serving speed (vLLM evaluates this scheme here and the spec asks for it)
+    reference: EvalResult | None = None  # published baseline scores standing in for evaluating the base model
 
 
 @dataclass
@@ -647,6 +649,55 @@ def _engine(c: _Checks, scheme: SchemeDef | None, suite: suites.Suite | None, ba
                           gpu_memory_utilization=ev.gpu_memory_utilization if engine_name == "vllm" else None)
 
 
+def _reference(c: _Checks, suite: suites.Suite | None, engine: EngineSettings | None, base: _Base | None) -> EvalResult | None:
+    name = c.spec.evaluation.reference_baseline
+    if not name or suite is None or engine is None:
+        return None
+    try:
+        ref = references.load(name)
+    except ValueError as e:
+        c.problem(f"evaluation.reference_baseline: {e}")
+        return None
+    found = references.problems(ref, suite, base.name if base is not None else None)
+    for p in found:
+        c.problem(f"evaluation.reference_baseline {name!r}: {p}")
+    if found:
+        return None
+    c.notes.append(f"baseline: published scores ({ref.source}) stand in for evaluating {ref.model}")
+    return references.as_eval(ref, suite, engine)
+
+
+def _serving(c: _Checks, engine: EngineSettings | None, base: _Base | None) -> bool:
+    """The serving benchmark's prompt file and length; whether it runs (vLLM only)."""
+    sv = c.spec.evaluation.serving
+    if not sv.enabled or engine is None:
+        return False
+    if engine.engine != "vllm":
+        c.notes.append(f"evaluation.serving: not measured: this variant evaluates on {engine.engine} and serving speed "
+                       "is measured with vLLM")
+        return False
+    path = Path(sv.prompts)
+    if not path.is_file():
+        c.problem(f"evaluation.serving.prompts: no file {path}")
+        return False
+    rows = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    try:
+        bad = [i + 1 for i, line in enumerate(rows) if not isinstance(json.loads(line).get("prompt"), str)]
+    except (ValueError, AttributeError) as e:
+        c.problem(f"evaluation.serving.prompts: {path} is not JSONL (one JSON object a line): {_first_line(e)}")
+        return False
+    if not rows or bad:
+        c.problem(f"evaluation.serving.prompts: {path} needs a string `prompt` on every line"
+                  + (f" (missing on lines {bad[:5]})" if bad else " (the file is empty)"))
+        return False
+    limit = _max_positions(base.config) if base is not None and base.config is not None else None
+    if limit and sv.max_model_len > limit:
+        c.problem(f"evaluation.serving.max_model_len {sv.max_model_len} is above {base.name}'s "
+                  f"max_position_embeddings {limit} (vLLM refuses it)")
+        return False
+    return True
+
+
 # --- stores, tracking, disk ---------------------------------------------------------------------
 
 def _stores(c: _Checks, name: str | None) -> None:
@@ -787,6 +838,8 @@ def preflight(spec: VariantSpec | dict) -> Plan:
         c.guard("calibration", _calibration, c, base)
     suite = c.guard(f"evaluation.suite {spec.evaluation.suite!r}", _suite, c)
     engine = c.guard("evaluation.engine", _engine, c, scheme, suite, base)
+    serving = c.guard("evaluation.serving", _serving, c, engine, base)
+    reference = c.guard("evaluation.reference_baseline", _reference, c, suite, engine, base)
     name = spec.variant_name or (f"{base.name}-{scheme.suffix}" if base is not None and scheme is not None else None)
     if name is not None and not spec.variant_name:
         try:
@@ -800,4 +853,4 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     if c.problems:
         raise PreflightError(c.problems)
     return Plan(spec=spec, scheme=scheme, suite=suite, suite_digest=suite_digest(suite), engine=engine, name=name,
-                checkpoint_bytes=checkpoint, notes=c.notes)
+                checkpoint_bytes=checkpoint, notes=c.notes, serving=bool(serving), reference=reference)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from components.models import EMBEDDED_DEFAULT
 
 CALIBRATION_DATA = Path(__file__).parent / "calibration_data"
+SERVING_PROMPTS = Path(__file__).parent / "evaluation" / "serving_prompts.jsonl"
 
 
 class Scheme(str, Enum):
@@ -87,6 +88,19 @@ class CalibrationSpec(BaseModel):
         return self
 
 
+class ServingSpec(BaseModel):
+    """Serving speed beside accuracy: `vllm bench serve` on a fixed prompt set, base and variant alike."""
+
+    enabled: bool = Field(True, description="Measure output tokens/s, time to first token and engine memory "
+                                            "(vLLM only: skipped, with a note, where the scheme evaluates on hf).")
+    prompts: str = Field(str(SERVING_PROMPTS), description="JSONL file with a `prompt` field per line (vLLM's custom dataset).")
+    num_prompts: int = Field(16, ge=1, le=100000)
+    max_concurrency: int = Field(4, ge=1, le=4096, description="Requests in flight at once.")
+    output_len: int = Field(64, ge=1, le=131072, description="Output tokens per request (EOS ignored, so every variant writes as many).")
+    max_model_len: int = Field(2048, ge=16)
+    seed: int = 0
+
+
 class EvalSpec(BaseModel):
     suite: str = Field("smoke", description="Suite name: a YAML file in components/evaluation/suites/ (see `quantflow suites`).")
     engine: Engine = Engine.auto
@@ -99,6 +113,11 @@ class EvalSpec(BaseModel):
                                                  "that came up without one), instead of running for hours on CPU.")
     rtol: float = Field(0.08, ge=0, le=1, description="Gate: per-task relative tolerance (vLLM's lm-eval CI uses 0.08).")
     min_average_recovery: float = Field(0.95, ge=0, le=1.5, description="Gate: floor on the average recovery (llm-compressor's e2e tests use 0.95).")
+    reference_baseline: str | None = Field(None, description="Published baseline scores standing in for evaluating the "
+                                                             "base model (e.g. Meta-Llama-3.1-70B-Instruct.openllm-v1, a "
+                                                             "seed card's baseline column; or a YAML path): marked as such "
+                                                             "in the card and MLflow.")
+    serving: ServingSpec = ServingSpec()
 
 
 class StoreSpec(BaseModel):

@@ -11,17 +11,18 @@ from pydantic import BaseModel
 from components import calibration, recovery, tracking
 from components.gate import GateVerdict, gate
 from components.calibration import CalibSet
-from components.card.render import CardFacts, accuracy_table, gate_markdown, render
+from components.card.render import CardFacts, accuracy_table, gate_markdown, render, serving_table
 from components.digests import digest_dir, sha256_file
-from components.evaluation import suites
+from components.evaluation import serving, suites
 from components.evaluation.command import EngineSettings
 from components.evaluation.runner import EvalResult, run_suite
+from components.evaluation.serving import ServingResult, Speed
 from components.models import ModelRef, resolve
 from components.preflight import preflight
 from components.quantize import quantize
 from components.recipes import SchemeDef
 from components.settings import settings
-from components.specs import BaseModelSpec, CalibrationSpec, VariantSpec
+from components.specs import BaseModelSpec, CalibrationSpec, ServingSpec, VariantSpec
 from components.stores import Published, open_store
 from flows.cache import key
 
@@ -41,6 +42,7 @@ class VariantOutcome(BaseModel):
     engine: str
     table: recovery.RecoveryTable
     gate: GateVerdict
+    speed: Speed | None  # serving benchmark of base and variant, where vLLM runs the scheme
     published: list[Published]
     mlflow_run_id: str
     flow_run_id: str
@@ -91,6 +93,18 @@ def evaluate(model_path: str, model_digest: str, suite_name: str, suite_digest: 
     return run_suite(model_path, suites.load(suite_name), engine, out, log=logger.info)
 
 
+def _serving_key(model_digest: str, engine: EngineSettings, spec: ServingSpec) -> str:
+    """Content, not paths: the prompt file enters by its digest."""
+    return key("serving", model_digest, engine.model_dump(), spec.model_dump(exclude={"prompts"}), sha256_file(spec.prompts))
+
+
+@task(cache_key_fn=lambda ctx, p: _serving_key(p["model_digest"], p["engine"], p["spec"]), persist_result=True, retries=1)
+def measure_serving(model_path: str, model_digest: str, engine: EngineSettings, spec: ServingSpec) -> ServingResult:
+    """`vllm serve` + `vllm bench serve` in their own processes; the baseline's result is shared like its evaluation."""
+    out = settings().path("serving") / _serving_key(model_digest, engine, spec)
+    return serving.measure(model_path, engine, spec, out, log=get_run_logger().info)
+
+
 # --- Card, publication, lineage ---------------------------------------------------------------
 
 @task
@@ -130,16 +144,24 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     calib = build_calibration(spec.calibration, base) if scheme.needs_calibration else None
     checkpoint = quantize_checkpoint(base, scheme, calib, name)
 
-    # Evaluation: same engine and settings for base and variant
-    base_eval = evaluate(base.path, base.digest, suite.name, suite_key, engine)
+    # Evaluation: same engine and settings for base and variant (or published baseline scores, marked as such)
+    base_eval = plan.reference or evaluate(base.path, base.digest, suite.name, suite_key, engine)
     variant_eval = evaluate(checkpoint.path, checkpoint.digest, suite.name, suite_key, engine)
     table = recovery.table(base_eval.scores, variant_eval.scores)
     verdict = gate(table, rtol=spec.evaluation.rtol, min_average_recovery=spec.evaluation.min_average_recovery)
 
+    # Speed and size beside accuracy: the same engine, settings and prompts for base and variant
+    speed = None
+    if plan.serving:
+        base_speed = measure_serving(base.path, base.digest, engine, spec.evaluation.serving)
+        variant_speed = measure_serving(checkpoint.path, checkpoint.digest, engine, spec.evaluation.serving)
+        speed = Speed(base=base_speed, variant=variant_speed)
+
     # Card, publication, lineage
     run_id, run_url = flow_run.get_id(), flow_run.get_flow_run_ui_url()
     facts = CardFacts(name=name, model_id=name, spec=spec, base=base, scheme=scheme, calibration=calib, suite=suite,
-                      variant_eval=variant_eval, table=table, gate=verdict, versions=tracking.versions())
+                      variant_eval=variant_eval, table=table, gate=verdict, versions=tracking.versions(), speed=speed,
+                      baseline_reference=base_eval.reference)
     card = write_card(facts, checkpoint)
     # The checkpoint may come from the cache of a variant with another name (its key is content only): publish as this one.
     published = publish(checkpoint.model_copy(update={"name": name}), spec, scheme)
@@ -154,6 +176,8 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
               "quantflow.prefect_flow_run_url": str(run_url or "")})
 
     markdown = accuracy_table(table, base.name, name) + "\n\n" + gate_markdown(verdict)
+    if speed:
+        markdown += "\n\n" + serving_table(speed, base.name, name)
     if url := tracking.run_url(mlflow_run):
         create_link_artifact(key="mlflow-run", link=url, link_text=f"MLflow run of {name}")
     where = [f"- card: `{card}`"] + [f"- {p.store}: {p.uri}" + (f" (revision `{p.revision}`)" if p.revision else "")
@@ -161,5 +185,5 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     create_markdown_artifact(key="published", markdown="\n".join(where), description=f"Where {name} was published")
     create_markdown_artifact(key="recovery-table", markdown=markdown, description=f"{name}: recovery vs {base.name}")
     logger.info("Recovery of %s (%s engine):\n%s\nCard: %s\nMLflow run: %s", name, engine.engine, markdown, card, mlflow_run)
-    return VariantOutcome(name=name, checkpoint=checkpoint.path, card=card, engine=engine.engine, table=table, gate=verdict,
+    return VariantOutcome(name=name, checkpoint=checkpoint.path, card=card, engine=engine.engine, table=table, gate=verdict, speed=speed,
                           published=published, mlflow_run_id=mlflow_run, flow_run_id=str(run_id))

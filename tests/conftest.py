@@ -6,6 +6,7 @@ read their API URLs from the environment as users' processes do.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +42,8 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     for proc in reversed(_procs):
         stop(proc)
+    if os.environ.get("QUANTFLOW_KEEP_TEST_DATA") != "1":  # set it to look at a session's data afterwards
+        shutil.rmtree(ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ def _spec(model: Path, scheme: str, **evaluation) -> VariantSpec:
     return VariantSpec.model_validate({
         "base": {"source": str(model)}, "scheme": scheme,
         "calibration": {"num_samples": 8, "max_seq_length": 128},
-        "evaluation": {"limit": 8, **evaluation},
+        "evaluation": {"limit": 8, "serving": {"num_prompts": 8, "output_len": 16, "max_model_len": 512}, **evaluation},
     })
 
 
@@ -33,6 +33,12 @@ def test_w8a8_on_vllm_then_cached(tiny_model):
     config = json.loads((ckpt / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     assert (ckpt / "recipe.yaml").exists()
+    # Serving speed beside accuracy: base and variant served alike, every request answered, in the card.
+    for served in (outcome.speed.base, outcome.speed.variant):
+        assert served.completed == 8 and served.failed == 0
+        assert served.output_tok_s > 0 and served.ttft_median_ms > 0 and served.engine_peak_mb > 100
+    assert outcome.speed.variant.checkpoint_mb > 0
+    assert "### Serving speed and size" in card and f"vllm serve {outcome.name}" in card and "vllm bench serve" in card
     published = Path(outcome.published[0].uri.removeprefix("file://"))
     assert (published / "quantflow-manifest.json").exists() and (published / "README.md").exists()
 
@@ -60,15 +66,16 @@ def test_w8a8_on_vllm_then_cached(tiny_model):
     # Same spec again: every heavy task from cache, the same table, no second MLflow run.
     again = quantize_variant(_spec(tiny_model, "w8a8-int8"), return_state=True)
     states = task_states(again.state_details.flow_run_id)
-    for name in ("resolve_base", "build_calibration", "quantize_checkpoint", "evaluate"):
+    for name in ("resolve_base", "build_calibration", "quantize_checkpoint", "evaluate", "measure_serving"):
         assert set(states[name]) == {"Cached"}, (name, states[name])
     assert again.result().table == outcome.table
     assert again.result().mlflow_run_id == outcome.mlflow_run_id
 
     # One input changed (the scheme): the base model, calibration set and baseline evaluation come from cache.
-    other = quantize_variant(_spec(tiny_model, "fp8-dynamic"), return_state=True)
+    other = quantize_variant(_spec(tiny_model, "fp8-dynamic", serving={"enabled": False}), return_state=True)
     states = task_states(other.state_details.flow_run_id)
     assert states["resolve_base"] == ["Cached"] and "build_calibration" not in states  # data-free scheme
+    assert "measure_serving" not in states and other.result().speed is None
     assert sorted(states["evaluate"]) == ["Cached", "Completed"]
     assert states["quantize_checkpoint"] == ["Completed"]
 

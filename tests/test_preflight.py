@@ -75,6 +75,15 @@ def test_good_spec_passes_and_plans(tiny_model, tmp_path):
     assert not (tmp_path / "published").exists(), "preflight writes nothing"
 
 
+def test_serving_planned_on_vllm_only(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTFLOW_EVAL_PYTHON", sys.executable)
+    settings.cache_clear()
+    assert preflight(good(tiny_model, tmp_path, evaluation__engine="vllm")).serving
+    assert not preflight(good(tiny_model, tmp_path, evaluation__engine="vllm", evaluation__serving__enabled=False)).serving
+    on_hf = preflight(good(tiny_model, tmp_path))
+    assert not on_hf.serving and any("serving speed is measured with vLLM" in n for n in on_hf.notes)
+
+
 def test_w4a16_passes_on_the_tiny_model(tiny_model, tmp_path):
     """hidden 128, intermediate 256: every Linear's input width is a multiple of the group size 128."""
     assert preflight(good(tiny_model, tmp_path, scheme="w4a16")).scheme.group_size == 128
@@ -347,6 +356,44 @@ def case_vllm_context_above_positions(ctx):
     ctx.mp.setenv("QUANTFLOW_EVAL_PYTHON", sys.executable)  # present: only the context length is wrong
     return good(ctx.tiny, ctx.tmp, evaluation__engine="vllm", evaluation__suite="humaneval"), \
         r"vLLM would run with max_model_len 4096, above tiny-llama's max_position_embeddings 2048"
+
+
+def _serving_case(ctx, **serving) -> dict:
+    ctx.mp.setenv("QUANTFLOW_EVAL_PYTHON", sys.executable)  # present: only the serving settings are wrong
+    return good(ctx.tiny, ctx.tmp, evaluation__engine="vllm", **{f"evaluation__serving__{k}": v for k, v in serving.items()})
+
+
+def case_serving_prompts_missing(ctx):
+    return _serving_case(ctx, prompts=str(ctx.tmp / "prompts.jsonl")), r"evaluation.serving.prompts: no file .*prompts.jsonl"
+
+
+def case_serving_prompts_not_jsonl(ctx):
+    (ctx.tmp / "prompts.jsonl").write_text('{"prompt": "hi"}\nnot json\n')
+    return _serving_case(ctx, prompts=str(ctx.tmp / "prompts.jsonl")), r"prompts.jsonl is not JSONL"
+
+
+def case_serving_prompts_without_prompt(ctx):
+    (ctx.tmp / "prompts.jsonl").write_text('{"prompt": "hi"}\n{"text": "no prompt"}\n')
+    return _serving_case(ctx, prompts=str(ctx.tmp / "prompts.jsonl")), r"needs a string `prompt` on every line \(missing on lines \[2\]\)"
+
+
+def case_serving_context_above_positions(ctx):
+    return _serving_case(ctx, max_model_len=4096), \
+        r"evaluation.serving.max_model_len 4096 is above tiny-llama's max_position_embeddings 2048"
+
+
+def case_reference_baseline_unknown(ctx):
+    return good(ctx.tiny, ctx.tmp, evaluation__reference_baseline="Llama-9"), \
+        r"evaluation.reference_baseline: no reference baseline 'Llama-9' \(shipped: "
+
+
+def case_reference_baseline_for_another_model_and_suite(ctx):
+    where = r"evaluation.reference_baseline 'Meta-Llama-3.1-70B-Instruct.openllm-v1': "
+    return good(ctx.tiny, ctx.tmp, evaluation__reference_baseline="Meta-Llama-3.1-70B-Instruct.openllm-v1"), [
+        where + r"it is for suite 'openllm-v1', the evaluation runs 'smoke'",
+        where + r"no published score for task\(s\) qf_facts, qf_arith, qf_prose",
+        where + r"task\(s\) arc_challenge_llama, .* are not in suite 'smoke'",
+        where + r"it was published for meta-llama/Meta-Llama-3.1-70B-Instruct, the base model is tiny-llama"]
 
 
 def case_gpu_required_but_absent(ctx):

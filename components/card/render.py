@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from components.calibration import FILE_BUILDERS, CalibSet
 from components.evaluation.command import render as render_command
 from components.evaluation.runner import EvalResult
+from components.evaluation.serving import Speed
 from components.evaluation.suites import Suite
 from components.gate import GateVerdict
 from components.models import ModelRef
@@ -33,6 +34,8 @@ class CardFacts(BaseModel):
     table: RecoveryTable
     gate: GateVerdict
     versions: dict[str, str]
+    speed: Speed | None = None  # serving benchmark of base and variant (vLLM only)
+    baseline_reference: str | None = None  # where the baseline column was published, when it was not measured here
     developers: str = "quantflow"
 
 
@@ -64,6 +67,32 @@ def gate_markdown(v: GateVerdict) -> str:
     noise = f" unless the drop is within noise at one-sided z {v.z_crit:g}" if v.z_crit is not None else ""
     head = f"**Gate: {'PASSED' if v.passed else 'FAILED'}** (per task within {100 * v.rtol:g}% of the baseline{noise}{floor})"
     return "\n".join([head] + [f"- {r}" for r in v.reasons or v.notes])
+
+
+def serving_table(speed: Speed, base_name: str, name: str) -> str:
+    """Speed and size of base and variant; the last column is the variant's gain (above 1.00x: better)."""
+    def num(x):
+        return "N/A" if x is None else f"{x:,.1f}"
+
+    lines = [f"| Measure | {base_name} | {name} (this model) | Gain |", "|---|---|---|---|"]
+    lines += [f"| {r.label} ({r.unit}) | {num(r.base)} | {num(r.quant)} | {'N/A' if r.ratio is None else f'{r.ratio:.2f}x'} |"
+              for r in speed.rows()]
+    return "\n".join(lines)
+
+
+def serving_reproduction(f: CardFacts) -> list[tuple[str, str]]:
+    """The server and benchmark commands, the local checkpoint path replaced by the published id."""
+    local = f.speed.variant.commands[0][2]
+    out = []
+    for title, argv in zip(("Serving: start the server", "Serving: benchmark it"), f.speed.variant.commands, strict=True):
+        shown = [a.replace(local, f.model_id) for a in argv]
+        if "--dataset-path" in shown:  # the shipped prompts: their path inside a quantflow checkout; results here
+            i = shown.index("--dataset-path") + 1
+            shown[i] = _in_checkout(shown[i])
+            shown[shown.index("--result-dir") + 1] = "."
+        head = 3  # `vllm serve MODEL`, `vllm bench serve` on the first line
+        out.append((title, render_command([" ".join(shown[:head]), *shown[head:]])))
+    return out
 
 
 def creation_code(f: CardFacts) -> str:
@@ -110,6 +139,13 @@ def reproduction(f: CardFacts) -> list[tuple[str, str]]:
     return out
 
 
+def _in_checkout(path: str) -> str:
+    """A file shipped with quantflow, as a path relative to the checkout; any other path as it is."""
+    root = Path(__file__).resolve().parents[2]
+    p = Path(path).resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else path
+
+
 def _pretrained(argv: list[str]) -> str:
     args = argv[argv.index("--model_args") + 1]
     return args.split(",")[0].removeprefix("pretrained=")
@@ -118,7 +154,7 @@ def _pretrained(argv: list[str]) -> str:
 def render(f: CardFacts) -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     tags = ["quantflow", "llmcompressor", "compressed-tensors", f.scheme.name, "vllm"]
-    s = f.variant_eval.settings
+    s, sv = f.variant_eval.settings, f.spec.evaluation.serving
     return env.from_string(TEMPLATE.read_text()).render(
         tags=tags, name=f.name, model_id=f.model_id, base_model=f.base.source, base_name=f.base.name,
         base_link=_link(f.base.source), architecture=_architecture(f.base),
@@ -126,7 +162,11 @@ def render(f: CardFacts) -> str:
         calibration=f.calibration, tensor_parallel_size=s.tensor_parallel_size, creation_code=creation_code(f),
         versions=f.versions, engine_name={"vllm": "vLLM", "hf": "Hugging Face transformers"}[s.engine],
         platform=s.platform.upper(), suite_name=f.suite.name, suite_title=f.suite.name, suite_description=f.suite.description,
-        table=f.table, accuracy_table=accuracy_table(f.table, f.base.name, f.name), gate=gate_markdown(f.gate), reproduction=reproduction(f), base_digest=f.base.digest,
+        table=f.table, gate=gate_markdown(f.gate), baseline_reference=f.baseline_reference,
+        accuracy_table=accuracy_table(f.table, f.base.name + (" (published)" if f.baseline_reference else ""), f.name),
+        reproduction=reproduction(f) + (serving_reproduction(f) if f.speed else []), base_digest=f.base.digest,
+        speed=f.speed, serving_table=serving_table(f.speed, f.base.name, f.name) if f.speed else "",
+        serving_setup=f"{sv.num_prompts} fixed prompts, {sv.max_concurrency} in flight, {sv.output_len} output tokens each",
         pct=pct, rec=rec,
     )
 

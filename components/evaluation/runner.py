@@ -32,6 +32,7 @@ class EvalResult(BaseModel):
     wall_s: float
     output_dir: str
     date: str  # when the evaluation finished (ISO date): the card's release date, stable across cached reruns
+    reference: str | None = None  # set when published scores stand in for a measured baseline: where they come from
 
 
 def suite_digest(suite: Suite) -> str:
@@ -50,7 +51,7 @@ def python_for(engine: str) -> str:
     return str(python)
 
 
-def _env(s: EngineSettings) -> dict[str, str]:
+def engine_env(s: EngineSettings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if s.platform == "cpu":
@@ -86,7 +87,7 @@ def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, l
         log(f"lm_eval ({s.engine}, {s.platform}): tasks {argv[argv.index('--tasks') + 1]}")
         log_file = out_dir / f"run{i}.log"
         with open(log_file, "w") as f:
-            proc = subprocess.run(full, cwd=include or out_dir, env=_env(s), stdout=f, stderr=subprocess.STDOUT)
+            proc = subprocess.run(full, cwd=include or out_dir, env=engine_env(s), stdout=f, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             tail = "".join(deque(open(log_file, errors="replace"), maxlen=15))
             raise EvaluationError(f"lm_eval exited with {proc.returncode} (log: {log_file}); last lines:\n{tail}")
