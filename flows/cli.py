@@ -51,19 +51,24 @@ def run(
     num_samples: Optional[int] = typer.Option(None, help="Calibration samples."),
     max_seq_length: Optional[int] = typer.Option(None, help="Calibration sequence length."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N docs of each task."),
+    serving: Optional[bool] = typer.Option(None, "--serving/--no-serving",
+                                           help="Measure serving speed of base and variant with vLLM (default: on)."),
 ) -> None:
     """Run one variant end to end (quantize, evaluate base and variant, card, publish, track)."""
     _prefect_defaults()
     spec = _spec(spec_file, {"base.source": model, "scheme": scheme, "evaluation.suite": suite, "evaluation.engine": engine,
                              "calibration.dataset": dataset, "calibration.num_samples": num_samples,
-                             "calibration.max_seq_length": max_seq_length, "evaluation.limit": limit})
+                             "calibration.max_seq_length": max_seq_length, "evaluation.limit": limit,
+                             "evaluation.serving.enabled": serving})
     from flows.quantize_variant import quantize_variant
 
     outcome = quantize_variant(spec)
-    from components.card.render import accuracy_table, gate_markdown
+    from components.card.render import accuracy_table, gate_markdown, serving_table
     from components.settings import settings
 
     typer.echo("\n" + accuracy_table(outcome.table, "base", outcome.name) + "\n\n" + gate_markdown(outcome.gate))
+    if outcome.speed:
+        typer.echo("\n" + serving_table(outcome.speed, "base", outcome.name))
     typer.echo(f"\nEngine: {outcome.engine}\nCard: {outcome.card}\nCheckpoint: {outcome.checkpoint}")
     for p in outcome.published:
         typer.echo(f"Published ({p.store}): {p.uri}")
@@ -77,13 +82,14 @@ def sweep(
     suite: Optional[str] = typer.Option(None, help="Eval suite."),
     engine: Optional[str] = typer.Option(None, help="auto | vllm | hf"),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N docs of each task."),
+    serving: Optional[bool] = typer.Option(None, "--serving/--no-serving", help="Measure serving speed (default: on)."),
 ) -> None:
     """Several schemes of one base model; calibration and the baseline evaluation are computed once."""
     _prefect_defaults()
     from flows.sweep import SweepSpec, comparison, sweep as sweep_flow
 
     data = _with({"schemes": schemes}, {"base.source": model, "evaluation.suite": suite, "evaluation.engine": engine,
-                                        "evaluation.limit": limit})
+                                        "evaluation.limit": limit, "evaluation.serving.enabled": serving})
     outcomes = sweep_flow(SweepSpec.model_validate(data))
     typer.echo("\n" + comparison(outcomes))
     for o in outcomes:
