@@ -18,7 +18,7 @@ def variants(base_name: str) -> tuple[list[str], list[dict]]:
                               output_format="list", order_by=["attributes.start_time ASC"])
     rows, tasks = [], []
     for run in runs:
-        if run.data.tags.get("quantflow.role") == "baseline":
+        if run.data.tags.get("quantflow.role") in ("baseline", "sweep"):
             continue
         recovery = {k.removesuffix(".recovery"): v for k, v in run.data.metrics.items() if k.endswith(".recovery")}
         tasks += [t for t in recovery if t not in tasks]

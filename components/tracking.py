@@ -6,10 +6,12 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 from components.calibration import CalibSet
 from components.evaluation.runner import EvalResult
+from components.evaluation.serving import ServingResult, Speed
 from components.gate import GateVerdict
 from components.models import ModelRef
 from components.recovery import RecoveryTable
@@ -91,6 +93,45 @@ def _metrics(mlflow, result: EvalResult) -> None:
     mlflow.log_metric("eval_wall_s", result.wall_s)
 
 
+def _suite_dataset(result: EvalResult, suite_file: Path):
+    """The eval suite as a metadata-only MLflow dataset: its file, its content digest."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # MLflow registers two sources for local paths and says so; either fits
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(suite_file))
+    return MetaDataset(source, name=f"suite-{result.suite}", digest=result.suite_digest[:32])
+
+
+def _metric_name(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+def _serving_metrics(mlflow, r: ServingResult) -> None:
+    mlflow.log_metrics({"serving.output_tok_s": r.output_tok_s, "serving.ttft_median_ms": r.ttft_median_ms,
+                        "serving.tpot_median_ms": r.tpot_median_ms, "serving.engine_peak_mb": r.engine_peak_mb,
+                        "checkpoint_mb": r.checkpoint_mb, **({"serving.weights_gib": r.weights_gib} if r.weights_gib else {})})
+
+
+def _recovery_artifacts(mlflow, table: RecoveryTable, name: str, verdict: GateVerdict) -> None:
+    """recovery.json (the whole table), recovery_table.json (MLflow's table view) and recovery.png (bar chart)."""
+    from components.comparison import chart
+
+    rows = table.rows
+    mlflow.log_table({"task": [r.task for r in rows], "benchmark": [r.label for r in rows], "metric": [r.metric for r in rows],
+                      "base": [r.base for r in rows], "base_stderr": [r.base_stderr for r in rows],
+                      "quantized": [r.quant for r in rows], "quantized_stderr": [r.quant_stderr for r in rows],
+                      "recovery": [r.recovery for r in rows]}, artifact_file="recovery_table.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "recovery.json"
+        p.write_text(table.model_dump_json(indent=2))
+        mlflow.log_artifact(str(p))
+        row = {"name": name, "gate": "passed" if verdict.passed else "failed",
+               "recovery": {r.task: r.recovery for r in rows if r.recovery is not None}, "average": table.average_recovery}
+        mlflow.log_artifact(str(chart([r.task for r in rows], [row], Path(tmp) / "recovery.png")))
+
+
 def find_record(mlflow, experiment_id: str, record: str) -> str | None:
     """The finished run that already holds this record, if any."""
     runs = mlflow.search_runs([experiment_id], filter_string=f"tags.`quantflow.record` = '{record}' and attributes.status = 'FINISHED'",
@@ -100,7 +141,7 @@ def find_record(mlflow, experiment_id: str, record: str) -> str | None:
 
 def log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, calibration: CalibSet | None,
                 base_eval: EvalResult, variant_eval: EvalResult, table: RecoveryTable, verdict: GateVerdict, published: list[Published], files: dict[str, Path],
-                tags: dict[str, str]) -> str:
+                tags: dict[str, str], speed: Speed | None = None, suite_file: Path | None = None) -> str:
     """Record one finished variant once: `record` (a digest of everything recorded) makes reruns no-ops.
 
     A rerun after a failure (tracking server down, registration cut short) finds the finished run by its record and
@@ -110,7 +151,7 @@ def log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, cal
     try:
         return _log_variant(record=record, run_name=run_name, params=params, base=base, calibration=calibration,
                             base_eval=base_eval, variant_eval=variant_eval, table=table, verdict=verdict,
-                            published=published, files=files, tags=tags)
+                            published=published, files=files, tags=tags, speed=speed, suite_file=suite_file)
     except Exception as e:  # noqa: BLE001 - every failure here is "MLflow could not record it"
         detail = scrub(str(e).strip().splitlines()[0][:300]) if str(e).strip() else ""
         raise TrackingError(
@@ -121,7 +162,8 @@ def log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, cal
 
 def _log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, calibration: CalibSet | None,
                  base_eval: EvalResult, variant_eval: EvalResult, table: RecoveryTable, verdict: GateVerdict,
-                 published: list[Published], files: dict[str, Path], tags: dict[str, str]) -> str:
+                 published: list[Published], files: dict[str, Path], tags: dict[str, str], speed: Speed | None,
+                 suite_file: Path | None) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(settings().tracking_uri)
@@ -140,6 +182,8 @@ def _log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, ca
             ds = mlflow.data.from_huggingface(load_from_disk(calibration.path), path=calibration.path,
                                               name=f"calibration-{calibration.digest[:12]}", digest=calibration.digest[:32])
             mlflow.log_input(ds, context="calibration")
+        if suite_file is not None:
+            mlflow.log_input(_suite_dataset(variant_eval, suite_file), context="evaluation")
         _metrics(mlflow, variant_eval)
         for row in table.rows:
             if row.recovery is not None:
@@ -153,18 +197,46 @@ def _log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, ca
                 mlflow.log_artifacts(str(path), artifact_path=name)
             else:
                 mlflow.log_artifact(str(path), artifact_path=name)
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / "recovery.json"
-            p.write_text(table.model_dump_json(indent=2))
-            mlflow.log_artifact(str(p))
+        _recovery_artifacts(mlflow, table, run_name, verdict)
+        if speed is not None:
+            _serving_metrics(mlflow, speed.variant)
+            for row in speed.rows():
+                if row.ratio is not None:
+                    mlflow.log_metric(f"serving.gain.{_metric_name(row.label)}", row.ratio)
+        baseline_tags = {"quantflow.role": "baseline"}
+        if base_eval.reference:
+            baseline_tags["quantflow.baseline_reference"] = base_eval.reference
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"baseline-{base.name}", nested=True,
-                              tags={"quantflow.role": "baseline"}):
+                              tags=baseline_tags):
             mlflow.log_params({"model.source": base.source, "model.digest": base.digest, "suite": base_eval.suite,
-                               "engine": base_eval.settings.engine})
+                               "engine": base_eval.settings.engine, "measured": base_eval.reference is None})
             _metrics(mlflow, base_eval)
+            if speed is not None:
+                _serving_metrics(mlflow, speed.base)
         run_id = run.info.run_id
     register(run_id, run_name, published, verdict, table, tags)
     return run_id
+
+
+def log_sweep(*, record: str, run_name: str, variant_runs: list[str], table_rows: dict[str, list], chart_png: Path,
+              tags: dict[str, str]) -> str:
+    """One parent run per sweep in the base's experiment; the variant runs are nested under it (their
+    `mlflow.parentRunId`), and it holds the comparison (table view and chart). Idempotent by `record`."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings().tracking_uri)
+    client = mlflow.MlflowClient(settings().tracking_uri)
+    experiment_id = client.get_run(variant_runs[0]).info.experiment_id
+    tags = {k: scrub(str(v)) for k, v in {**tags, "quantflow.role": "sweep", "quantflow.record": record}.items()}
+    parent = find_record(mlflow, experiment_id, record)
+    if parent is None:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+            mlflow.log_table(table_rows, artifact_file="comparison_table.json")
+            mlflow.log_artifact(str(chart_png))
+            parent = run.info.run_id
+    for run_id in variant_runs:
+        client.set_tag(run_id, "mlflow.parentRunId", parent)
+    return parent
 
 
 def run_url(run_id: str) -> str | None:

@@ -167,11 +167,11 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     published = publish(checkpoint.model_copy(update={"name": name}), spec, scheme)
     mlflow_run = track(
         record=key("record", checkpoint.digest, *(e.model_dump(include={"suite_digest", "settings", "scores"}) for e in (base_eval, variant_eval)),
-                   [p.manifest_digest for p in published]),
+                   [p.manifest_digest for p in published], speed.model_dump() if speed else None),
         run_name=name, params={"spec": spec.model_dump(mode="json"), "scheme.digest": scheme.digest,
                                "base.digest": base.digest, "checkpoint.digest": checkpoint.digest, "engine": engine.model_dump()},
         base=base, calibration=calib, base_eval=base_eval, variant_eval=variant_eval, table=table, verdict=verdict, published=published,
-        files={"card": Path(card), "recipe": Path(checkpoint.path) / "recipe.yaml", "lm_eval": Path(variant_eval.output_dir)},
+        speed=speed, suite_file=suite._file, files={"card": Path(card), "recipe": Path(checkpoint.path) / "recipe.yaml", "lm_eval": Path(variant_eval.output_dir)},
         tags={"quantflow.scheme": scheme.name, "quantflow.gate": "passed" if verdict.passed else "failed", "quantflow.prefect_flow_run_id": str(run_id or ""),
               "quantflow.prefect_flow_run_url": str(run_url or "")})
 

@@ -1,12 +1,19 @@
 """Several variants of one base model side by side; calibration sets and the baseline evaluation are shared."""
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+import tempfile
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from components import tracking
 from components.card.render import rec
+from components.comparison import chart
 from components.specs import BaseModelSpec, CalibrationSpec, EvalSpec, Scheme, StoreSpec, VariantSpec
+from flows.cache import key
 from flows.quantize_variant import VariantOutcome, quantize_variant
 
 
@@ -34,11 +41,36 @@ def comparison(outcomes: list[VariantOutcome]) -> str:
     return "\n".join(lines)
 
 
+def comparison_rows(outcomes: list[VariantOutcome]) -> dict[str, list]:
+    """The comparison as columns (MLflow's table view): one row per variant and task, plus serving gains."""
+    cols: dict[str, list] = {"variant": [], "gate": [], "task": [], "base": [], "quantized": [], "recovery": []}
+    for o in outcomes:
+        for r in o.table.rows:
+            for k, v in zip(cols, (o.name, "passed" if o.gate.passed else "failed", r.task, r.base, r.quant, r.recovery),
+                            strict=True):
+                cols[k].append(v)
+    return cols
+
+
+@task
+def track_sweep(outcomes: list[VariantOutcome]) -> str:
+    """The sweep's parent MLflow run, with the comparison; the variants' runs nest under it."""
+    rows = [{"name": o.name, "gate": "passed" if o.gate.passed else "failed", "average": o.table.average_recovery,
+             "recovery": {r.task: r.recovery for r in o.table.rows if r.recovery is not None}} for o in outcomes]
+    with tempfile.TemporaryDirectory() as tmp:
+        png = chart([r.task for r in outcomes[0].table.rows], rows, Path(tmp) / "comparison.png")
+        return tracking.log_sweep(
+            record=key("sweep", *(o.mlflow_run_id for o in outcomes)), run_name=f"sweep-{flow_run.get_name()}",
+            variant_runs=[o.mlflow_run_id for o in outcomes], table_rows=comparison_rows(outcomes), chart_png=png,
+            tags={"quantflow.prefect_flow_run_id": str(flow_run.get_id() or ""),
+                  "quantflow.prefect_flow_run_url": str(flow_run.get_flow_run_ui_url() or "")})
+
+
 @flow(name="sweep", log_prints=True)
 def sweep(spec: SweepSpec = SweepSpec()) -> list[VariantOutcome]:
     """Run each variant as a subflow, in order: the first computes the shared steps, the rest hit the cache."""
     outcomes = [quantize_variant(v) for v in spec.variants()]
     markdown = comparison(outcomes)
     create_markdown_artifact(key="sweep-recovery", markdown=markdown, description="Recovery of each variant vs the base")
-    get_run_logger().info("Sweep recovery:\n%s", markdown)
+    get_run_logger().info("Sweep recovery:\n%s\nMLflow parent run: %s", markdown, track_sweep(outcomes))
     return outcomes
