@@ -120,7 +120,14 @@ def deploy(prefect_file: Path = typer.Option(Path("infra/prefect.yaml"), help="D
                  [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)]):
         if subprocess.run(argv).returncode:
             raise typer.Exit(1)
+    _install_automations()
     typer.echo(f"Start a worker: QUANTFLOW_PROJECT_DIR=$PWD {prefect} worker start --pool {pool}")
+
+
+def _install_automations() -> None:
+    from components.automations import ZOMBIE, ensure_zombie_automation
+
+    typer.echo(f"Automation {ZOMBIE}: {ensure_zombie_automation()} (a flow run whose heartbeats stop is marked CRASHED)")
 
 
 @app.command()
@@ -159,6 +166,8 @@ def server_up(prefect_port: int = 4200, mlflow_port: int = 5000) -> None:
         procs.append(proc)
         proc, mlflow_url = mlflow_server(settings().path("stack", "mlflow"), port=mlflow_port)
         procs.append(proc)
+        os.environ["PREFECT_API_URL"] = prefect_url
+        _install_automations()
         typer.echo(f"Prefect UI: {prefect_url.removesuffix('/api')}   MLflow UI: {mlflow_url}\nIn another shell:\n"
                    f"  export PREFECT_API_URL={prefect_url} QUANTFLOW_MLFLOW_TRACKING_URI={mlflow_url}")
         while all(p.poll() is None for p in procs):
@@ -170,6 +179,12 @@ def server_up(prefect_port: int = 4200, mlflow_port: int = 5000) -> None:
     finally:
         for p in reversed(procs):
             stop(p)
+
+
+@server.command("automations")
+def server_automations() -> None:
+    """Install (or bring up to date) quantflow's automations on the Prefect server at PREFECT_API_URL."""
+    _install_automations()
 
 
 @app.command()

@@ -400,29 +400,25 @@ def test_f_terminated_flow_process_ends_crashed(tiny_model, tmp_path):
 
 
 def test_f_killed_flow_process_is_marked_crashed_by_the_heartbeat_automation(tiny_model, tmp_path):
-    """SIGKILL (a worker's machine or pod gone): nobody reports, the run would stay RUNNING forever. With heartbeats
-    (PREFECT_FLOWS_HEARTBEAT_FREQUENCY) and the automation of docs/reliability.md the server marks it CRASHED."""
+    """SIGKILL mid-quantization (a worker's machine or pod gone): nobody reports, the run would stay RUNNING forever.
+    With heartbeats (PREFECT_FLOWS_HEARTBEAT_FREQUENCY) and the shipped zombie automation the server marks it CRASHED;
+    the rerun completes, with the base model and calibration set from cache."""
     import anyio
     from prefect import get_client
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    from components.automations import zombie_automation
 
     copy = tmp_path / "tiny-f2"
     copy.mkdir()
     for p in tiny_model.iterdir():
         (copy / p.name).symlink_to(p)
     spec = drill_spec(tiny_model, tmp_path, "drill-f2", source=str(copy))
-    proc, where = start_flow_process(spec, tmp_path, "resolve", env={"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"})
+    proc, where = start_flow_process(spec, tmp_path, "save_pretrained", env={"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"})
     run_id = where["flow_run_id"]
-    # Scoped to this flow run: the session's other runs beat every 180 s (the default) and must not be touched.
-    automation = AutomationCore(
-        name=f"crash-zombie-{run_id}",
-        trigger=EventTrigger(after={"prefect.flow-run.heartbeat"},
-                             expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
-                                     "prefect.flow-run.Failed", "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
-                             match={"prefect.resource.id": f"prefect.flow-run.{run_id}"},
-                             for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1, within=45),
-        actions=[ChangeFlowRunState(state="CRASHED", message="no heartbeat for 45 s: the flow-run process is gone")])
+    # The shipped automation (components/automations.py), scoped to this flow run: the session's other runs beat
+    # every 180 s (the default) and must not be touched; 45 s (1.5 heartbeats) keeps the drill short.
+    automation = zombie_automation(30, within=45, match={"prefect.resource.id": f"prefect.flow-run.{run_id}"},
+                                   name=f"crash-zombie-{run_id}")
 
     async def create():
         async with get_client() as client:
@@ -454,3 +450,10 @@ def test_f_killed_flow_process_is_marked_crashed_by_the_heartbeat_automation(tin
         assert wait_flow_state(run_id, {"CRASHED"}, 150) == "CRASHED"
     finally:
         anyio.run(delete, automation_id)
+
+    from flows.quantize_variant import quantize_variant
+
+    state = quantize_variant(spec, return_state=True)
+    assert state.is_completed()
+    states = task_states(state.state_details.flow_run_id)
+    assert states["resolve_base"] == ["Cached"] and states["build_calibration"] == ["Cached"], states

@@ -4,7 +4,6 @@ table (MLflow table view), chart PNG; the suite is a dataset input; serving figu
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import boto3
 import pytest
