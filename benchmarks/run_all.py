@@ -136,7 +136,7 @@ def lm_eval_timed(engine: str, model: Path, out: Path) -> dict:
     results = json.loads(max(out.rglob("results_*.json"), key=lambda p: p.stat().st_mtime).read_text())["results"]
     return {"wall_s": wall, "peak_rss_mb": peak_rss_mb(text), "generated_tokens": generated,
             "generated_tok_per_wall_s": generated / wall,
-            "scores": {t: next(v for k, v in r.items() if k != "alias" and "stderr" not in k) for t, r in results.items()}}
+            "scores": {t: next(v for k, v in r.items() if isinstance(v, float) and "stderr" not in k) for t, r in results.items()}}
 
 
 def engines(base: Path) -> dict:
