@@ -412,7 +412,8 @@ def test_f_killed_flow_process_is_marked_crashed_by_the_heartbeat_automation(tin
     copy.mkdir()
     for p in tiny_model.iterdir():
         (copy / p.name).symlink_to(p)
-    spec = drill_spec(tiny_model, tmp_path, "drill-f2", source=str(copy))
+    # A calibration seed no other test uses: the quantization must not come from another drill's cache.
+    spec = drill_spec(tiny_model, tmp_path, "drill-f2", calib_seed=1006, source=str(copy))
     proc, where = start_flow_process(spec, tmp_path, "save_pretrained", env={"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"})
     run_id = where["flow_run_id"]
     # The shipped automation (components/automations.py), scoped to this flow run: the session's other runs beat
