@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from components.gate import GateVerdict
+from components.recovery import RecoveryTable
 from components.settings import settings
 
 
@@ -36,6 +38,12 @@ def markdown(tasks: list[str], rows: list[dict]) -> str:
     lines += [f"| {r['name']} | {r['scheme']} | " + " | ".join(cell(r["recovery"].get(t)) for t in tasks)
               + f" | {cell(r['average'])} | {r['gate']} |" for r in rows]
     return "\n".join(lines)
+
+
+def chart_row(name: str, table: RecoveryTable, verdict: GateVerdict) -> dict:
+    """One variant as `chart` (and `markdown`) take it: recovery per task, average, gate."""
+    return {"name": name, "gate": "passed" if verdict.passed else "failed", "average": table.average_recovery,
+            "recovery": {r.task: r.recovery for r in table.rows if r.recovery is not None}}
 
 
 def chart(tasks: list[str], rows: list[dict], path: Path) -> Path:

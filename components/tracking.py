@@ -116,7 +116,7 @@ def _serving_metrics(mlflow, r: ServingResult) -> None:
 
 def _recovery_artifacts(mlflow, table: RecoveryTable, name: str, verdict: GateVerdict) -> None:
     """recovery.json (the whole table), recovery_table.json (MLflow's table view) and recovery.png (bar chart)."""
-    from components.comparison import chart
+    from components.comparison import chart, chart_row
 
     rows = table.rows
     mlflow.log_table({"task": [r.task for r in rows], "benchmark": [r.label for r in rows], "metric": [r.metric for r in rows],
@@ -127,9 +127,7 @@ def _recovery_artifacts(mlflow, table: RecoveryTable, name: str, verdict: GateVe
         p = Path(tmp) / "recovery.json"
         p.write_text(table.model_dump_json(indent=2))
         mlflow.log_artifact(str(p))
-        row = {"name": name, "gate": "passed" if verdict.passed else "failed",
-               "recovery": {r.task: r.recovery for r in rows if r.recovery is not None}, "average": table.average_recovery}
-        mlflow.log_artifact(str(chart([r.task for r in rows], [row], Path(tmp) / "recovery.png")))
+        mlflow.log_artifact(str(chart([r.task for r in rows], [chart_row(name, table, verdict)], Path(tmp) / "recovery.png")))
 
 
 def find_record(mlflow, experiment_id: str, record: str) -> str | None:

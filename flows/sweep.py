@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from components import tracking
 from components.card.render import rec
-from components.comparison import chart
+from components.comparison import chart, chart_row
 from components.specs import BaseModelSpec, CalibrationSpec, EvalSpec, Scheme, StoreSpec, VariantSpec
 from flows.cache import key
 from flows.quantize_variant import VariantOutcome, quantize_variant
@@ -42,7 +42,7 @@ def comparison(outcomes: list[VariantOutcome]) -> str:
 
 
 def comparison_rows(outcomes: list[VariantOutcome]) -> dict[str, list]:
-    """The comparison as columns (MLflow's table view): one row per variant and task, plus serving gains."""
+    """The comparison as columns (MLflow's table view): one row per variant and task."""
     cols: dict[str, list] = {"variant": [], "gate": [], "task": [], "base": [], "quantized": [], "recovery": []}
     for o in outcomes:
         for r in o.table.rows:
@@ -55,8 +55,7 @@ def comparison_rows(outcomes: list[VariantOutcome]) -> dict[str, list]:
 @task
 def track_sweep(outcomes: list[VariantOutcome]) -> str:
     """The sweep's parent MLflow run, with the comparison; the variants' runs nest under it."""
-    rows = [{"name": o.name, "gate": "passed" if o.gate.passed else "failed", "average": o.table.average_recovery,
-             "recovery": {r.task: r.recovery for r in o.table.rows if r.recovery is not None}} for o in outcomes]
+    rows = [chart_row(o.name, o.table, o.gate) for o in outcomes]
     with tempfile.TemporaryDirectory() as tmp:
         png = chart([r.task for r in outcomes[0].table.rows], rows, Path(tmp) / "comparison.png")
         return tracking.log_sweep(

@@ -74,6 +74,11 @@ def score_outside_lm_eval(run_dir: Path, suite: Suite, argv: list[str]) -> None:
     results_file.write_text(json.dumps(doc, indent=2))
 
 
+def log_tail(path: Path, n: int = 15) -> str:
+    """The last `n` lines of a subprocess log, for an error message."""
+    return "".join(deque(open(path, errors="replace"), maxlen=n))
+
+
 def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, log=print) -> EvalResult:
     """Evaluate one model: one lm_eval process per group of tasks that share settings."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,8 +94,7 @@ def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, l
         with open(log_file, "w") as f:
             proc = subprocess.run(full, cwd=include or out_dir, env=engine_env(s), stdout=f, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
-            tail = "".join(deque(open(log_file, errors="replace"), maxlen=15))
-            raise EvaluationError(f"lm_eval exited with {proc.returncode} (log: {log_file}); last lines:\n{tail}")
+            raise EvaluationError(f"lm_eval exited with {proc.returncode} (log: {log_file}); last lines:\n{log_tail(log_file)}")
         score_outside_lm_eval(run_dir, suite, argv)
         scores.update(parse_dir(run_dir, suite))
     missing = [t.task for t in suite.tasks if t.task not in scores]

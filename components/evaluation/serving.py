@@ -11,13 +11,12 @@ import re
 import subprocess
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from components.evaluation.command import EngineSettings
-from components.evaluation.runner import EvaluationError, engine_env, python_for
+from components.evaluation.runner import EvaluationError, engine_env, log_tail, python_for
 from components.local_stack import free_port, start, stop, wait_http
 from components.specs import ServingSpec
 
@@ -102,10 +101,6 @@ def _pss(proc) -> int:
         return 0
 
 
-def _tail(path: Path, n: int = 15) -> str:
-    return "".join(deque(open(path, errors="replace"), maxlen=n))
-
-
 def measure(model_path: str, s: EngineSettings, spec: ServingSpec, out_dir: Path, log=print) -> ServingResult:
     """Start vLLM's server on the model, run the benchmark client against it, stop the server."""
     if s.engine != "vllm":
@@ -125,12 +120,12 @@ def measure(model_path: str, s: EngineSettings, spec: ServingSpec, out_dir: Path
             try:
                 wait_http(f"http://127.0.0.1:{port}/health", server, server_log, timeout=900)
             except (RuntimeError, TimeoutError) as e:
-                raise EvaluationError(f"vllm serve did not come up (log: {server_log}):\n{_tail(server_log)}") from e
+                raise EvaluationError(f"vllm serve did not come up (log: {server_log}):\n{log_tail(server_log)}") from e
             with open(bench_log, "w") as f:
                 proc = subprocess.run([python, "-m", "vllm.entrypoints.cli.main", *bench[1:]], env=env,
                                       stdout=f, stderr=subprocess.STDOUT)
             if proc.returncode != 0:
-                raise EvaluationError(f"vllm bench serve exited with {proc.returncode} (log: {bench_log}):\n{_tail(bench_log)}")
+                raise EvaluationError(f"vllm bench serve exited with {proc.returncode} (log: {bench_log}):\n{log_tail(bench_log)}")
     finally:
         stop(server)
     doc = json.loads((out_dir / "serving.json").read_text())
