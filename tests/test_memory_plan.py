@@ -1,0 +1,71 @@
+"""The memory plan against the shipped config.json of the seed cards' 70B bases and of the embedded default."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.memory_plan import GB, Calibration, Machine, Quantization, plan, shape_from_config, sizes
+
+CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+H200 = Machine(name="1 x H200", gpus=1, gpu_bytes=141 * GB, host_bytes=2000 * GB, disk_free_bytes=1000 * GB)
+H100x2 = Machine(name="2 x H100 80GB", gpus=2, gpu_bytes=80 * GB, host_bytes=2000 * GB, disk_free_bytes=1000 * GB)
+SEED_000 = (Calibration(num_samples=512, seq_len=4096), Quantization(weight_bits=8, gptq=False))  # FP8 static
+SEED_002 = (Calibration(num_samples=1024, seq_len=8192), Quantization(weight_bits=8, gptq=True))  # W8A8 GPTQ
+
+
+def shape(name: str):
+    return shape_from_config(json.loads((CONFIGS / f"{name}.json").read_text()))
+
+
+def test_shapes_count_the_published_parameters():
+    assert shape("Meta-Llama-3.1-70B-Instruct").params == 70_553_706_496
+    assert shape("Llama-3.3-70B-Instruct") == shape("Meta-Llama-3.1-70B-Instruct")
+    assert shape("SmolLM2-135M-Instruct").params == 134_515_008  # tied embeddings counted once
+
+
+def test_sizes_of_the_70b_steps():
+    s = sizes(shape("Meta-Llama-3.1-70B-Instruct"), *SEED_002)
+    assert s["weights"] / GB == pytest.approx(141.1, abs=0.1)
+    assert s["activations"] / GB == pytest.approx(137.4, abs=0.1)  # 1024 x 8192 tokens x 8192 x 2 B, per layer
+    assert s["hessians"] / GB == pytest.approx(4.9, abs=0.1)  # fp32, in_features^2 for each of the 7 linears
+    assert s["checkpoint"] / GB == pytest.approx(72.7, abs=0.2)  # INT8 linears + bf16 embeddings and lm_head
+    assert sizes(shape("Meta-Llama-3.1-70B-Instruct"), *SEED_000)["hessians"] == 0  # no GPTQ, no Hessians
+
+
+@pytest.mark.parametrize("machine,seed,placement,offload", [
+    (H200, SEED_000, "sequential", "cuda"),  # 141 GB of weights do not fit beside anything; 34 GB of activations do
+    (H200, SEED_002, "sequential", "cpu"),  # 137 GB of activations do not fit beside a layer
+    (H100x2, SEED_000, "sequential", "cuda:1"),  # the second card holds the activations, as llm-compressor advises
+    (H100x2, SEED_002, "sequential", "cpu"),
+])
+def test_the_seed_cards_on_gpu_machines(machine, seed, placement, offload):
+    p = plan(shape("Meta-Llama-3.1-70B-Instruct"), *seed, machine)
+    assert p.fits and (p.placement, p.activation_offload) == (placement, offload), p.lines()
+    assert p.gpu_peak_bytes <= machine.gpu_bytes * 0.9
+    assert p.host_peak_bytes / GB == pytest.approx(141.1 + (137.4 if seed is SEED_002 else 0), abs=0.2)
+
+
+def test_a_model_that_fits_goes_whole_onto_the_gpu():
+    p = plan(shape("SmolLM2-135M-Instruct"), Calibration(num_samples=512, seq_len=2048), Quantization(weight_bits=8, gptq=True),
+             Machine(gpus=1, gpu_bytes=24 * GB, host_bytes=64 * GB, disk_free_bytes=100 * GB))
+    assert (p.placement, p.activation_offload) == ("gpu", "cuda")
+
+
+def test_the_embedded_default_on_this_kind_of_machine():
+    p = plan(shape("SmolLM2-135M-Instruct"), Calibration(num_samples=16, seq_len=512), Quantization(weight_bits=8, gptq=True),
+             Machine(gpus=0, host_bytes=24 * 2**30, disk_free_bytes=50 * GB))
+    assert p.fits and p.placement == "cpu" and p.host_peak_bytes < 1 * GB
+
+
+def test_refuses_with_the_numbers_when_nothing_fits():
+    small = Machine(gpus=1, gpu_bytes=24 * GB, host_bytes=64 * GB, disk_free_bytes=50 * GB)
+    p = plan(shape("Llama-3.3-70B-Instruct"), *SEED_002, small)
+    assert not p.fits and p.placement is None
+    assert any("host RAM 64.0 GB cannot hold the model (141.1 GB) and the calibration activations (137.4 GB)" in x
+               for x in p.problems), p.problems
+    assert any("checkpoint needs ~72.7 GB on disk, 50.0 GB free" in x for x in p.problems), p.problems
+    tiny_gpu = Machine(gpus=1, gpu_bytes=8 * GB, host_bytes=2000 * GB, disk_free_bytes=1000 * GB)
+    p = plan(shape("Llama-3.3-70B-Instruct"), *SEED_002, tiny_gpu)
+    assert p.placement is None and "more than a GPU's 8.0 GB" in p.problems[0]
