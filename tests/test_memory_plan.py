@@ -69,3 +69,21 @@ def test_refuses_with_the_numbers_when_nothing_fits():
     tiny_gpu = Machine(gpus=1, gpu_bytes=8 * GB, host_bytes=2000 * GB, disk_free_bytes=1000 * GB)
     p = plan(shape("Llama-3.3-70B-Instruct"), *SEED_002, tiny_gpu)
     assert p.placement is None and "more than a GPU's 8.0 GB" in p.problems[0]
+
+
+def test_the_gpu_check_runs_end_to_end_on_cpu(tmp_path):
+    """benchmarks/gpu_quantize.py is run by hand on a GPU; its CPU mode (one small layer) keeps it from rotting."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "gq.json"
+    proc = subprocess.run([sys.executable, str(CONFIGS.parent / "gpu_quantize.py"), "--config", "SmolLM2-135M-Instruct",
+                           "--layers", "1", "--samples", "4", "--seq-len", "32", "--device", "cpu",
+                           "--schemes", "fp8-static,w8a8-int8", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for scheme in ("fp8-static", "w8a8-int8"):
+        r = result["schemes"][scheme]
+        assert r["loads_and_runs"] and r["checkpoint_bytes"] > 0
+        # the plan's checkpoint size is within 10% of the file written
+        assert abs(r["plan_bytes"]["checkpoint"] - r["checkpoint_bytes"]) < 0.1 * r["checkpoint_bytes"]
