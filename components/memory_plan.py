@@ -125,12 +125,16 @@ def sizes(shape: ModelShape, calib: Calibration, q: Quantization) -> dict[str, f
     b, h = shape.dtype_bytes, shape.hidden
     linears = shape.linear_shapes()
     tokens = calib.num_samples * calib.seq_len
-    batch_tokens = min(calib.batch_size, max(calib.num_samples, 1)) * calib.seq_len
     # One copy of the cache: llm-compressor replaces each batch's inputs by its outputs as it goes.
     activations = tokens * h * b
-    # A batch through one layer: attention projections and the MLP's three intermediates (bf16), plus the fp32 copy
-    # of a linear's input that GPTQ accumulates into its Hessian.
-    workspace = batch_tokens * (4 * h + 3 * shape.intermediate) * b + (batch_tokens * shape.intermediate * 4 if q.gptq else 0)
+    # A batch through one layer: attention projections and the MLP's three intermediates (bf16); the attention scores
+    # and their fp32 softmax (the traced graph passes an explicit mask, so SDPA takes its math kernel); for GPTQ, the
+    # fp32 copy of a linear's input accumulated into its Hessian, and the solve's fp32 Hessian inverse and weights.
+    batch = min(calib.batch_size, max(calib.num_samples, 1))
+    batch_tokens = batch * calib.seq_len
+    workspace = batch_tokens * (4 * h + 3 * shape.intermediate) * b + batch * shape.heads * calib.seq_len ** 2 * (b + 4)
+    if q.gptq:
+        workspace += batch_tokens * shape.intermediate * 4 + max(a * a for a, _ in linears) * 4 + max(a * o for a, o in linears) * 4
     hessians = sum(a * a * 4 for a, _ in linears) if q.gptq else 0.0
     quantized_linears = sum(a * o for a, o in linears) * shape.layers
     scales = sum(o * (a // q.group_size if q.group_size else 1) for a, o in linears) * shape.layers * 2

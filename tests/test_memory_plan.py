@@ -60,15 +60,32 @@ def test_the_embedded_default_on_this_kind_of_machine():
 
 
 def test_refuses_with_the_numbers_when_nothing_fits():
-    small = Machine(gpus=1, gpu_bytes=24 * GB, host_bytes=64 * GB, disk_free_bytes=50 * GB)
+    small = Machine(gpus=1, gpu_bytes=48 * GB, host_bytes=64 * GB, disk_free_bytes=50 * GB)
     p = plan(shape("Llama-3.3-70B-Instruct"), *SEED_002, small)
     assert not p.fits and p.placement is None
     assert any("host RAM 64.0 GB cannot hold the model (141.1 GB) and the calibration activations (137.4 GB)" in x
                for x in p.problems), p.problems
     assert any("checkpoint needs ~72.7 GB on disk, 50.0 GB free" in x for x in p.problems), p.problems
-    tiny_gpu = Machine(gpus=1, gpu_bytes=8 * GB, host_bytes=2000 * GB, disk_free_bytes=1000 * GB)
-    p = plan(shape("Llama-3.3-70B-Instruct"), *SEED_002, tiny_gpu)
-    assert p.placement is None and "more than a GPU's 8.0 GB" in p.problems[0]
+    # at 8192 tokens a sample, one layer's attention scores alone are 26 GB: a 24 GB card cannot calibrate it
+    p = plan(shape("Llama-3.3-70B-Instruct"), *SEED_002, small.model_copy(update={"gpu_bytes": 24 * GB}))
+    assert p.placement is None and "needs 39.5 GB, more than a GPU's 24.0 GB" in p.problems[0], p.problems
+
+
+@pytest.mark.parametrize("layers,samples,seq_len,gptq,measured_gib", [
+    (4, 256, 2048, False, 11.4),  # fp8-static
+    (4, 256, 2048, True, 26.6),  # w8a8-int8, device_map="auto"
+    (1, 512, 4096, True, 18.9),  # w8a8-int8 at seed 000's calibration size
+])
+def test_whole_model_estimate_is_near_what_one_h200_measured(layers, samples, seq_len, gptq, measured_gib):
+    """Peak GPU memory measured on one H200 (issue 12: llm-compressor 0.14, random-init 70B-shaped layers, the model
+    whole on the GPU, activations in host RAM, llm-compressor's default): the plan's figure for the same placement
+    is within 25% (it says 21.0 for the 26.6 measured). (The CPU-loaded, sequentially onloaded run measured 32.2 GiB where the plan says 12.3: not
+    understood yet, docs/scaling.md.)"""
+    raw = json.loads((CONFIGS / "Meta-Llama-3.1-70B-Instruct.json").read_text())
+    s = sizes(shape_from_config({**raw, "num_hidden_layers": layers}), Calibration(num_samples=samples, seq_len=seq_len),
+              Quantization(weight_bits=8, gptq=gptq))
+    estimate = (s["weights"] + s["hessians"] + s["workspace"]) / 2**30
+    assert estimate == pytest.approx(measured_gib, rel=0.25)
 
 
 def test_the_gpu_check_runs_end_to_end_on_cpu(tmp_path):
