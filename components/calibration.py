@@ -64,19 +64,22 @@ def build(spec: CalibrationSpec, tokenizer) -> tuple["Dataset", str]:  # noqa: F
     def tokenize(example):
         return tokenizer(example["text"], padding=False, max_length=spec.max_seq_length, truncation=True, add_special_tokens=False)
 
-    ds = raw.map(to_text).map(tokenize, remove_columns=raw.column_names + ["text"])
+    # Fingerprints given, not hashed from the closures: datasets' hashing disassembles them through dill, which
+    # Prefect's log_prints turns into hundreds of bytecode lines in the run log. In memory: no cache file to go stale.
+    tag = digest_obj([spec.model_dump(), getattr(tokenizer, "name_or_path", ""), len(tokenizer)])[:16]
+    ds = raw.map(to_text, new_fingerprint=f"qf-text-{tag}", keep_in_memory=True).map(
+        tokenize, remove_columns=raw.column_names + ["text"], new_fingerprint=f"qf-tokens-{tag}", keep_in_memory=True)
     return ds, f"{spec.num_samples} samples of {spec.dataset} (split {spec.split}, seed {spec.seed}, max length {spec.max_seq_length})"
 
 
 def save(ds, description: str, spec: CalibrationSpec, root: Path) -> CalibSet:
-    """Save under a content digest of the token ids; the digest names the folder."""
+    """Save under a content digest of the token ids (the digest names the folder), once: under the folder's lock,
+    written to a unique temporary name, renamed whole and stamped; a whole, intact copy is kept as it is."""
+    from components import artifacts
+
     digest = digest_obj(ds["input_ids"])
     out = root / digest[:16]
-    if not out.exists():
-        tmp = root / f"{digest[:16]}.partial"
-        ds.save_to_disk(str(tmp))
-        tmp.replace(out)
-    return CalibSet(
+    calib = CalibSet(
         path=str(out),
         digest=digest,
         num_samples=len(ds),
@@ -84,3 +87,12 @@ def save(ds, description: str, spec: CalibrationSpec, root: Path) -> CalibSet:
         num_tokens=sum(len(x) for x in ds["input_ids"]),
         description=description,
     )
+    with artifacts.locked(out):
+        if artifacts.problems(out):
+            tmp = artifacts.workdir(out)
+            try:
+                ds.save_to_disk(str(tmp))
+                artifacts.install(tmp, out, calib)
+            finally:
+                artifacts.remove(tmp)
+    return calib

@@ -58,14 +58,20 @@ def stop(proc: subprocess.Popen, grace: float = 10) -> None:
         pass
 
 
-def prefect_server(home: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+def prefect_server(home: Path, port: int | None = None, log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` with its data under `home`, in its own session (a terminal's Ctrl-C reaches the
+    caller, not the server); stopped again if it does not come up."""
     port = port or free_port()
+    log = log or home / "prefect-server.log"
     env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
            "PREFECT_API_URL": ""}
-    proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                 home / "prefect-server.log", env)
+    proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], log, env)
     url = f"http://127.0.0.1:{port}/api"
-    wait_http(f"{url}/health", proc, home / "prefect-server.log")
+    try:
+        wait_http(f"{url}/health", proc, log)
+    except BaseException:
+        stop(proc, grace=3)
+        raise
     return proc, url
 
 

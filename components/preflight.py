@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
@@ -28,7 +28,8 @@ from components.evaluation.runner import EvalResult, suite_digest
 from components.models import gguf_path, model_name
 from components.recipes import SchemeDef
 from components.settings import settings
-from components.specs import VariantSpec, check_variant_name, did_you_mean
+from components.specs import (VariantSpec, check_variant_name, credentials_in_url, did_you_mean, strip_userinfo,
+                              validation_problems)
 from components.stores import open_store
 from components.tracking import safe_uri
 
@@ -97,18 +98,9 @@ class _Checks:
 def _first_line(e: BaseException, limit: int = 400) -> str:
     """The gist of an exception: a pydantic error's every field and message, else the first line."""
     if isinstance(e, ValidationError):
-        return f"{e.title}: " + "; ".join(_pydantic_problems(e))[:limit]
+        return f"{e.title}: " + "; ".join(validation_problems(e))[:limit]
     text = str(e).strip().splitlines()
     return text[0][:limit] if text else ""
-
-
-def _pydantic_problems(e: ValidationError) -> list[str]:
-    out = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "spec"
-        msg = err["msg"].removeprefix("Value error, ")
-        out.append(f"{loc}: {msg}")
-    return out
 
 
 # --- the base model ---------------------------------------------------------------------------
@@ -200,6 +192,8 @@ def _local_base(c: _Checks, source: str, local: Path) -> _Base | None:
         return None
     if not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
         c.problem(f"base.source {source!r}: no weights (*.safetensors or *.bin) next to config.json")
+    _weight_files(c, source, local)
+    _path_chars(c, f"base.source {source!r}", local.resolve())
     base.weights_bytes = _dir_bytes(local)
     base.has_chat_template = _chat_template_in_dir(local)
     if not _read_config(c, base, local):
@@ -221,9 +215,15 @@ def _hub_base(c: _Checks, source: str, revision: str | None) -> _Base | None:
     offline = constants.is_offline_mode()
     try:
         config_path = Path(hf_hub_download(source, "config.json", revision=revision, local_files_only=offline))
-    except LocalEntryNotFoundError:
-        c.problem(f"base.source {source!r}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download "
-                  "it once online (or unset HF_HUB_OFFLINE), or give a local directory")
+    except LocalEntryNotFoundError as e:
+        if offline:
+            c.problem(f"base.source {source!r}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download "
+                      "it once online (or unset HF_HUB_OFFLINE), or give a local directory")
+        else:  # online, yet neither the Hub nor the cache had it: the Hub did not answer
+            cause = e.__cause__ or e.__context__
+            c.problem(f"base.source {source!r}: cannot reach the Hub at {constants.ENDPOINT} "
+                      f"({type(cause).__name__ if cause else 'no answer'}) and the model is not in the local cache: "
+                      "check the network or proxy (HF_ENDPOINT), or give a local directory")
         return None
     except GatedRepoError:
         c.problem(f"base.source {source!r}: a gated repo: accept its license on the Hub and set HF_TOKEN")
@@ -241,6 +241,8 @@ def _hub_base(c: _Checks, source: str, revision: str | None) -> _Base | None:
         c.problem(f"base.source {source!r}: cannot fetch config.json from the Hub ({type(e).__name__}: {_first_line(e)})")
         return None
     snapshot = config_path.parent
+    _weight_files(c, source, snapshot)
+    _path_chars(c, f"base.source {source!r} (Hugging Face cache)", snapshot)
     base = _Base(name=model_name(source), dir=None)
     if not _read_config(c, base, snapshot):
         return None
@@ -258,6 +260,96 @@ def _hub_base(c: _Checks, source: str, revision: str | None) -> _Base | None:
         except Exception:  # noqa: BLE001 - the size is only for the disk estimate
             pass
     return base
+
+
+def _weight_files(c: _Checks, source: str, d: Path) -> None:
+    """Each *.safetensors file against its own header: a truncated or foreign file is named here, not deep inside
+    quantization (reads 8 bytes and the JSON header of each file, no tensor data)."""
+    for f in sorted(d.glob("*.safetensors")):
+        problem = safetensors_problem(f)
+        if problem:
+            c.problem(f"base.source {source!r}: weight file {f.name} {problem}: download or copy it again")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's framing (header length, JSON header, data size), or None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                return f"is {size} bytes: too short for a safetensors header"
+            n = int.from_bytes(raw, "little")
+            if n > min(size - 8, 100 * MiB):
+                return f"declares a {n}-byte header but the file is {size} bytes: truncated or not safetensors"
+            header = json.loads(f.read(n))
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    except (ValueError, UnicodeDecodeError):
+        return "has no valid JSON header: not a safetensors file"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
+            and "data_offsets" in t]
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        return (f"is {size} bytes but its header describes {expected}: "
+                + ("truncated" if size < expected else "trailing bytes"))
+    return None
+
+
+# lm_eval splits --model_args on ',': a checkpoint path holding one reaches lm_eval as two broken arguments.
+UNSAFE_PATH_CHARS = {",": "a comma", "\n": "a newline", "\r": "a carriage return"}
+
+
+def _path_chars(c: _Checks, what: str, path: Path) -> None:
+    problem = path_chars_problem(path)
+    if problem:
+        c.problem(f"{what}: path {str(path)!r} {problem}")
+
+
+def path_chars_problem(path: Path) -> str | None:
+    found = [name for ch, name in UNSAFE_PATH_CHARS.items() if ch in str(path)]
+    if not found:
+        return None
+    return (f"holds {' and '.join(found)}, which lm_eval's --model_args (pretrained=<path>,...) cannot carry: "
+            "move or link it to a path without one")
+
+
+def home_problems() -> list[str]:
+    """QUANTFLOW_HOME usable: a directory (or creatable as one), writable, with a path lm_eval can be given."""
+    home = settings().home.expanduser()
+    what = f"QUANTFLOW_HOME {str(home)!r}"
+    try:
+        resolved = home.resolve()
+    except OSError as e:
+        return [f"{what}: cannot be resolved ({e.strerror}): set QUANTFLOW_HOME to a writable directory"]
+    problems = []
+    existing = _existing(resolved)
+    if existing == resolved and not resolved.is_dir():
+        problems.append(f"{what} exists and is not a directory: set QUANTFLOW_HOME to a directory")
+    elif not existing.is_dir():
+        problems.append(f"{what} cannot be created: {existing} is a file: set QUANTFLOW_HOME to a directory")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(f"{what}: {existing} is not writable by this user: set QUANTFLOW_HOME to a writable "
+                        "directory, or fix its permissions")
+    chars = path_chars_problem(resolved)
+    if chars:
+        problems.append(f"{what} {chars} (checkpoints live under it)")
+    return problems
+
+
+def prefect_api_problem(url: str) -> str | None:
+    """Whether the Prefect API at `url` answers /health (one line naming it and the fix), before a run starts."""
+    try:
+        with urllib.request.urlopen(safe_uri(url).rstrip("/") + "/health", timeout=5):
+            return None
+    except urllib.error.HTTPError as e:
+        if e.code < 500:
+            return None  # it answers; auth or a proxy in front of /health is the API's business
+        reason = f"HTTP {e.code}"
+    except Exception as e:  # noqa: BLE001
+        reason = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+    return (f"Prefect API {safe_uri(url)} (PREFECT_API_URL) does not answer ({reason}): start it (`quantflow server "
+            "up`), or unset PREFECT_API_URL to run with a temporary local server")
 
 
 def _read_config(c: _Checks, base: _Base, d: Path) -> bool:
@@ -328,7 +420,7 @@ def _scheme(c: _Checks) -> SchemeDef | None:
         return None
     except ValidationError as e:
         c.problem(f"scheme {name!r}: {path} lacks or misstates scheme fields: "
-                  + "; ".join(_pydantic_problems(e)))
+                  + "; ".join(validation_problems(e)))
         return None
     return scheme
 
@@ -485,34 +577,43 @@ def _hub_dataset(c: _Checks, dataset: str) -> None:
         c.problem(f"calibration.dataset {dataset!r}: no such dataset on the Hub (or it is private: set HF_TOKEN)")
         return
     except Exception as e:  # noqa: BLE001
-        c.problem(f"calibration.dataset {dataset!r}: cannot reach the Hub ({type(e).__name__}: {_first_line(e)})")
+        c.problem(f"calibration.dataset {dataset!r}: cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__}): "
+                  "check the network or proxy (HF_ENDPOINT), or set HF_HUB_OFFLINE=1 with the dataset cached, or give "
+                  "a local file")
         return
     c.notes.append(f"calibration.dataset {dataset!r}: Hub dataset found; rows and columns are checked when it is loaded")
 
 
-def _rows_and_first(path: Path) -> tuple[int, list[str], Any]:
-    """(row count, columns, first value row) of a local json/jsonl/csv/parquet file, without loading it whole."""
+def _rows(path: Path) -> tuple[list[str], Iterator[tuple[int, Any]]]:
+    """(columns, every (row number, row)) of a local json/jsonl/csv/parquet file, read as a stream where the format
+    allows (JSON lines, parquet batches, csv), numbered as a person finds them (line for JSON lines, else from 1)."""
     suffix = path.suffix
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
-        first = pf.read_row_group(0).slice(0, 1).to_pylist()[0] if pf.metadata.num_rows else {}
-        return pf.metadata.num_rows, list(pf.schema_arrow.names), first
+
+        def batches():
+            n = 0
+            for batch in pf.iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield n, row
+        return list(pf.schema_arrow.names), batches()
     if suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            first, n = None, 0
-            for row in reader:
-                first = first or row
-                n += 1
-            return n, list(reader.fieldnames or []), first or {}
+            columns = next(csv.reader(f), [])
+
+        def lines():
+            with open(path, newline="", encoding="utf-8") as f:
+                yield from enumerate(csv.DictReader(f), 1)
+        return columns, lines()
     with open(path, encoding="utf-8") as f:
         head = f.read(1 << 16).lstrip()
     if head.startswith("["):  # one JSON array of rows
         rows = json.loads(path.read_text(encoding="utf-8"))
         first = rows[0] if rows else {}
-        return len(rows), list(first) if isinstance(first, dict) else [], first
+        return (list(first) if isinstance(first, dict) else []), enumerate(rows, 1)
     if suffix == ".json" and head.startswith("{"):
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
@@ -521,20 +622,28 @@ def _rows_and_first(path: Path) -> tuple[int, list[str], Any]:
         if isinstance(doc, dict):
             if doc and all(isinstance(v, list) for v in doc.values()):  # columns
                 n = len(next(iter(doc.values())))
-                return n, list(doc), {k: v[0] for k, v in doc.items() if v}
-            return 1, list(doc), doc
-    n, first = 0, None
+                return list(doc), ((i + 1, {k: v[i] if i < len(v) else None for k, v in doc.items()}) for i in range(n))
+            return list(doc), iter([(1, doc)])
+    first = None
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if first is None:
-                try:
-                    first = json.loads(line)
-                except ValueError as e:
-                    raise ValueError(f"line {i} is not JSON ({e})") from None
-            n += 1
-    return n, list(first) if isinstance(first, dict) else [], first or {}
+            if line.strip():
+                first = _json_line(i, line)
+                break
+
+    def json_lines():
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    yield i, _json_line(i, line)
+    return (list(first) if isinstance(first, dict) else []), json_lines()
+
+
+def _json_line(i: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError as e:
+        raise ValueError(f"line {i} is not JSON ({e})") from None
 
 
 def _local_dataset(c: _Checks, path: Path, base: _Base | None) -> None:
@@ -543,42 +652,75 @@ def _local_dataset(c: _Checks, path: Path, base: _Base | None) -> None:
         c.problem(f"calibration.dataset {spec.dataset!r}: unsupported file type {path.suffix!r} "
                   f"(use {', '.join(FILE_BUILDERS)})")
         return
+    unit = "line" if path.suffix in (".jsonl", ".json") else "row"
     try:
-        n, columns, first = _rows_and_first(path)
+        columns, rows = _rows(path)
+        _rows_columns(c, columns, rows, base, unit)
     except Exception as e:  # noqa: BLE001
         c.problem(f"calibration.dataset {spec.dataset!r}: cannot be read as {path.suffix} "
                   f"({type(e).__name__}: {_first_line(e)})")
-        return
-    _rows_columns(c, n, columns, first, base)
 
 
 def _dataset_dir(c: _Checks, path: Path, base: _Base | None) -> None:
     from components.calibration import load_raw
 
     ds = load_raw(c.spec.calibration)
-    _rows_columns(c, len(ds), list(ds.column_names), ds[0] if len(ds) else {}, base)
+    _rows_columns(c, list(ds.column_names), enumerate(ds, 1), base, "row")
 
 
-def _rows_columns(c: _Checks, n: int, columns: list[str], first: Any, base: _Base | None) -> None:
+def _row_problem(value: Any, chat: bool) -> str | None:
+    """What is wrong with one calibration value for the way it is used (None: nothing)."""
+    if not chat:
+        return None if isinstance(value, str) and value.strip() else f"text is {_kind(value)}, not a non-empty string"
+    if not isinstance(value, list) or not value:
+        return f"messages are {_kind(value)}, not a non-empty list of {{role, content}}"
+    for j, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), (str, list)):
+            return f"message {j} is {_kind(m) if not isinstance(m, dict) else 'missing a string role or content'}"
+    return None
+
+
+def _kind(value: Any) -> str:
+    return "missing (null)" if value is None else "empty" if value in ("", [], {}) else f"a {type(value).__name__}"
+
+
+def _rows_columns(c: _Checks, columns: list[str], rows: Iterator[tuple[int, Any]], base: _Base | None,
+                  unit: str) -> None:
+    """Count every row and check each one's value against how it is used; the first few bad rows are named."""
     spec = c.spec.calibration
-    if n < spec.num_samples:
-        c.problem(f"calibration.dataset {spec.dataset!r} has {n} rows, calibration.num_samples is {spec.num_samples}: "
-                  f"lower num_samples to {n} or less, or use a larger dataset")
     if spec.column not in columns:
         c.problem(f"calibration.column {spec.column!r} is not in {spec.dataset!r}"
                   f"{did_you_mean(spec.column, columns)} (columns: {', '.join(columns) or 'none'})")
         return
-    value = first.get(spec.column) if isinstance(first, dict) else None
+    n, first, bad, shown = 0, None, 0, []
+    for i, row in rows:
+        n += 1
+        value = row.get(spec.column) if isinstance(row, dict) else None
+        first = value if n == 1 else first
+        problem = _row_problem(value, spec.apply_chat_template) if isinstance(row, dict) else f"{_kind(row)}, not an object"
+        if problem:
+            bad += 1
+            if len(shown) < 3:
+                shown.append(f"{unit} {i}: {problem}")
+    if n < spec.num_samples:
+        c.problem(f"calibration.dataset {spec.dataset!r} has {n} rows, calibration.num_samples is {spec.num_samples}: "
+                  f"lower num_samples to {n} or less, or use a larger dataset")
     if spec.apply_chat_template:
-        if isinstance(value, str):
+        if isinstance(first, str):
             c.problem(f"calibration.column {spec.column!r} holds plain text, not chat messages: set "
                       "calibration.apply_chat_template: false, or choose a column of messages")
-        elif base is not None and base.has_chat_template is False:
+            return
+        if base is not None and base.has_chat_template is False:
             c.problem(f"calibration.apply_chat_template is on but {base.name}'s tokenizer has no chat template: set "
                       "it to false and choose a text column, or use a model (or tokenizer) with a chat template")
-    elif isinstance(value, list):
+    elif isinstance(first, list):
         c.problem(f"calibration.column {spec.column!r} holds chat messages, not text: set "
                   "calibration.apply_chat_template: true, or choose a text column")
+        return
+    if bad:
+        c.problem(f"calibration.dataset {spec.dataset!r}: {bad} row{'s' if bad != 1 else ''} of column {spec.column!r} "
+                  f"cannot be used ({'; '.join(shown)}{'; ...' if bad > len(shown) else ''}): fix or drop "
+                  f"{'them' if bad != 1 else 'it'}")
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -589,7 +731,7 @@ def _suite(c: _Checks) -> suites.Suite | None:
         suite = suites.load(name)
     except ValueError as e:
         if isinstance(e, ValidationError):
-            c.problem(f"evaluation.suite {name!r}: not a valid suite file: " + "; ".join(_pydantic_problems(e)))
+            c.problem(f"evaluation.suite {name!r}: not a valid suite file: " + "; ".join(validation_problems(e)))
         else:
             c.problem(f"evaluation.suite {name!r}: no such suite{did_you_mean(name, suites.names())} (suites: "
                       f"{', '.join(suites.names())}; or give the path of a suite YAML file)")
@@ -763,6 +905,11 @@ def _s3_reachable(c: _Checks, s, store, where: str) -> None:
 
 def _tracking(c: _Checks) -> None:
     uri = settings().tracking_uri
+    if credentials_in_url(uri):
+        c.problem(f"QUANTFLOW_MLFLOW_TRACKING_URI {strip_userinfo(uri)!r} carries credentials in the URL (they would be "
+                  "printed and recorded with it): remove them and set MLFLOW_TRACKING_USERNAME and "
+                  "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
+        return
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -826,8 +973,11 @@ def preflight(spec: VariantSpec | dict) -> Plan:
         try:
             spec = VariantSpec.model_validate(spec)
         except ValidationError as e:
-            raise PreflightError(_pydantic_problems(e)) from None
+            raise PreflightError(validation_problems(e)) from None
     c = _Checks(spec)
+    home = home_problems()
+    for problem in home:
+        c.problem(problem)
     scheme = c.guard(f"scheme {spec.scheme.value!r}", _scheme, c)
     modifiers = c.guard(f"scheme {spec.scheme.value!r}", _modifiers, c, scheme) if scheme else None
     base = c.guard(f"base.source {spec.base.source!r}", _base_model, c)
@@ -848,7 +998,8 @@ def preflight(spec: VariantSpec | dict) -> Plan:
             c.problem(f"variant_name: the default name, {e}: set variant_name")
             name = None
     c.guard("stores", _stores, c, name)
-    c.guard("tracking", _tracking, c)
+    if not home:  # the default tracking store lives under it
+        c.guard("tracking", _tracking, c)
     c.guard("disk", _disk, c, base, checkpoint)
     if c.problems:
         raise PreflightError(c.problems)

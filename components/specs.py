@@ -6,8 +6,9 @@ import re
 from enum import Enum
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from components.models import EMBEDDED_DEFAULT
 
@@ -55,6 +56,70 @@ def check_variant_name(name: str) -> str:
     return name
 
 
+# Where each kind of secret belongs instead of a URL: named in the refusal.
+CREDENTIALS_HINT = {
+    "s3": "give S3 credentials through the AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, a role) or "
+          "a Prefect AwsCredentials block named in `credentials`",
+    "hub": "give the token as HF_TOKEN or a Prefect Secret block named in `credentials`",
+    None: "give credentials through the environment (AWS chain, HF_TOKEN) or a Prefect AwsCredentials/Secret block",
+}
+# JSON-schema twin of `credentials_in_url` for the Prefect form and API (the server enforces it before storing a run).
+NO_USERINFO = r"^(?![A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@)"
+
+
+def credentials_in_url(value: str) -> bool:
+    """Whether `value` is a URL carrying user info (`scheme://user:secret@host`): specs are stored and published."""
+    if "://" not in value:
+        return False
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:
+        return "@" in value.split("://", 1)[1].split("/", 1)[0]
+    return bool(parts.scheme) and "@" in parts.netloc
+
+
+def strip_userinfo(value: str) -> str:
+    """The URL with its user info replaced by '***', safe to print."""
+    return re.sub(r"(?<=://)[^/?#]*@", "***@", value)
+
+
+class StrictModel(BaseModel):
+    """A spec section: unknown fields are errors (with a did-you-mean), no URL carries credentials, and no input value
+    is echoed in errors (they reach logs and the Prefect database)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_and_no_credentials(cls, data):
+        if not isinstance(data, dict):
+            return data
+        fields = list(cls.model_fields)
+        unknown = [k for k in data if k not in cls.model_fields]
+        if unknown:
+            raise ValueError("; ".join(f"unknown field {k!r}" + (did_you_mean(str(k), fields)
+                                                                 or f" (fields: {', '.join(fields)})")
+                                       for k in unknown))
+        for k, v in data.items():
+            if isinstance(v, str) and credentials_in_url(v):
+                kind = data.get("kind") if "kind" in cls.model_fields else None  # a store: its own mechanism
+                raise ValueError(f"{k} {strip_userinfo(v)!r} carries credentials in the URL, which would be stored "
+                                 f"with the spec (Prefect database, manifest, MLflow): remove them and "
+                                 f"{CREDENTIALS_HINT.get(kind, CREDENTIALS_HINT[None])}")
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        """The Prefect form and API refuse what validation refuses: unknown fields, credentials in string fields."""
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        for prop in target.get("properties", {}).values():
+            if "enum" not in prop and (prop.get("type") == "string"
+                                       or any(a.get("type") == "string" for a in prop.get("anyOf", []))):
+                prop.setdefault("pattern", NO_USERINFO)
+        return schema
+
+
 class Engine(str, Enum):
     """Evaluation engine. `auto` picks vLLM where this platform's vLLM runs the scheme, else hf."""
 
@@ -63,12 +128,12 @@ class Engine(str, Enum):
     hf = "hf"
 
 
-class BaseModelSpec(BaseModel):
+class BaseModelSpec(StrictModel):
     source: str = Field(EMBEDDED_DEFAULT, description="Hub id, local HF directory, GGUF file, or pkg:<package>/<file.gguf>.")
     revision: str | None = Field(None, description="Hub revision (Hub ids only).")
 
 
-class CalibrationSpec(BaseModel):
+class CalibrationSpec(StrictModel):
     """Where calibration samples come from and how they are prepared."""
 
     source: Literal["dataset", "random"] = Field("dataset", description="An HF dataset (Hub id or local file/dir), or random token ids.")
@@ -88,7 +153,7 @@ class CalibrationSpec(BaseModel):
         return self
 
 
-class ServingSpec(BaseModel):
+class ServingSpec(StrictModel):
     """Serving speed beside accuracy: `vllm bench serve` on a fixed prompt set, base and variant alike."""
 
     enabled: bool = Field(True, description="Measure output tokens/s, time to first token and engine memory "
@@ -101,7 +166,7 @@ class ServingSpec(BaseModel):
     seed: int = 0
 
 
-class EvalSpec(BaseModel):
+class EvalSpec(StrictModel):
     suite: str = Field("smoke", description="Suite name: a YAML file in components/evaluation/suites/ (see `quantflow suites`).")
     engine: Engine = Engine.auto
     tensor_parallel_size: int = Field(1, ge=1)
@@ -120,7 +185,7 @@ class EvalSpec(BaseModel):
     serving: ServingSpec = ServingSpec()
 
 
-class StoreSpec(BaseModel):
+class StoreSpec(StrictModel):
     """One place to publish to: a local folder, an S3-compatible bucket, or a Hugging Face Hub repo."""
 
     kind: Literal["local", "s3", "hub"] = "local"
@@ -144,7 +209,7 @@ class StoreSpec(BaseModel):
         return self
 
 
-class VariantSpec(BaseModel):
+class VariantSpec(StrictModel):
     """One quantized variant of one base model: everything the flow needs."""
 
     base: BaseModelSpec = BaseModelSpec()
@@ -167,3 +232,39 @@ class VariantSpec(BaseModel):
     @classmethod
     def _plain_name(cls, value: str | None) -> str | None:
         return None if value is None else check_variant_name(value)
+
+
+class SpecFileError(ValueError):
+    """A spec file that is not a mapping of spec fields: named, with the problem, in one line."""
+
+
+def load_spec_file(path: Path) -> dict:
+    """The mapping a YAML or JSON spec file holds (empty, a list, a scalar or broken YAML: SpecFileError)."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecFileError(f"spec file {path}: cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecFileError(f"spec file {path}: not valid YAML or JSON{where} "
+                            f"({getattr(e, 'problem', None) or type(e).__name__})") from None
+    if data is None:
+        raise SpecFileError(f"spec file {path}: empty: give a mapping of spec fields (`quantflow spec` prints one)")
+    if not isinstance(data, dict):
+        raise SpecFileError(f"spec file {path}: holds a {'list' if isinstance(data, list) else type(data).__name__}, "
+                            "not a mapping of spec fields (`quantflow spec` prints one)")
+    return data
+
+
+def validation_problems(e) -> list[str]:
+    """One line per problem of a pydantic ValidationError: where, then what (no input values: they may hold secrets)."""
+    out = []
+    for err in e.errors(include_input=False, include_url=False):
+        loc = ".".join(str(x) for x in err["loc"]) or "spec"
+        out.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return out

@@ -1,8 +1,13 @@
 """`quantflow`: the one command line for everything a person types."""
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +15,219 @@ import typer
 import yaml
 
 app = typer.Typer(help="Quantize LLMs with llm-compressor, evaluate them with lm-eval, publish them with their cards.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)  # locals may hold secrets
+_verbose = False
+SIGNAL_EXIT_S = 8  # after Ctrl-C or SIGTERM, exit by then whatever the run is doing (a long C call, a hung request)
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="Tracebacks and Prefect's full failure logs.")) -> None:
+    global _verbose
+    _verbose = verbose
+
+
+def _error_lines(e: BaseException) -> str:
+    """A known error as one line per problem; anything else as one line pointing at --verbose."""
+    from pydantic import ValidationError
+
+    from components.preflight import PreflightError
+    from components.specs import validation_problems
+
+    if isinstance(e, ValidationError):
+        problems = validation_problems(e)
+        return f"invalid spec ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n  - " + "\n  - ".join(problems)
+    if isinstance(e, (PreflightError, ValueError, OSError)):
+        return str(e)
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''} (rerun with --verbose for the traceback)"
+
+
+def _friendly(fn):
+    """Errors as one line per problem and exit 1 (printed once: Prefect's console copies are filtered); --verbose
+    shows the traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - the command line's last word on any failure
+            if _verbose:
+                raise
+            typer.echo(_error_lines(e), err=True)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+class _Console(logging.Filter):
+    """What Prefect prints to the terminal during a run, less what the command prints itself: the failure (with its
+    traceback) once per task and once per flow, crash reports after a signal, and the recovery tables. The Prefect API
+    still gets every record. Also notes the last task that crashed: where a SIGTERM stopped the run."""
+
+    REPEATS = ("Recovery of ", "Sweep recovery:")
+
+    def __init__(self):
+        super().__init__()
+        self.crashed_in: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        if msg.startswith("Crash detected!"):
+            self.crashed_in = self.crashed_in or getattr(record, "task_run_name", None)
+            return False
+        if msg.startswith(self.REPEATS):
+            return False
+        if msg.startswith(("Finished in state Failed", "Finished in state Crashed")):
+            return False
+        return not (record.levelno >= logging.ERROR and record.exc_info)
+
+
+@contextmanager
+def _run_console():
+    """Install the console filter on Prefect's terminal handlers (unless --verbose)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    console = _Console()
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    for h in handlers if not _verbose else []:
+        h.addFilter(console)
+    try:
+        yield console
+    finally:
+        for h in handlers:
+            h.removeFilter(console)
+
+
+_SPARED: set[int] = set()  # the temporary Prefect server: it must outlive the run to record how the run ended
+
+
+def _stop_children(grace: float = 3) -> None:
+    """Terminate every descendant process (lm_eval, vllm serve, their workers), then kill what is left."""
+    import psutil
+
+    children = []
+    for child in psutil.Process().children():
+        if child.pid not in _SPARED:
+            try:
+                children += [child, *child.children(recursive=True)]
+            except psutil.Error:
+                pass
+    for c in children:
+        try:
+            c.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for c in alive:
+        try:
+            c.kill()
+        except psutil.Error:
+            pass
+
+
+def _where(console: _Console) -> str:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    task, flow = TaskRunContext.get(), FlowRunContext.get()
+    if task is not None:
+        return f"step {task.task_run.name}"
+    if console.crashed_in:
+        return f"step {console.crashed_in}"
+    if flow is not None:
+        return f"flow run {flow.flow_run.name} (preflight or between steps)"
+    return "start-up"
+
+
+@contextmanager
+def _stoppable(console: _Console):
+    """Ctrl-C (SIGINT to the process group) or SIGTERM: one line saying where the run stopped, child processes
+    stopped, exit 130/143 within SIGNAL_EXIT_S. During a flow Prefect's own SIGTERM handler reports the run CRASHED
+    first, then hands the signal back here."""
+    stopping: list[int] = []
+
+    def handler(signum, frame):
+        if stopping:
+            return
+        stopping.append(signum)
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        watchdog = threading.Timer(SIGNAL_EXIT_S, os._exit, (128 + signum,))
+        watchdog.daemon = True
+        watchdog.start()
+        typer.echo(f"\nStopped by {signal.Signals(signum).name} during {_where(console)}: rerun the same command to "
+                   "resume (finished steps come from the cache).", err=True)
+        _stop_children()
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except BaseException:
+        if stopping:
+            _flush_prefect()
+            raise typer.Exit(128 + stopping[0]) from None
+        raise
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _flush_prefect() -> None:
+    """Send queued logs and events now, while the API still answers (the temporary server stops next)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=5)
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+
+
+@contextmanager
+def _prefect_api():
+    """The Prefect API the run reports to: PREFECT_API_URL if set (checked first: one line if it does not answer),
+    else a temporary local server in its own session, so Ctrl-C in the terminal reaches the run, not the server."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    from components.preflight import PreflightError, prefect_api_problem
+
+    url = get_current_settings().api.url
+    if url:
+        problem = prefect_api_problem(url)
+        if problem:
+            raise PreflightError([problem])
+        yield
+        return
+    from components.local_stack import prefect_server, stop
+    from components.settings import settings
+
+    proc, url = prefect_server(Path(get_current_settings().home), log=settings().path("stack") / "prefect-temporary.log")
+    _SPARED.add(proc.pid)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            try:
+                yield
+            finally:
+                _flush_prefect()
+    finally:
+        stop(proc, grace=3)
+        _SPARED.discard(proc.pid)
+
+
+@contextmanager
+def _flow_run():
+    """Everything a flow run from the command line needs around it (see each context)."""
+    from components.preflight import PreflightError, home_problems
+
+    problems = home_problems()
+    if problems:
+        raise PreflightError(problems)
+    _prefect_defaults()
+    import flows.quantize_variant  # noqa: F401 - sets up Prefect's logging, which the console filter adjusts
+
+    with _run_console() as console, _stoppable(console), _prefect_api():
+        yield
 
 
 def _prefect_defaults() -> None:
@@ -19,10 +236,14 @@ def _prefect_defaults() -> None:
 
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings().path("prefect-results")))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network at run time
+    if not _verbose:  # llm-compressor's per-layer lines (hundreds; its METRIC level is above WARNING) go to a file
+        os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("LLM_COMPRESSOR_LOG_FILE", str(settings().path("logs") / "llmcompressor.log"))
 
 
 def _with(data: dict, overrides: dict) -> dict:
-    """`data` with dotted-key overrides (None: not given) applied."""
+    """`data` with dotted-key overrides (None: not given) applied; a section that is not a mapping is left for
+    validation to name."""
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -30,17 +251,21 @@ def _with(data: dict, overrides: dict) -> dict:
         *parents, leaf = dotted.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = value
+            if not isinstance(node, dict):
+                break
+        else:
+            node[leaf] = value
     return data
 
 
 def _spec(spec_file: Optional[Path], overrides: dict):
-    from components.specs import VariantSpec
+    from components.specs import VariantSpec, load_spec_file
 
-    return VariantSpec.model_validate(_with(yaml.safe_load(spec_file.read_text()) if spec_file else {}, overrides))
+    return VariantSpec.model_validate(_with(load_spec_file(spec_file) if spec_file else {}, overrides))
 
 
 @app.command()
+@_friendly
 def run(
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="VariantSpec as YAML or JSON; flags override it."),
     model: Optional[str] = typer.Option(None, help="Base model: Hub id, local dir, GGUF file or pkg:<package>/<file>."),
@@ -55,18 +280,18 @@ def run(
                                            help="Measure serving speed of base and variant with vLLM (default: on)."),
 ) -> None:
     """Run one variant end to end (quantize, evaluate base and variant, card, publish, track)."""
-    _prefect_defaults()
     spec = _spec(spec_file, {"base.source": model, "scheme": scheme, "evaluation.suite": suite, "evaluation.engine": engine,
                              "calibration.dataset": dataset, "calibration.num_samples": num_samples,
                              "calibration.max_seq_length": max_seq_length, "evaluation.limit": limit,
                              "evaluation.serving.enabled": serving})
     from flows.quantize_variant import quantize_variant
 
-    outcome = quantize_variant(spec)
+    with _flow_run():
+        outcome = quantize_variant(spec)
     from components.card.render import accuracy_table, gate_markdown, serving_table
     from components.settings import settings
 
-    typer.echo("\n" + accuracy_table(outcome.table, "base", outcome.name) + "\n\n" + gate_markdown(outcome.gate))
+    typer.echo("\n" + accuracy_table(outcome.table, "base", outcome.name, outcome.gate) + "\n\n" + gate_markdown(outcome.gate))
     if outcome.speed:
         typer.echo("\n" + serving_table(outcome.speed, "base", outcome.name))
     typer.echo(f"\nEngine: {outcome.engine}\nCard: {outcome.card}\nCheckpoint: {outcome.checkpoint}")
@@ -76,6 +301,7 @@ def run(
 
 
 @app.command()
+@_friendly
 def sweep(
     schemes: list[str] = typer.Option(["w8a8-int8", "fp8-dynamic"], "--scheme", help="Repeat for each variant."),
     model: Optional[str] = typer.Option(None, help="Base model (default: the embedded default)."),
@@ -85,18 +311,21 @@ def sweep(
     serving: Optional[bool] = typer.Option(None, "--serving/--no-serving", help="Measure serving speed (default: on)."),
 ) -> None:
     """Several schemes of one base model; calibration and the baseline evaluation are computed once."""
-    _prefect_defaults()
+    from components.card.render import headline
     from flows.sweep import SweepSpec, comparison, sweep as sweep_flow
 
     data = _with({"schemes": schemes}, {"base.source": model, "evaluation.suite": suite, "evaluation.engine": engine,
                                         "evaluation.limit": limit, "evaluation.serving.enabled": serving})
-    outcomes = sweep_flow(SweepSpec.model_validate(data))
+    spec = SweepSpec.model_validate(data)
+    with _flow_run():
+        outcomes = sweep_flow(spec)
     typer.echo("\n" + comparison(outcomes))
     for o in outcomes:
-        typer.echo(f"{o.name}: gate {'passed' if o.gate.passed else 'FAILED'}, card {o.card}")
+        typer.echo(f"{o.name}: {headline(o.table, o.gate)}; card {o.card}")
 
 
 @app.command()
+@_friendly
 def compare(base: str = typer.Argument(..., help="Base model name, e.g. SmolLM2-135M-Instruct."),
             png: Optional[Path] = typer.Option(None, help="Also write a bar chart of recovery per task here.")) -> None:
     """The variants of a base model side by side (recovery per task, gate), from MLflow."""
@@ -131,6 +360,7 @@ def _install_automations() -> None:
 
 
 @app.command()
+@_friendly
 def status(limit: int = typer.Option(10, help="How many recent runs.")) -> None:
     """Recent quantflow flow runs and their states, from the Prefect server."""
     import anyio

@@ -1,6 +1,7 @@
 """The CLI commands a person types that talk to the Prefect server."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -31,6 +32,93 @@ def test_deploy_then_status(monkeypatch):
             time.sleep(1)
         assert resp.status_code == 201, resp.text
         run = resp.json()
+        # The form and the API refuse what the spec refuses (the deployment enforces the parameter schema): an
+        # unknown field, credentials in a URL; nothing is stored.
+        secret = "qf-" + os.urandom(6).hex()
+        for bad in ({"evaluation": {"limt": 5}},
+                    {"stores": [{"kind": "s3", "uri": "s3://b/p", "endpoint_url": f"http://K:{secret}@127.0.0.1:9"}]}):
+            resp = api.post(f"/deployments/{deployment}/create_flow_run",
+                            json={"parameters": {"spec": bad}, "state": {"type": "CANCELLED", "name": "Cancelled"}})
+            assert resp.status_code in (409, 422), resp.text
+        runs = api.post("/flow_runs/filter", json={"deployments": {"id": {"any_": [deployment]}}}).json()
+        assert all(secret not in json.dumps(r["parameters"]) and "limt" not in json.dumps(r["parameters"]) for r in runs)
     result = runner.invoke(app, ["status", "--limit", "50"])
     assert result.exit_code == 0, result.output
     assert run["name"] in result.output and "quantize-variant" in result.output and "Cancelled" in result.output
+
+
+# --- what a person sees when something is wrong: one line per problem, printed once, exit 1 ----------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+QUANTFLOW = str(Path(sys.executable).parent / "quantflow")
+
+
+def quantflow(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([QUANTFLOW, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [x for x in (result.stdout + result.stderr).splitlines() if x.strip()]
+
+
+def test_spec_file_problems_are_one_line(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("- scheme: w8a8-int8\n")
+    r = quantflow("run", "--spec", str(spec))
+    assert r.returncode == 1 and lines(r) == [f"spec file {spec}: holds a list, not a mapping of spec fields "
+                                              "(`quantflow spec` prints one)"], r.stdout + r.stderr
+    spec.write_text("evaluation:\n  limt: 5\n")
+    r = quantflow("run", "--spec", str(spec))
+    assert r.returncode == 1 and [x.strip() for x in lines(r)] == [
+        "invalid spec (1 problem):", "- evaluation: unknown field 'limt': did you mean 'limit'?"], r.stdout + r.stderr
+    spec.write_text("calibraton:\n  num_samples: 4\n")
+    r = quantflow("run", "--spec", str(spec), "--limit", "2")
+    assert r.returncode == 1 and "- spec: unknown field 'calibraton': did you mean one of 'calibration'" in r.stderr
+
+
+def test_credentials_in_a_url_are_refused_before_anything_runs(tmp_path):
+    secret = "qf-" + os.urandom(6).hex()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"stores:\n- kind: s3\n  uri: s3://b/p\n  endpoint_url: http://KEY:{secret}@127.0.0.1:9\n")
+    r = quantflow("run", "--spec", str(spec))
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and secret not in out and "Traceback" not in out, out
+    assert "stores.0: endpoint_url 'http://***@127.0.0.1:9' carries credentials in the URL" in out
+    assert "AwsCredentials block" in out and len(lines(r)) == 2
+
+
+def test_preflight_failure_is_printed_once_without_traceback(tmp_path):
+    missing = tmp_path / "no-such-model"
+    r = quantflow("run", "--model", str(missing), "--engine", "hf", "--limit", "1", "--no-serving")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert out.count("no such directory or file") == 1 and "Traceback" not in out, out
+    assert "preflight found 1 problem, nothing was started:" in out
+    assert len(lines(r)) <= 8, out  # Prefect's few start-up lines, then the problem once
+
+    verbose = quantflow("--verbose", "run", "--model", str(missing), "--engine", "hf", "--limit", "1", "--no-serving")
+    assert verbose.returncode == 1 and "Traceback" in verbose.stdout + verbose.stderr
+
+
+def test_dead_prefect_api_and_unusable_home_are_one_line(tmp_path):
+    from components.local_stack import free_port
+
+    port = free_port()
+    r = quantflow("run", "--engine", "hf", env={"PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}, timeout=60)
+    assert r.returncode == 1 and lines(r)[0] == "preflight found 1 problem, nothing was started:", r.stdout + r.stderr
+    assert len(lines(r)) == 2 and lines(r)[1].startswith(f"  - Prefect API http://127.0.0.1:{port}/api (PREFECT_API_URL) "
+                                                         "does not answer")
+
+    (tmp_path / "file").write_text("x")
+    r = quantflow("run", "--engine", "hf", env={"QUANTFLOW_HOME": str(tmp_path / "file" / "home")}, timeout=60)
+    assert r.returncode == 1 and len(lines(r)) == 2, r.stdout + r.stderr
+    assert "QUANTFLOW_HOME" in lines(r)[1] and "is a file" in lines(r)[1]
+
+
+def test_compare_unknown_base_is_one_line():
+    r = quantflow("compare", "no-such-base-model", timeout=120)
+    assert r.returncode == 1 and lines(r) == [lines(r)[0]] and "no MLflow experiment quantflow/no-such-base-model" \
+        in lines(r)[0], r.stdout + r.stderr

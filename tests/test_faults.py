@@ -6,6 +6,8 @@ then checks that nothing is lost, nothing half-done is published or recorded, an
   c. the MLflow server goes down after preflight
   d. the evaluation process crashes (SIGKILL), once and then twice
   f. the flow-run process is terminated (SIGTERM) or killed (SIGKILL) as a dying worker or pod would leave it
+  g. `quantflow run` stopped by Ctrl-C (SIGINT to its process group) or SIGTERM: out in seconds, one line, no child
+     left, the temporary Prefect server outside the group; the rerun resumes from the cache
 (e. Hub 429/5xx retried with backoff, 401 not retried: tests/test_store_hub.py.)
 
 They need the session's Prefect and MLflow servers (the default; not with QUANTFLOW_TEST_SERVERS=0).
@@ -458,3 +460,106 @@ def test_f_killed_flow_process_is_marked_crashed_by_the_heartbeat_automation(tin
     assert state.is_completed()
     states = task_states(state.state_details.flow_run_id)
     assert states["resolve_base"] == ["Cached"] and states["build_calibration"] == ["Cached"], states
+
+
+# --- g. Ctrl-C or SIGTERM on `quantflow run` ---------------------------------------------------------------------
+
+def _cli_run(tiny: Path, tmp: Path, name: str, seed: int) -> tuple[subprocess.Popen, list[str], list[str], dict]:
+    """`quantflow run` on the tiny model as a terminal starts it: its own process group, no PREFECT_API_URL (so it
+    starts its temporary Prefect server); stdout+stderr collected line by line in a thread."""
+    import threading
+
+    copy = tmp / f"tiny-{name}"
+    if not copy.exists():
+        copy.mkdir()
+        for p in tiny.iterdir():
+            (copy / p.name).symlink_to(p)
+    spec = tmp / f"{name}.yaml"
+    spec.write_text(json.dumps({
+        "base": {"source": str(copy)}, "scheme": "w8a8-int8", "variant_name": name,
+        "calibration": {"num_samples": 8, "max_seq_length": 64, "seed": seed},
+        "evaluation": {"engine": "hf", "limit": 2, "serving": {"enabled": False}},
+        "stores": [{"kind": "local", "uri": str(tmp / "published")}]}))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp / "prefect-home")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "quantflow"), "run", "--spec", str(spec)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
+    reader.start()
+    return proc, out, [str(spec)], env
+
+
+def _wait_line(proc: subprocess.Popen, out: list[str], pattern: str, timeout: float = 400) -> None:
+    import re
+
+    deadline = time.time() + timeout
+    while not any(re.search(pattern, line) for line in list(out)):
+        assert proc.poll() is None, "".join(out)[-4000:]
+        assert time.time() < deadline, f"no line matching {pattern!r}:\n" + "".join(out)[-4000:]
+        time.sleep(0.2)
+
+
+def _stop_and_check(proc, out, sig: int, to_group: bool) -> str:
+    """Send the signal while a heavy step runs; the run is out within 10 s, says where it stopped in one line,
+    printed no traceback after the signal, and left no child process (the temporary server was in another group)."""
+    import psutil
+
+    children = psutil.Process(proc.pid).children(recursive=True)
+    servers = [c for c in children if "server" in " ".join(c.cmdline())]
+    assert servers and all(os.getpgid(c.pid) != proc.pid for c in servers), "temporary server outside the run's group"
+    seen = len(out)
+    start = time.time()
+    if to_group:
+        os.killpg(proc.pid, sig)
+    else:
+        os.kill(proc.pid, sig)
+    proc.wait(15)
+    took = time.time() - start
+    time.sleep(1)
+    after = "".join(out[seen:])
+    assert took < 10, f"took {took:.1f} s:\n{after}"
+    assert proc.returncode == 128 + sig, (proc.returncode, after)
+    stopped = [line for line in after.splitlines() if line.startswith("Stopped by")]
+    assert len(stopped) == 1 and f"Stopped by {signal.Signals(sig).name} during step " in stopped[0], after
+    assert "rerun the same command to resume" in stopped[0]
+    assert "Traceback" not in after and len([x for x in after.splitlines() if x.strip()]) <= 6, after
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [" ".join(c.cmdline()[:5]) for c in left]
+    return stopped[0]
+
+
+def test_g_ctrl_c_stops_the_run_in_seconds_and_the_rerun_resumes(tiny_model, tmp_path):
+    proc, out, args, env = _cli_run(tiny_model, tmp_path, "drill-g", seed=1007)
+    try:
+        _wait_line(proc, out, r"Task run 'build_calibration-\w+' - Finished in state Completed")
+        time.sleep(1)  # into quantization (or evaluation)
+        line = _stop_and_check(proc, out, signal.SIGINT, to_group=True)
+        print(line)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    rerun = subprocess.run([str(Path(sys.executable).parent / "quantflow"), "run", "--spec", *args], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    text = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, text[-4000:]
+    import re
+
+    for step in ("resolve_base", "build_calibration"):
+        assert re.search(rf"Task run '{step}-\w+' - Finished in state Cached", text), (step, text[-4000:])
+    assert "Published (local)" in text and "Traceback" not in text
+    # A readable log: no bytecode from dataset fingerprinting, the recovery table once (the command prints it).
+    assert "LOAD_DEREF" not in text and "COPY_FREE_VARS" not in text, text[-4000:]
+    assert text.count("| Benchmark |") == 1, text[-4000:]
+    print(f"rerun: {len(text.splitlines())} lines")
+
+
+def test_g_sigterm_stops_the_run_in_seconds(tiny_model, tmp_path):
+    proc, out, _, _ = _cli_run(tiny_model, tmp_path, "drill-g2", seed=1008)
+    try:
+        _wait_line(proc, out, r"Task run 'build_calibration-\w+' - Finished in state Completed")
+        time.sleep(1)
+        print(_stop_and_check(proc, out, signal.SIGTERM, to_group=False))  # as a supervisor stops one process
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

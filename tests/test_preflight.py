@@ -223,7 +223,7 @@ def case_base_not_a_causal_lm(ctx):
 
     d = ctx.tmp / "vit"
     ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(d)
-    (d / "model.safetensors").write_bytes(b"")
+    (d / "model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")  # a valid, empty safetensors file
     return good(d, ctx.tmp), r"model type 'vit' has no causal-LM head"
 
 
@@ -456,14 +456,114 @@ def case_mlflow_unreachable(ctx):
     from servers import free_ports
 
     [port] = free_ports(1)
-    ctx.mp.setenv("QUANTFLOW_MLFLOW_TRACKING_URI", f"http://qf-user:qf-pass@127.0.0.1:{port}")
-    return good(ctx.tiny, ctx.tmp), rf"MLflow tracking server http://127.0.0.1:{port} \(QUANTFLOW_MLFLOW_TRACKING_URI\) does not answer"
+    ctx.mp.setenv("QUANTFLOW_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}/?token=qf-not-shown")
+    return good(ctx.tiny, ctx.tmp), \
+        rf"MLflow tracking server http://127.0.0.1:{port}/ \(QUANTFLOW_MLFLOW_TRACKING_URI\) does not answer"
+
+
+def case_mlflow_uri_with_credentials(ctx):
+    ctx.mp.setenv("QUANTFLOW_MLFLOW_TRACKING_URI", "http://qf-user:qf-pass@127.0.0.1:9")
+    return good(ctx.tiny, ctx.tmp), r"'http://\*\*\*@127.0.0.1:9' carries credentials in the URL.*MLFLOW_TRACKING_USERNAME"
 
 
 def case_disk_full(ctx):
     usage = shutil.disk_usage("/")
     ctx.mp.setattr("components.preflight.shutil.disk_usage", lambda p: usage._replace(free=8 << 20))
     return good(ctx.tiny, ctx.tmp), r"not enough free disk under .*: ~0.\d\d GiB needed \(checkpoint ~0.01 GiB, stores\[0\] copy"
+
+
+def case_calibration_bad_later_row(ctx):
+    rows = [{"messages": MESSAGES}] * 40
+    rows[16] = {"messages": None}  # line 17: fails minutes later inside build_calibration without this check
+    return good(ctx.tiny, ctx.tmp, calibration__dataset=_jsonl(ctx, rows)), \
+        r"1 row of column 'messages' cannot be used \(line 17: messages are missing \(null\), not a non-empty list"
+
+
+def case_calibration_bad_rows_named(ctx):
+    rows = [{"messages": MESSAGES}] * 40
+    rows[9], rows[19], rows[29], rows[39] = {"messages": []}, {"messages": [{"role": "user"}]}, {"other": 1}, \
+        {"messages": "hi"}
+    return good(ctx.tiny, ctx.tmp, calibration__dataset=_jsonl(ctx, rows)), \
+        r"4 rows .*\(line 10: messages are empty, .*; line 20: message 0 is missing a string role or content; " \
+        r"line 30: messages are missing \(null\), [^;]*; \.\.\.\): fix or drop them"
+
+
+def case_calibration_later_line_not_json(ctx):
+    path = Path(_jsonl(ctx, [{"messages": MESSAGES}] * 40))
+    path.write_text(path.read_text() + '{"messages": [\n')
+    return good(ctx.tiny, ctx.tmp, calibration__dataset=str(path)), r"cannot be read as .jsonl .*line 41 is not JSON"
+
+
+def case_calibration_text_row_empty(ctx):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = ctx.tmp / "calib.parquet"
+    pq.write_table(pa.table({"text": [f"sample {i}" for i in range(11)] + [None]}), path)
+    return good(ctx.tiny, ctx.tmp, calibration__dataset=str(path), calibration__column="text",
+                calibration__apply_chat_template=False), r"row 12: text is missing \(null\), not a non-empty string"
+
+
+def _weights_copy(ctx) -> Path:
+    d = _model_copy(ctx)
+    (d / "model.safetensors").unlink()
+    shutil.copy(ctx.tiny / "model.safetensors", d / "model.safetensors")
+    return d
+
+
+def case_weights_truncated(ctx):
+    d = _weights_copy(ctx)
+    with open(d / "model.safetensors", "r+b") as f:
+        f.truncate((d / "model.safetensors").stat().st_size - 1000)
+    return good(d, ctx.tmp), r"weight file model.safetensors is \d+ bytes but its header describes \d+: truncated"
+
+
+def case_weights_not_safetensors(ctx):
+    d = _weights_copy(ctx)
+    (d / "model.safetensors").write_bytes(b"<html>404 Not Found</html>" * 10)
+    return good(d, ctx.tmp), r"weight file model.safetensors declares a \d+-byte header but the file is 260 bytes"
+
+
+def case_weights_empty_file(ctx):
+    d = _weights_copy(ctx)
+    (d / "model.safetensors").write_bytes(b"")
+    return good(d, ctx.tmp), r"weight file model.safetensors is 0 bytes: too short"
+
+
+def case_base_path_with_comma(ctx):
+    d = _model_copy(ctx, "tiny,llama")
+    return good(d, ctx.tmp, variant_name="tiny-llama-x"), r"path .*tiny,llama' holds a comma, which lm_eval's --model_args"
+
+
+def case_home_path_with_comma(ctx):
+    ctx.mp.setenv("QUANTFLOW_HOME", str(ctx.tmp / "qf,home"))
+    return good(ctx.tiny, ctx.tmp), r"QUANTFLOW_HOME '.*qf,home' holds a comma, .*\(checkpoints live under it\)"
+
+
+def case_home_is_a_file(ctx):
+    (ctx.tmp / "home-file").write_text("x")
+    ctx.mp.setenv("QUANTFLOW_HOME", str(ctx.tmp / "home-file"))
+    return good(ctx.tiny, ctx.tmp), r"QUANTFLOW_HOME '.*home-file' exists and is not a directory"
+
+
+def case_home_under_a_file(ctx):
+    (ctx.tmp / "home-file").write_text("x")
+    ctx.mp.setenv("QUANTFLOW_HOME", str(ctx.tmp / "home-file" / "qf"))
+    return good(ctx.tiny, ctx.tmp), r"QUANTFLOW_HOME '.*home-file/qf' cannot be created: .*home-file is a file"
+
+
+def case_hub_unreachable_not_offline(ctx):
+    from huggingface_hub import constants
+
+    from servers import free_ports
+
+    [port] = free_ports(1)
+    dead = f"http://127.0.0.1:{port}"
+    ctx.mp.setattr(constants, "HF_HUB_OFFLINE", False)
+    ctx.mp.setattr(constants, "ENDPOINT", dead)
+    ctx.mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+    return good("qf-test-org/never-downloaded-model", ctx.tmp), \
+        rf"cannot reach the Hub at {dead} \(\w+\) and the model is not in the local cache"
 
 
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]

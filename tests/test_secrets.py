@@ -6,11 +6,18 @@ under the test session's data dir (QUANTFLOW_HOME: cards, manifests, lm-eval out
 Prefect and MLflow servers' databases and artifact stores), the MLflow runs (params, tags, metric names, artifacts
 downloaded), the registered model version, the Prefect flow run (parameters, logs, artifacts, task runs), and every
 object and its metadata in the bucket. None may hold any secret, raw, base64 or URL-encoded.
+
+Before that run, the same credentials are offered the way users put them where they do not belong, inside URLs (the
+S3 endpoint, the store URI, the Hub endpoint) through `quantflow run --spec`: refused before anything runs. The scan
+then also reads what the command printed, the published manifests by name, every flow run's parameters in the
+Prefect database (through the API), every log record of every flow run, and every log file under the data dir.
 """
 from __future__ import annotations
 
 import base64
+import json
 import os
+import subprocess
 import secrets
 import sys
 import urllib.parse
@@ -74,6 +81,23 @@ def prefect_records(flow_run_id):
     return anyio.run(go)
 
 
+def all_flow_runs_and_logs():
+    """Every flow run in the Prefect database and every log record, page by page (the API caps a page at 200)."""
+    import anyio
+    from prefect import get_client
+
+    async def go():
+        async with get_client() as client:
+            runs, logs = [], []
+            while page := await client.read_flow_runs(offset=len(runs), limit=200):
+                runs += page
+            while page := await client.read_logs(offset=len(logs), limit=200):
+                logs += page
+            return runs, logs
+
+    return anyio.run(go)
+
+
 def test_no_secret_in_anything_a_run_leaves(tiny_model, data_root, tmp_path, monkeypatch):
     import boto3
     import mlflow
@@ -88,6 +112,22 @@ def test_no_secret_in_anything_a_run_leaves(tiny_model, data_root, tmp_path, mon
         monkeypatch.setenv("HF_TOKEN", hf_token)
         monkeypatch.setenv("QUANTFLOW_FAKE_PREFECT_API_KEY", api_key)  # the shape of a Prefect Cloud key, in the env
         monkeypatch.setenv("PREFECT_API_KEY", api_key)  # a local server ignores it; nothing may record it
+
+        # Credentials inside URLs: refused by `quantflow run --spec` before anything runs, without echoing them.
+        cli = str(Path(sys.executable).parent / "quantflow")
+        offered = []
+        for i, store in enumerate([
+                {"kind": "s3", "uri": "s3://qf-secrets/checkpoints",
+                 "endpoint_url": s3.endpoint_url.replace("://", f"://{s3.access_key}:{s3.secret_key}@")},
+                {"kind": "s3", "uri": f"s3://{s3.access_key}:{s3.secret_key}@qf-secrets/checkpoints"},
+                {"kind": "hub", "uri": "qf-org/x", "endpoint_url": f"https://{hf_token}@hub.example"}]):
+            bad = tmp_path / f"bad-{i}.yaml"
+            bad.write_text(json.dumps({"base": {"source": str(tiny_model)}, "stores": [store]}))
+            r = subprocess.run([cli, "run", "--spec", str(bad)], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 1 and "carries credentials in the URL" in r.stderr, r.stdout + r.stderr
+            offered.append(r.stdout + r.stderr)
+        for path in tmp_path.glob("bad-*.yaml"):
+            path.unlink()  # the user's own files: not a trace the run left
 
         spec = VariantSpec.model_validate({
             "base": {"source": str(tiny_model)}, "scheme": "w8a8-int8", "variant_name": "tiny-secrets-w8a8",
@@ -132,6 +172,22 @@ def test_no_secret_in_anything_a_run_leaves(tiny_model, data_root, tmp_path, mon
         for t in tasks:
             scan.check("Prefect task runs", t.name, t.model_dump_json())
 
+        # 3b. What the refused commands printed; the published manifests; every flow run's parameters in the Prefect
+        # database; every log record of every flow run; every log file under the data dir.
+        for i, text in enumerate(offered):
+            scan.check("CLI output", f"refused spec {i}", text)
+        for p in outcome.published:
+            if p.uri.startswith("file://"):
+                manifest = Path(p.uri.removeprefix("file://")) / "quantflow-manifest.json"
+                scan.check("published manifest", p.uri, manifest.read_bytes())
+        runs, all_logs = all_flow_runs_and_logs()
+        for r in runs:
+            scan.check("Prefect flow-run parameters", r.name, json.dumps(r.parameters, default=str))
+        for log in all_logs:
+            scan.check("Prefect logs (all runs)", log.name, log.message)
+        for path in data_root.rglob("*.log"):
+            scan.check("log files", str(path), path.read_bytes())
+
         # 4. The bucket: every object, its metadata.
         s3c = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1", aws_access_key_id=s3.access_key,
                                aws_secret_access_key=s3.secret_key)  # not the default session: it caches old keys
@@ -139,6 +195,9 @@ def test_no_secret_in_anything_a_run_leaves(tiny_model, data_root, tmp_path, mon
             obj = s3c.get_object(Bucket="qf-secrets", Key=o["Key"])
             scan.check("bucket objects", o["Key"], obj["Body"].read())
             scan.check("bucket metadata", o["Key"], repr(obj.get("Metadata")))
+            if o["Key"].endswith("quantflow-manifest.json"):
+                scan.check("published manifest", o["Key"], s3c.get_object(
+                    Bucket="qf-secrets", Key=o["Key"])["Body"].read())
 
     assert scan.leaks == [], "\n".join(scan.leaks)
     probe = Scanner(scan.named)  # the scanner itself finds a secret where there is one: the server's identities file
@@ -147,7 +206,9 @@ def test_no_secret_in_anything_a_run_leaves(tiny_model, data_root, tmp_path, mon
     # The scan read something everywhere it looked.
     for where in ("session data dir", "local store", "MLflow params/tags", "MLflow metric names", "MLflow artifacts",
                   "MLflow model version", "Prefect flow run", "Prefect logs", "Prefect artifacts", "Prefect task runs",
-                  "bucket objects"):
+                  "bucket objects", "CLI output", "published manifest", "Prefect flow-run parameters",
+                  "Prefect logs (all runs)", "log files"):
         assert scan.seen.get(where), f"nothing read in {where}"
     assert scan.seen["bucket objects"] >= 5 and scan.seen["Prefect logs"] >= 5, scan.seen
+    assert scan.seen["published manifest"] >= 2 and scan.seen["CLI output"] == 3, scan.seen
     print({k: v for k, v in scan.seen.items()})

@@ -57,3 +57,106 @@ def test_engine_choice():
     assert choose_engine("hf", w8a8, "cuda") == "hf"
     with pytest.raises(ValueError, match="cannot run scheme fp8-static"):
         choose_engine("vllm", fp8, "cpu")
+
+
+# --- strict specs: unknown fields, credentials in URLs, file shapes ---------------------------------------------
+
+from components.specs import SpecFileError, StoreSpec, load_spec_file, validation_problems  # noqa: E402
+
+
+@pytest.mark.parametrize("data, where, hint", [
+    ({"evaluation": {"limt": 5}}, "evaluation", "unknown field 'limt': did you mean 'limit'?"),
+    ({"calibraton": {"num_samples": 4}}, "spec", "unknown field 'calibraton': did you mean one of 'calibration'"),
+    ({"calibration": {"num_sample": 4}}, "calibration", "did you mean 'num_samples'?"),
+    ({"evaluation": {"serving": {"enable": False}}}, "evaluation.serving", "did you mean 'enabled'?"),
+    ({"stores": [{"kind": "s3", "uri": "s3://b/p", "endpont_url": "http://h:9"}]}, "stores.0", "did you mean 'endpoint_url'?"),
+    ({"base": {"sourse": "x"}}, "base", "did you mean 'source'?"),
+    ({"zzz": 1}, "spec", "unknown field 'zzz' (fields: base, scheme, calibration"),
+])
+def test_unknown_fields_are_errors_with_a_hint(data, where, hint):
+    with pytest.raises(ValidationError) as ei:
+        VariantSpec.model_validate(data)
+    [problem] = validation_problems(ei.value)
+    assert problem.startswith(f"{where}: ") and hint in problem, problem
+
+
+SECRET = "s3cr3t-" + "x7Qp9"
+
+
+@pytest.mark.parametrize("data, mechanism", [
+    ({"stores": [{"kind": "s3", "uri": "s3://b/p", "endpoint_url": f"http://AKIAKEY:{SECRET}@127.0.0.1:8333"}]},
+     "AwsCredentials block"),
+    ({"stores": [{"kind": "s3", "uri": f"s3://AKIAKEY:{SECRET}@bucket/p"}]}, "AWS chain"),
+    ({"stores": [{"kind": "hub", "uri": "org/x", "endpoint_url": f"https://user:{SECRET}@hub.example"}]}, "HF_TOKEN"),
+    ({"stores": [{"kind": "hub", "uri": "org/x", "endpoint_url": f"https://{SECRET}@hub.example"}]}, "Secret block"),
+    ({"base": {"source": f"https://u:{SECRET}@example.com/model"}}, "Prefect AwsCredentials/Secret block"),
+    ({"calibration": {"dataset": f"https://u:{SECRET}@example.com/data.jsonl"}}, "HF_TOKEN"),
+    ({"evaluation": {"serving": {"prompts": f"ftp://u:{SECRET}@example.com/p.jsonl"}}}, "AWS chain"),
+])
+def test_credentials_in_any_url_are_refused_without_echoing_them(data, mechanism):
+    with pytest.raises(ValidationError) as ei:
+        VariantSpec.model_validate(data)
+    # what reaches a terminal, a log or Prefect's ParameterTypeError (which formats loc and msg)
+    text = str(ei.value) + "\n".join(validation_problems(ei.value)) + repr([e["msg"] for e in ei.value.errors()])
+    assert SECRET not in text, text
+    assert "carries credentials in the URL" in text and mechanism in text and "***@" in text
+
+
+def test_urls_without_credentials_and_plain_at_signs_pass():
+    StoreSpec(kind="s3", uri="s3://bucket/team@2024/x", endpoint_url="http://127.0.0.1:8333")
+    StoreSpec(kind="hub", uri="org/name", endpoint_url="https://hub.example/path?x=a@b")
+    VariantSpec.model_validate({"calibration": {"dataset": "/data/me@host/chat.jsonl"}})
+
+
+def test_json_schema_refuses_what_validation_refuses():
+    """The Prefect form and API (enforce_parameter_schema) check the same schema before a run is stored."""
+    import jsonschema
+
+    schema = VariantSpec.model_json_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    assert not list(validator.iter_errors(VariantSpec().model_dump(mode="json")))
+    for bad in ({"evaluation": {"limt": 5}}, {"calibraton": {}},
+                {"stores": [{"kind": "s3", "uri": "s3://b/p", "endpoint_url": f"http://K:{SECRET}@h:1"}]}):
+        assert list(validator.iter_errors(bad)), bad
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- scheme: w8a8-int8\n", "holds a list, not a mapping of spec fields"),
+    ("", "empty: give a mapping of spec fields"),
+    ("# only a comment\n", "empty"),
+    ("just words\n", "holds a str, not a mapping"),
+    ("scheme: [unclosed\n", "not valid YAML or JSON at line 2, column 1"),
+    ('{"scheme": "w8a8-int8"\n', "not valid YAML or JSON"),
+    ("a: b\n\tc: d\n", "not valid YAML or JSON at line 2"),
+])
+def test_spec_file_shapes_are_named_in_one_line(tmp_path, text, message):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecFileError) as ei:
+        load_spec_file(path)
+    line = str(ei.value)
+    assert line.startswith(f"spec file {path}: ") and message in line and "\n" not in line, line
+
+
+def test_spec_file_missing_or_binary(tmp_path):
+    with pytest.raises(SpecFileError, match="cannot be read"):
+        load_spec_file(tmp_path / "nope.yaml")
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(SpecFileError, match="cannot be read"):
+        load_spec_file(tmp_path / "bin.yaml")
+
+
+def test_the_flows_validate_their_parameter_strictly():
+    """A run created with a raw dict (Prefect form, API, a Python caller) is validated by the flow against the same
+    strict models: Prefect's ParameterTypeError carries the did-you-mean and never the input."""
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.quantize_variant import quantize_variant
+
+    with pytest.raises(ParameterTypeError, match="did you mean 'limit'"):
+        quantize_variant.validate_parameters({"spec": {"evaluation": {"limt": 5}}})
+    with pytest.raises(ParameterTypeError) as ei:
+        quantize_variant.validate_parameters({"spec": {"stores": [{"kind": "hub", "uri": "o/x",
+                                                                   "endpoint_url": f"https://{SECRET}@h"}]}})
+    assert "carries credentials" in str(ei.value) and SECRET not in str(ei.value)
+    assert isinstance(quantize_variant.validate_parameters({"spec": {"scheme": "w4a16"}})["spec"], VariantSpec)
