@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from components.digests import digest_dir, sha256_file
+from components import artifacts
+from components.digests import FileStamp, digest_stamps, sha256_memo, stamp_dir
 from components.settings import settings
 
 PKG_PREFIX = "pkg:"
@@ -19,7 +20,8 @@ class ModelRef(BaseModel):
     source: str
     name: str
     path: str
-    digest: str
+    digest: str  # GGUF: the file's sha256; local directory: its content digest; Hub: `<id>@<commit sha>`
+    files: list[FileStamp] = []  # the files at `path` when resolved: a cached ref is checked against them before use
 
 
 def model_name(source: str) -> str:
@@ -43,31 +45,73 @@ def gguf_path(source: str) -> Path | None:
     return None
 
 
+def _memo() -> Path:
+    return settings().path("digests")
+
+
+def hub_commit(source: str, revision: str | None = None) -> str:
+    """The commit sha a Hub id (and branch or tag) names now: online from the Hub, offline from the local cache."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    if revision and len(revision) == 40 and all(c in "0123456789abcdef" for c in revision):
+        return revision
+    if not constants.HF_HUB_OFFLINE:
+        return HfApi().model_info(source, revision=revision).sha
+    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=source, repo_type="model") / "refs" / (revision or "main")
+    if not ref.is_file():
+        raise FileNotFoundError(f"{source}@{revision or 'main'} is not in the local Hugging Face cache ({ref.parent}) and "
+                                "HF_HUB_OFFLINE is set: run once online, or give base.revision as a commit sha")
+    return ref.read_text().strip()
+
+
+def content_id(source: str, revision: str | None = None) -> str:
+    """What the base model is, by content, without materialising it: the digest `resolve` will give it."""
+    gguf = gguf_path(source)
+    if gguf is not None:
+        return sha256_memo(gguf, _memo())
+    if Path(source).is_dir():
+        return digest_stamps(stamp_dir(Path(source), memo=_memo()))
+    return f"{source}@{hub_commit(source, revision)}"
+
+
 def resolve(source: str, revision: str | None = None) -> ModelRef:
-    """Materialise `source` as a local HF directory and digest its content."""
+    """Materialise `source` as a local HF directory and digest its content (files hashed once, then by stamp)."""
     gguf = gguf_path(source)
     if gguf is not None:
         if not gguf.is_file():
             raise FileNotFoundError(f"GGUF file not found: {gguf}")
-        digest = sha256_file(gguf)
+        digest = sha256_memo(gguf, _memo())
         out = settings().path("models") / f"{model_name(source)}-{digest[:12]}"
-        if not (out / "config.json").exists():
-            convert_gguf(gguf, out)
-        return ModelRef(source=source, name=model_name(source), path=str(out), digest=digest)
+        with artifacts.locked(out):
+            ref = artifacts.reuse(out, ModelRef)
+            if ref is None or ref.digest != digest:
+                tmp = artifacts.workdir(out)
+                try:
+                    convert_gguf(gguf, tmp)
+                    files = stamp_dir(tmp)
+                    ref = ModelRef(source=source, name=model_name(source), path=str(out), digest=digest, files=files)
+                    artifacts.install(tmp, out, ref, files=files)
+                finally:
+                    artifacts.remove(tmp)
+        return ref.model_copy(update={"source": source})
     local = Path(source)
     if local.is_dir():
         if not (local / "config.json").exists():
             raise FileNotFoundError(f"{local} has no config.json: not a Hugging Face model directory")
-        return ModelRef(source=source, name=model_name(str(local.resolve())), path=str(local.resolve()), digest=digest_dir(local))
+        files = stamp_dir(local, memo=_memo())
+        return ModelRef(source=source, name=model_name(str(local.resolve())), path=str(local.resolve()),
+                        digest=digest_stamps(files), files=files)
     from huggingface_hub import snapshot_download
 
-    path = Path(snapshot_download(source, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
-    # The snapshot folder is named for the commit: content-addressed already.
-    return ModelRef(source=source, name=model_name(source), path=str(path), digest=f"{source}@{path.name}")
+    commit = hub_commit(source, revision)
+    path = Path(snapshot_download(source, revision=commit, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    return ModelRef(source=source, name=model_name(source), path=str(path), digest=f"{source}@{commit}",
+                    files=stamp_dir(path, memo=_memo()))
 
 
 def convert_gguf(gguf: Path, out: Path) -> None:
-    """Dequantize a GGUF model to a bf16 safetensors directory.
+    """Dequantize a GGUF model to a bf16 safetensors directory `out` (a temporary one: `resolve` installs it).
 
     transformers loads GGUF but will not save it as is: the GGUF quantizer config is
     dropped by rebuilding the model from its config, `architectures` is restored, and
@@ -90,7 +134,5 @@ def convert_gguf(gguf: Path, out: Path) -> None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
-    tmp = out.with_name(out.name + ".partial")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.replace(out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -1,18 +1,22 @@
 """One variant, end to end: the seed cards' Creation and Evaluation sections as a Prefect flow."""
 from __future__ import annotations
 
+import inspect
+import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from components import calibration, recovery, tracking
+from components import artifacts, calibration, recovery, tracking
 from components.gate import GateVerdict, gate
 from components.calibration import CalibSet
 from components.card.render import CardFacts, accuracy_table, gate_markdown, render, serving_table
-from components.digests import digest_dir, sha256_file
+from components.artifacts import IntegrityError
+from components.digests import FileStamp, check_stamps, digest_stamps, stamp_dir
 from components.evaluation import serving, suites
 from components.evaluation.command import EngineSettings
 from components.evaluation.runner import EvalResult, run_suite
@@ -24,7 +28,7 @@ from components.recipes import SchemeDef
 from components.settings import settings
 from components.specs import BaseModelSpec, CalibrationSpec, ServingSpec, VariantSpec
 from components.stores import Published, open_store
-from flows.cache import key
+from flows.cache import base_key, calibration_key, evaluate_key, key, quantize_key, serving_key
 
 CARD = "README.md"
 
@@ -33,6 +37,7 @@ class Checkpoint(BaseModel):
     name: str
     path: str
     digest: str  # content without the card
+    files: list[FileStamp] = []  # as made (without the card): checked before every use; the manifest's sha256
 
 
 class VariantOutcome(BaseModel):
@@ -50,20 +55,13 @@ class VariantOutcome(BaseModel):
 
 # --- Creation ---------------------------------------------------------------------------------
 
-@task(cache_key_fn=lambda ctx, p: key("base", p["spec"].model_dump()), persist_result=True)
+@task(cache_key_fn=base_key, persist_result=True)
 def resolve_base(spec: BaseModelSpec) -> ModelRef:
     """Materialise the base model locally (GGUF converted once to bf16 safetensors)."""
     return resolve(spec.source, spec.revision)
 
 
-def _calibration_key(ctx, p) -> str:
-    spec: CalibrationSpec = p["spec"]
-    local = Path(spec.dataset)
-    content = sha256_file(local) if local.is_file() else digest_dir(local) if local.is_dir() else None
-    return key("calibration", spec.model_dump(exclude={"dataset"} if content else set()), content, p["base"].digest)
-
-
-@task(cache_key_fn=_calibration_key, persist_result=True)
+@task(cache_key_fn=calibration_key, persist_result=True)
 def build_calibration(spec: CalibrationSpec, base: ModelRef) -> CalibSet:
     """Fetch, template, shuffle, select and tokenize the calibration samples."""
     from transformers import AutoTokenizer
@@ -72,59 +70,134 @@ def build_calibration(spec: CalibrationSpec, base: ModelRef) -> CalibSet:
     return calibration.save(ds, description, spec, settings().path("calibration"))
 
 
-@task(cache_key_fn=lambda ctx, p: key("quantize", p["base"].digest, p["scheme"].digest,
-                                      p["calib"].digest if p["calib"] else None), persist_result=True)
+def _artifact_dir(root: str, key_fn) -> Path:
+    """This task run's artifact folder, named by its cache key (content and code, never paths)."""
+    ctx = TaskRunContext.get()
+    return settings().path(root) / key_fn(ctx, ctx.parameters)
+
+
+@task(cache_key_fn=quantize_key, persist_result=True)
 def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | None, name: str) -> Checkpoint:
-    """llm-compressor oneshot with the scheme's recipe; the compressed checkpoint keeps recipe.yaml."""
-    out = settings().path("checkpoints") / f"{name}-{scheme.digest[:8]}-{(calib.digest if calib else 'nodata')[:8]}"
-    quantize(base.path, scheme, calib.path if calib else None, out,
-             calib.num_samples if calib else 0, calib.max_seq_length if calib else 0)
-    return Checkpoint(name=name, path=str(out), digest=digest_dir(out, exclude=(CARD,)))
+    """llm-compressor oneshot with the scheme's recipe; the compressed checkpoint keeps recipe.yaml.
+
+    Under the checkpoint's lock: a run that waited for another making the same checkpoint takes it (checked whole).
+    """
+    out = _artifact_dir("checkpoints", quantize_key)
+    out = out.with_name(f"{name}-{out.name.split('-', 1)[1][:12]}")
+    with artifacts.locked(out):
+        if (done := artifacts.reuse(out, Checkpoint, full=True)) is not None:
+            get_run_logger().info("%s was made by another run meanwhile: taken, checked whole", out)
+            return done
+        tmp = artifacts.workdir(out)
+        try:
+            quantize(base.path, scheme, calib.path if calib else None, tmp,
+                     calib.num_samples if calib else 0, calib.max_seq_length if calib else 0)
+            files = stamp_dir(tmp, exclude=(CARD,))
+            checkpoint = Checkpoint(name=name, path=str(out), digest=digest_stamps(files), files=files)
+            artifacts.install(tmp, out, checkpoint, exclude=(CARD,), files=files)
+        finally:
+            artifacts.remove(tmp)
+    return checkpoint
 
 
 # --- Evaluation -------------------------------------------------------------------------------
 
-@task(cache_key_fn=lambda ctx, p: key("evaluate", p["model_digest"], p["suite_digest"], p["engine"].model_dump()),
-      persist_result=True, retries=1)
+@task(cache_key_fn=evaluate_key, persist_result=True, retries=1)
 def evaluate(model_path: str, model_digest: str, suite_name: str, suite_digest: str, engine: EngineSettings) -> EvalResult:
     """lm_eval in its own process; the baseline's key has no variant in it, so every variant shares it."""
-    logger = get_run_logger()
-    out = settings().path("evals") / key("evaluate", model_digest, suite_digest, engine.model_dump())
-    return run_suite(model_path, suites.load(suite_name), engine, out, log=logger.info)
+    out = _artifact_dir("evals", evaluate_key)
+    with artifacts.locked(out):
+        if (done := artifacts.reuse(out, EvalResult)) is not None:
+            return done
+        tmp = artifacts.workdir(out)
+        try:
+            result = run_suite(model_path, suites.load(suite_name), engine, tmp, log=get_run_logger().info)
+            result = result.model_copy(update={"output_dir": str(out)})
+            artifacts.install(tmp, out, result)
+        finally:
+            artifacts.remove(tmp)
+    return result
 
 
-def _serving_key(model_digest: str, engine: EngineSettings, spec: ServingSpec) -> str:
-    """Content, not paths: the prompt file enters by its digest."""
-    return key("serving", model_digest, engine.model_dump(), spec.model_dump(exclude={"prompts"}), sha256_file(spec.prompts))
-
-
-@task(cache_key_fn=lambda ctx, p: _serving_key(p["model_digest"], p["engine"], p["spec"]), persist_result=True, retries=1)
+@task(cache_key_fn=serving_key, persist_result=True, retries=1)
 def measure_serving(model_path: str, model_digest: str, engine: EngineSettings, spec: ServingSpec) -> ServingResult:
-    """`vllm serve` + `vllm bench serve` in their own processes; the baseline's result is shared like its evaluation."""
-    out = settings().path("serving") / _serving_key(model_digest, engine, spec)
-    return serving.measure(model_path, engine, spec, out, log=get_run_logger().info)
+    """`vllm serve` + `vllm bench serve` in their own processes; the baseline's result is shared like its evaluation.
+
+    Measured in place (the bench command, printed in the card, names its result folder), under the folder's lock.
+    """
+    out = _artifact_dir("serving", serving_key)
+    with artifacts.locked(out):
+        if (done := artifacts.reuse(out, ServingResult)) is not None:
+            return done
+        artifacts.stamp_path(out).unlink(missing_ok=True)
+        if out.exists():
+            artifacts.remove(out)
+        result = serving.measure(model_path, engine, spec, out, log=get_run_logger().info)
+        artifacts.stamp(out, result)
+    return result
+
+
+def _problems(step, result, args: tuple) -> list[str]:
+    """How the artifact a (cached) result describes differs from what was recorded when it was made."""
+    if isinstance(result, ModelRef):
+        return check_stamps(Path(result.path), result.files)
+    if isinstance(result, CalibSet):
+        return artifacts.problems(Path(result.path))
+    if isinstance(result, Checkpoint):  # in full: what is evaluated is what gets published
+        return check_stamps(Path(result.path), result.files, full=True, exclude=(CARD,))
+    if isinstance(result, EvalResult):
+        return artifacts.problems(Path(result.output_dir), result)
+    if isinstance(result, ServingResult):
+        params = inspect.signature(step.fn).bind(*args).arguments
+        return artifacts.problems(settings().path("serving") / serving_key(step, params), result)
+    raise TypeError(f"no integrity check for {type(result).__name__}")
+
+
+def checked(step, *args):
+    """Run `step` (served from Prefect's cache when its key matches), then check the artifact it returns against
+    what was recorded when it was made; on any difference say so and make the step recompute (`refresh_cache`)."""
+    result = step(*args)
+    if problems := _problems(step, result, args):
+        get_run_logger().warning("%s: the cached result's artifact is not what was made (%s): recomputing it",
+                                 step.name, "; ".join(problems[:3]))
+        result = step.with_options(refresh_cache=True)(*args)
+        if problems := _problems(step, result, args):
+            raise IntegrityError(f"{step.name}: recomputed, and its artifact still differs from its record "
+                                 f"({'; '.join(problems[:3])})")
+    return result
 
 
 # --- Card, publication, lineage ---------------------------------------------------------------
 
 @task
 def write_card(facts: CardFacts, checkpoint: Checkpoint) -> str:
+    """Written beside the checkpoint, then renamed in: a concurrent publication never reads half a card."""
     path = Path(checkpoint.path) / CARD
-    path.write_text(render(facts))
+    tmp = artifacts.partial(Path(checkpoint.path + ".card"))  # outside the checkpoint: never listed in a manifest
+    tmp.write_text(render(facts))
+    os.replace(tmp, path)
     return str(path)
 
 
 @task(retries=2, retry_delay_seconds=5)
 def publish(checkpoint: Checkpoint, spec: VariantSpec, scheme: SchemeDef) -> list[Published]:
-    """Checkpoint and card together; each store writes its manifest last."""
+    """Checkpoint and card together, once the checkpoint is checked in full against its record; the manifest lists
+    the recorded sha256, each store writes it last and checks what it wrote. One publication of a name at a time."""
+    if problems := check_stamps(Path(checkpoint.path), checkpoint.files, full=True, exclude=(CARD,)):
+        raise IntegrityError(f"not publishing {checkpoint.path}: it changed since it was made ({'; '.join(problems[:3])}); "
+                             "rerun: it is recomputed")
     meta = {"recipe": scheme.recipe, "recipe_digest": scheme.digest, "checkpoint_digest": checkpoint.digest,
             "spec": spec.model_dump(mode="json")}
-    return [open_store(s).put(Path(checkpoint.path), checkpoint.name, meta) for s in spec.stores]
+    known = {f.path: f for f in checkpoint.files}
+    with artifacts.locked(settings().path("locks") / f"publish-{checkpoint.name}"):
+        return [open_store(s).put(Path(checkpoint.path), checkpoint.name, meta, known) for s in spec.stores]
 
 
 @task
 def track(**kwargs) -> str:
-    return tracking.log_variant(**kwargs)
+    """Under a lock per variant name: a concurrent identical run waits, then finds the first one's run by its record."""
+    with artifacts.locked(settings().path("locks") / f"mlflow-{kwargs['run_name']}"):
+        return tracking.log_variant(**kwargs)
 
 
 @flow(name="quantize-variant", log_prints=True)
@@ -139,22 +212,22 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
         logger.warning(note)
 
     # Creation
-    base = resolve_base(spec.base)
+    base = checked(resolve_base, spec.base)
     name = spec.variant_name or f"{base.name}-{scheme.suffix}"
-    calib = build_calibration(spec.calibration, base) if scheme.needs_calibration else None
-    checkpoint = quantize_checkpoint(base, scheme, calib, name)
+    calib = checked(build_calibration, spec.calibration, base) if scheme.needs_calibration else None
+    checkpoint = checked(quantize_checkpoint, base, scheme, calib, name)
 
     # Evaluation: same engine and settings for base and variant (or published baseline scores, marked as such)
-    base_eval = plan.reference or evaluate(base.path, base.digest, suite.name, suite_key, engine)
-    variant_eval = evaluate(checkpoint.path, checkpoint.digest, suite.name, suite_key, engine)
+    base_eval = plan.reference or checked(evaluate, base.path, base.digest, suite.name, suite_key, engine)
+    variant_eval = checked(evaluate, checkpoint.path, checkpoint.digest, suite.name, suite_key, engine)
     table = recovery.table(base_eval.scores, variant_eval.scores)
     verdict = gate(table, rtol=spec.evaluation.rtol, min_average_recovery=spec.evaluation.min_average_recovery)
 
     # Speed and size beside accuracy: the same engine, settings and prompts for base and variant
     speed = None
     if plan.serving:
-        base_speed = measure_serving(base.path, base.digest, engine, spec.evaluation.serving)
-        variant_speed = measure_serving(checkpoint.path, checkpoint.digest, engine, spec.evaluation.serving)
+        base_speed = checked(measure_serving, base.path, base.digest, engine, spec.evaluation.serving)
+        variant_speed = checked(measure_serving, checkpoint.path, checkpoint.digest, engine, spec.evaluation.serving)
         speed = Speed(base=base_speed, variant=variant_speed)
 
     # Card, publication, lineage
@@ -172,10 +245,10 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
                                "base.digest": base.digest, "checkpoint.digest": checkpoint.digest, "engine": engine.model_dump()},
         base=base, calibration=calib, base_eval=base_eval, variant_eval=variant_eval, table=table, verdict=verdict, published=published,
         speed=speed, suite_file=suite._file, files={"card": Path(card), "recipe": Path(checkpoint.path) / "recipe.yaml", "lm_eval": Path(variant_eval.output_dir)},
-        tags={"quantflow.scheme": scheme.name, "quantflow.gate": "passed" if verdict.passed else "failed", "quantflow.prefect_flow_run_id": str(run_id or ""),
+        tags={"quantflow.scheme": scheme.name, "quantflow.gate": verdict.state.value.lower(), "quantflow.prefect_flow_run_id": str(run_id or ""),
               "quantflow.prefect_flow_run_url": str(run_url or "")})
 
-    markdown = accuracy_table(table, base.name, name) + "\n\n" + gate_markdown(verdict)
+    markdown = accuracy_table(table, base.name, name, verdict) + "\n\n" + gate_markdown(verdict)
     if speed:
         markdown += "\n\n" + serving_table(speed, base.name, name)
     if url := tracking.run_url(mlflow_run):

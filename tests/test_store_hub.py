@@ -1,6 +1,7 @@
 """HubStore against a fake Hugging Face Hub (tests/hub_server.py) speaking huggingface_hub 1.x's endpoints."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -92,7 +93,10 @@ def test_publish_is_one_private_commit_with_card_and_manifest(hub, repo_id, ckpt
     assert p.store == "hub" and p.uri == f"{hub.url}/{repo_id}" and p.revision == commit.oid
     assert p.files == len(expected)
     routes = hub.routes()
-    assert routes[0] == "create" and routes[-1] == "commit" and routes.count("commit") == 1
+    assert routes[0] == "create" and routes.count("commit") == 1
+    after = routes[routes.index("commit") + 1:]
+    assert after and set(after) == {"resolve"}, "after the commit: each file checked against the manifest"
+    assert len(after) == len(expected) + 1
     assert {"lfs-batch", "lfs-upload", "lfs-part", "lfs-complete"} <= set(routes)
     assert all(r["authorized"] for r in hub.requests if r["route"] not in ("lfs-upload", "lfs-part", "lfs-complete"))
 
@@ -111,6 +115,34 @@ def test_republish_same_content_makes_no_new_commit(hub, repo_id, ckpt):
     third = store(hub, repo_id).put(ckpt, "tiny", {"recipe": "r1"})
     assert third.revision != first.revision and len(hub.repos[repo_id].commits) == 2
     assert set(hub.repos[repo_id].commits[-1].paths) == {"config.json", MANIFEST}
+
+
+def test_other_content_is_a_new_revision_and_the_old_one_stays(hub, repo_id, ckpt, caplog):
+    first = store(hub, repo_id).put(ckpt, "tiny", {"recipe": "r1"})
+    (ckpt / "model.safetensors").write_bytes(os.urandom(3 * MiB))
+    second = store(hub, repo_id).put(ckpt, "tiny", {"recipe": "r1"})
+    assert second.revision != first.revision and [c.oid for c in hub.repos[repo_id].commits] == [first.revision,
+                                                                                                 second.revision]
+    assert f"new revision {second.revision}" in caplog.text and f"previous revision {first.revision}" in caplog.text
+
+
+def test_a_file_the_hub_holds_otherwise_is_found_and_committed_again(hub, repo_id, ckpt):
+    first = store(hub, repo_id).put(ckpt, "tiny", {})
+    repo = hub.repos[repo_id]
+    repo.lfs["model.safetensors"] = "0" * 64  # the Hub now names other content at the same path
+    again = store(hub, repo_id).put(ckpt, "tiny", {})
+    assert again.revision != first.revision and len(repo.commits) == 2
+    assert repo.lfs["model.safetensors"] == hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_a_source_changed_since_it_was_recorded_is_not_committed(hub, repo_id, ckpt):
+    from components.digests import stamp_dir
+
+    known = {s.path: s for s in stamp_dir(ckpt)}
+    (ckpt / "config.json").write_text('{"architectures": ["Changed"]}')
+    with pytest.raises(StoreError, match="config.json no longer match their recorded sha256"):
+        store(hub, repo_id).put(ckpt, "tiny", {}, known)
+    assert hub.routes() == [], "refused before any request: a Hub commit cannot be taken back"
 
 
 def test_namespace_uri_publishes_each_variant_to_its_repo(hub, ckpt):

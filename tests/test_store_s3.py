@@ -184,10 +184,59 @@ def test_rerun_uploads_only_what_changed(s3, bucket, ckpt):
     (ckpt / "tokenizer" / "tokenizer.json").unlink()
     calls.clear()
     p = st.put(ckpt, "tiny", {"recipe": "r2"})
-    assert writes(calls) == [root + "config.json", root + MANIFEST]
+    assert [k for k in writes(calls) if k.startswith(root)] == [root + "config.json", root + MANIFEST]
     assert ("DeleteObjects", None) in calls  # the file no longer in the checkpoint is removed
     keys = {o["Key"] for o in admin(s3).list_objects_v2(Bucket=bucket)["Contents"]}
     assert root + "tokenizer/tokenizer.json" not in keys and p.files == 3
+
+
+def test_other_content_under_a_name_is_a_new_revision_the_old_one_kept(s3, bucket, ckpt, tmp_path, caplog):
+    st = store(s3, bucket)
+    first = st.put(ckpt, "tiny", {"recipe": "r1"})
+    old = {p.relative_to(ckpt).as_posix(): p.read_bytes() for p in ckpt.rglob("*") if p.is_file()}
+    (ckpt / "model.safetensors").write_bytes(os.urandom(12 * MiB + 5))
+    second = st.put(ckpt, "tiny", {"recipe": "r1"})
+    assert second.revision != first.revision
+    assert f"new revision {second.revision}" in caplog.text and f"previous revision {first.revision}" in caplog.text
+
+    cli = admin(s3)
+    kept = st.revision_root("tiny", first.revision)
+    m = json.loads(cli.get_object(Bucket=bucket, Key=kept + MANIFEST)["Body"].read())
+    assert {f["path"] for f in m["files"]} == set(old)
+    for path, data in old.items():
+        assert cli.get_object(Bucket=bucket, Key=kept + path)["Body"].read() == data, path
+    same_tree(ckpt, st.get("tiny", tmp_path / "now"))
+
+
+def test_an_object_damaged_in_the_bucket_is_found_by_its_checksum_and_sent_again(s3, bucket, ckpt, tmp_path):
+    root = "checkpoints/tiny/"
+    store(s3, bucket).put(ckpt, "tiny", {"recipe": "r1"})
+    cli = admin(s3)
+    head = cli.head_object(Bucket=bucket, Key=root + "config.json")
+    data = (ckpt / "config.json").read_bytes()
+    # same size, same claimed sha256 in the metadata: only the server's checksum tells
+    cli.put_object(Bucket=bucket, Key=root + "config.json", Body=data.upper(), Metadata=head["Metadata"],
+                   ChecksumAlgorithm="SHA256")
+
+    st = store(s3, bucket)
+    calls = record(st)
+    st.put(ckpt, "tiny", {"recipe": "r1"})
+    assert writes(calls) == [root + "config.json", root + MANIFEST]
+    same_tree(ckpt, st.get("tiny", tmp_path / "out"))
+
+
+def test_a_source_changed_since_it_was_recorded_is_not_published(s3, bucket, ckpt):
+    from components.digests import stamp_dir
+
+    known = {s.path: s for s in stamp_dir(ckpt)}
+    data = bytearray((ckpt / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (ckpt / "model.safetensors").write_bytes(bytes(data))
+    st = store(s3, bucket)
+    calls = record(st)
+    with pytest.raises(StoreError, match="model.safetensors no longer matches its recorded sha256"):
+        st.put(ckpt, "tiny", {"recipe": "r1"}, known)
+    assert writes(calls) == [] and "Contents" not in admin(s3).list_objects_v2(Bucket=bucket)
 
 
 def test_no_prefix_and_open_store_from_spec(s3, bucket, ckpt, tmp_path):

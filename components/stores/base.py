@@ -8,7 +8,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from components.digests import digest_obj, sha256_file
+from components.digests import FileStamp, digest_obj, sha256_file
 
 MANIFEST = "quantflow-manifest.json"
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9!_.*'()=+,;:@ \-]+$")
@@ -42,14 +42,33 @@ class Published(BaseModel):
     manifest_digest: str
     files: int
     bytes: int
-    revision: str | None = None  # e.g. the Hub commit sha, where the store has one
+    revision: str | None = None  # Hub: the commit sha; local and S3: `revision_of(manifest)`
 
 
-def manifest(src: Path, meta: dict) -> dict:
-    """Files with sizes and sha256, plus run metadata (recipe, spec digest). Readers trust a checkpoint only if it has one."""
-    files = [{"path": safe_key_path(p.relative_to(src).as_posix(), "file path"), "size": p.stat().st_size,
-              "sha256": sha256_file(p)} for p in sorted(src.rglob("*")) if p.is_file() and p.name != MANIFEST]
+def manifest(src: Path, meta: dict, known: dict[str, FileStamp] | None = None) -> dict:
+    """Files with sizes and sha256, plus run metadata (recipe, spec digest). Readers trust a checkpoint only if it has one.
+
+    `known`: files as recorded when the checkpoint was made; their size and sha256 are taken from the record, not
+    from the disk, so a file damaged since then makes the store's check of what it wrote fail instead of publishing it.
+    """
+    known = known or {}
+    files = []
+    for p in sorted(Path(src).rglob("*")):
+        rel = p.relative_to(src).as_posix()
+        if p.is_file() and p.name != MANIFEST:
+            rec = known.get(rel)
+            files.append({"path": safe_key_path(rel, "file path"), "size": rec.size if rec else p.stat().st_size,
+                          "sha256": rec.sha256 if rec else sha256_file(p)})
+    missing = sorted(set(known) - {f["path"] for f in files})
+    if missing:
+        raise StoreError(f"not publishing {src}: {', '.join(missing[:3])} recorded when it was made but missing now; "
+                         "rerun to recompute it")
     return {"files": files, **meta}
+
+
+def revision_of(m: dict) -> str:
+    """A store without native revisions names a published content by its manifest's digest."""
+    return digest_obj(m)[:12]
 
 
 def manifest_bytes(m: dict) -> bytes:
@@ -64,8 +83,11 @@ def published(store: str, uri: str, m: dict) -> Published:
 class CheckpointStore(Protocol):
     kind: str
 
-    def put(self, src: Path, name: str, meta: dict) -> Published:
-        """Publish `src` as `name`: every file first, the manifest last; skip what is already there."""
+    def put(self, src: Path, name: str, meta: dict, known: dict[str, FileStamp] | None = None) -> Published:
+        """Publish `src` as `name`: every file first, checked against the manifest, the manifest last.
+
+        The same content again is a no-op; other content under an existing name becomes a new revision (logged),
+        the previous one stays reachable (`Published.revision` names the new one)."""
 
     def get(self, name: str, dest: Path) -> Path:
         """Fetch a published checkpoint whose manifest is complete."""

@@ -7,6 +7,7 @@ are not.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -15,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.digests import sha256_file
+from components.digests import FileStamp, sha256_file
 from components.stores.base import (MANIFEST, CheckpointNotFound, Published, StoreError, manifest, manifest_bytes,
                                      published, safe_key_path)
 
@@ -177,12 +178,48 @@ class HubStore:
 
     # --- interface -----------------------------------------------------------------------------
 
-    def put(self, src: Path, name: str, meta: dict) -> Published:
+    def _head(self, api, repo_id: str, token: str) -> tuple[str | None, dict | None]:
+        """The commit `main` points at and the manifest published there (None: empty repo, or no manifest)."""
+        import json
+
+        info = self._call(lambda: api.model_info(repo_id, revision="main"), "reading the repo", repo_id, token)
+        if MANIFEST not in {s.rfilename for s in info.siblings or []}:
+            return info.sha, None
+        with tempfile.TemporaryDirectory(prefix="qf-hub-") as cache:
+            path = self._call(lambda: api.hf_hub_download(repo_id, MANIFEST, revision=info.sha, cache_dir=cache),
+                              "reading the published manifest", repo_id, token)
+            return info.sha, json.loads(Path(path).read_text())
+
+    def _commit_problems(self, api, repo_id: str, rev: str, src: Path, m: dict, body: bytes, token: str) -> list[str]:
+        """What the commit `rev` holds that is not the manifest's: per file size, then the LFS sha256 or git blob id."""
+        from huggingface_hub import hf_hub_url
+
+        out = []
+        for path, size, sha256, local in [(f["path"], f["size"], f["sha256"], src / f["path"]) for f in m["files"]] + \
+                [(MANIFEST, len(body), hashlib.sha256(body).hexdigest(), body)]:
+            url = hf_hub_url(repo_id, path, revision=rev, endpoint=self.endpoint)
+            meta = self._call(lambda url=url: api.get_hf_file_metadata(url=url, token=token),
+                              f"checking {path} in the commit", repo_id, token)
+            etag = (meta.etag or "").strip('"')
+            if meta.size != size:
+                out.append(f"{path} has {meta.size} bytes, the manifest says {size}")
+            elif len(etag) == 64:  # LFS (or Xet) file: the Hub names it by its sha256
+                if etag != sha256:
+                    out.append(f"{path}: LFS sha256 {etag[:12]}... is not the manifest's")
+            elif etag and etag != _git_blob_id(local):
+                out.append(f"{path}: git blob {etag[:12]}... is not the manifest's file")
+        return out
+
+    def put(self, src: Path, name: str, meta: dict, known: dict[str, FileStamp] | None = None) -> Published:
         from huggingface_hub import CommitOperationAdd
 
         src = Path(src)
         repo_id = self.repo_id(name)
-        m = manifest(src, meta)
+        m = manifest(src, meta, known)
+        changed = [f["path"] for f in m["files"] if sha256_file(src / f["path"]) != f["sha256"]]
+        if changed:  # checked before the commit: a Hub commit cannot be taken back
+            raise StoreError(f"not publishing {src}: {', '.join(changed[:3])} no longer match their recorded sha256 "
+                             "(changed since the checkpoint was made); rerun to recompute it")
         token = self._token()  # fails before any request
         api = self._api(token)
         body = manifest_bytes(m)
@@ -193,11 +230,22 @@ class HubStore:
 
         self._call(lambda: api.create_repo(repo_id, private=self.private, exist_ok=True, repo_type="model"),
                    "creating the repo", repo_id, token)
+        head, old = self._head(api, repo_id, token)
+        if old == m and not self._commit_problems(api, repo_id, head, src, m, body, token):
+            log.info("%s/%s already holds this content at %s", self.endpoint, repo_id, head)
+            return published(self.kind, f"{self.endpoint}/{repo_id}", m).model_copy(update={"revision": head})
         info = self._call(lambda: api.create_commit(
             repo_id, operations(), repo_type="model", num_threads=self.num_threads,
             commit_message=f"quantflow: publish {name}",
             commit_description=f"{len(m['files'])} files and {MANIFEST}, published by quantflow."),
             f"publishing {name!r}", repo_id, token)
+        if problems := self._commit_problems(api, repo_id, info.oid, src, m, body, token):
+            raise StoreError(f"published {name!r} to {self.endpoint}/{repo_id}@{info.oid}, but that commit does not hold "
+                             f"the manifest's files ({'; '.join(problems[:3])}): do not use it; rerun to publish again")
+        if old is not None and old != m:
+            log.warning("%s/%s: other content under an existing name: published as new revision %s; the previous "
+                        "revision %s stays reachable (%s/%s/tree/%s)", self.endpoint, repo_id, info.oid, head,
+                        self.endpoint, repo_id, head)
         log.info("published %s/%s at %s", self.endpoint, repo_id, info.oid)
         return published(self.kind, f"{self.endpoint}/{repo_id}", m).model_copy(update={"revision": info.oid})
 
@@ -240,3 +288,9 @@ class HubStore:
                 shutil.move(str(got_path), out)
         (dest / MANIFEST).write_bytes(raw)
         return dest
+
+
+def _git_blob_id(content: Path | bytes) -> str:
+    """The id git (and the Hub, for a file not in LFS) gives a file's content."""
+    data = content if isinstance(content, bytes) else Path(content).read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()

@@ -1,11 +1,16 @@
 """S3-compatible object store (AWS S3, MinIO, SeaweedFS, ...): files first, the manifest last.
 
 Layout: ``s3://<bucket>/<prefix>/<name>/<file>`` plus ``<prefix>/<name>/quantflow-manifest.json``.
-Each object carries its sha256 in its user metadata (``x-amz-meta-sha256``) so a re-run skips what is
-already there, and readers trust a checkpoint only once its manifest exists.
+Each object is uploaded with an S3 SHA256 checksum (``ChecksumAlgorithm``; a multipart object gets the composite
+checksum of its parts), which the server computes from what it received: after the upload every object's checksum is
+compared with the one of the file whose sha256 the manifest lists, and a re-run skips an object only when its
+checksum matches. Other content under an existing name first copies the previous revision (files and manifest) to
+``<prefix>/.revisions/<name>/<revision>/``. Readers trust a checkpoint only once its manifest exists.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import os
@@ -15,17 +20,19 @@ from pathlib import Path
 
 import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from s3transfer.utils import ChunksizeAdjuster
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-from components.digests import sha256_file
+from components.digests import FileStamp, sha256_file
 from components.stores.base import (MANIFEST, CheckpointNotFound, Published, StoreError, manifest, manifest_bytes,
-                                     published, safe_key_path)
+                                     published, revision_of, safe_key_path)
 
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 SHA256_META = "sha256"  # sent as x-amz-meta-sha256
+REVISIONS = ".revisions"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden", "InvalidToken",
               "ExpiredToken", "InvalidClientTokenId", "AuthorizationHeaderMalformed", "UnrecognizedClientException"}
@@ -206,40 +213,111 @@ class S3Store:
 
     # --- interface -----------------------------------------------------------------------------
 
-    def put(self, src: Path, name: str, meta: dict) -> Published:
+    def revision_root(self, name: str, revision: str) -> str:
+        """Where an earlier revision of `name` stays once other content was published under that name."""
+        safe_key_path(name)
+        return f"{self.prefix}/{REVISIONS}/{name}/{revision}/" if self.prefix else f"{REVISIONS}/{name}/{revision}/"
+
+    def put(self, src: Path, name: str, meta: dict, known: dict[str, FileStamp] | None = None) -> Published:
         src = Path(src)
         root = self._root(name)
-        m = manifest(src, meta)
+        if name.split("/")[0] == REVISIONS:
+            raise ValueError(f"checkpoint name {name!r} is reserved for earlier revisions")
+        m = manifest(src, meta, known)
+        rev = revision_of(m)
         try:
             self._ensure_bucket()
-            if self._read_manifest(root) == m:
-                log.info("%s is already published", self.uri(name))
-                return published(self.kind, self.uri(name), m)
+            checksums = self._local_checksums(src, m["files"])
+            old = self._read_manifest(root)
+            if old == m:
+                damaged = [f["path"] for f in m["files"] if not self._stored(root + f["path"], f, checksums[f["path"]])]
+                if not damaged:
+                    log.info("%s is already published (revision %s, every object's checksum verified)", self.uri(name), rev)
+                    return published(self.kind, self.uri(name), m).model_copy(update={"revision": rev})
+                log.warning("%s: %s do not match the manifest's checksums: uploading them again", self.uri(name),
+                            ", ".join(damaged[:3]))
+            elif old is not None:
+                keep = self._keep(root, self.revision_root(name, revision_of(old)), old)
+                log.warning("%s: other content under an existing name: publishing it as new revision %s; the previous "
+                            "revision %s stays at s3://%s/%s", self.uri(name), rev, revision_of(old), self.bucket, keep)
             # The old manifest goes first: while files change, readers must not trust the checkpoint.
             self.client.delete_object(Bucket=self.bucket, Key=root + MANIFEST)
             self.abort_incomplete_uploads(root)
-            self._upload_files(src, root, m["files"])
+            self._upload_files(src, root, m["files"], checksums)
             wanted = {root + f["path"] for f in m["files"]} | {root + MANIFEST}
             stale = [k for k in self._list_keys(root) if k not in wanted]
             for i in range(0, len(stale), 1000):
                 self.client.delete_objects(Bucket=self.bucket,
                                            Delete={"Objects": [{"Key": k} for k in stale[i:i + 1000]], "Quiet": True})
             body = manifest_bytes(m)
-            self.client.put_object(Bucket=self.bucket, Key=root + MANIFEST, Body=body,
-                                   ContentType="application/json", ChecksumAlgorithm="SHA256")
-        except ValueError:
+            sent = self.client.put_object(Bucket=self.bucket, Key=root + MANIFEST, Body=body,
+                                          ContentType="application/json", ChecksumAlgorithm="SHA256")
+            if sent.get("ChecksumSHA256") not in (None, _b64(hashlib.sha256(body).digest())):
+                self.client.delete_object(Bucket=self.bucket, Key=root + MANIFEST)
+                raise StoreError(f"publishing {name!r}: S3 stored another manifest than sent (checksum mismatch); "
+                                 "nothing is trusted there, rerun")
+        except (ValueError, StoreError):
             raise
         except Exception as e:  # noqa: BLE001
             raise self._error(e, f"publishing {name!r}") from None
-        log.info("published %s (%d files)", self.uri(name), len(m["files"]))
-        return published(self.kind, self.uri(name), m)
+        log.info("published %s (%d files, revision %s)", self.uri(name), len(m["files"]), rev)
+        return published(self.kind, self.uri(name), m).model_copy(update={"revision": rev})
 
-    def _upload_files(self, src: Path, root: str, files: list[dict]) -> None:
+    def _local_checksums(self, src: Path, files: list[dict]) -> dict[str, str]:
+        """Per file, the S3 SHA256 checksum its upload gets; each file is first checked against the manifest."""
+        out = {}
+        for f in files:
+            full, checksum = self._checksum(src / f["path"], f["size"])
+            if full != f["sha256"]:
+                raise StoreError(f"not publishing {src}: {f['path']} no longer matches its recorded sha256 (changed "
+                                 "since the checkpoint was made); rerun to recompute it")
+            out[f["path"]] = checksum
+        return out
+
+    def _checksum(self, path: Path, size: int) -> tuple[str, str]:
+        """(sha256 hex of the file, the SHA256 checksum S3 reports for it once uploaded with this transfer config)."""
+        cfg = self.transfer_config
+        chunk = size if size < cfg.multipart_threshold else ChunksizeAdjuster().adjust_chunksize(cfg.multipart_chunksize, size)
+        full, parts = hashlib.sha256(), []
+        with open(path, "rb") as fh:
+            while block := fh.read(max(chunk, 1)):
+                full.update(block)
+                parts.append(hashlib.sha256(block).digest())
+        if size < cfg.multipart_threshold:
+            return full.hexdigest(), _b64(full.digest())
+        return full.hexdigest(), f"{_b64(hashlib.sha256(b''.join(parts)).digest())}-{len(parts)}"
+
+    def _stored(self, key: str, f: dict, checksum: str) -> bool:
+        """Whether the object at `key` holds the manifest's file: by the server's checksum, else by downloading it."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        if head["ContentLength"] != f["size"]:
+            return False
+        if head.get("ChecksumSHA256"):
+            return head["ChecksumSHA256"] == checksum
+        h = hashlib.sha256()  # a server that keeps no checksum: read it back
+        for block in self.client.get_object(Bucket=self.bucket, Key=key)["Body"].iter_chunks(MiB):
+            h.update(block)
+        return h.hexdigest() == f["sha256"]
+
+    def _keep(self, root: str, keep: str, old: dict) -> str:
+        """Server-side copy of the revision at `root` (files of `old`, then its manifest) to `keep`."""
+        for f in old["files"]:
+            self.client.copy({"Bucket": self.bucket, "Key": root + f["path"]}, self.bucket, keep + f["path"],
+                             Config=self.transfer_config)
+        self.client.put_object(Bucket=self.bucket, Key=keep + MANIFEST, Body=manifest_bytes(old),
+                               ContentType="application/json", ChecksumAlgorithm="SHA256")
+        return keep
+
+    def _upload_files(self, src: Path, root: str, files: list[dict], checksums: dict[str, str]) -> None:
         todo = []
         for f in files:
-            head = self._head(root + f["path"])
-            if head and head.get("Metadata", {}).get(SHA256_META) == f["sha256"] and head["ContentLength"] == f["size"]:
-                log.debug("skip %s (same sha256)", f["path"])
+            if self._stored(root + f["path"], f, checksums[f["path"]]):
+                log.debug("skip %s (same checksum)", f["path"])
                 continue
             todo.append(f)
         if not todo:
@@ -258,6 +336,10 @@ class S3Store:
                     errors.append(e)
             if errors:
                 raise errors[0]
+        bad = [f["path"] for f in todo if not self._stored(root + f["path"], f, checksums[f["path"]])]
+        if bad:
+            raise StoreError(f"uploading to {self.where}: {', '.join(bad[:3])} stored with another checksum than the "
+                             "manifest's file (changed during the upload, or damaged on the way); not published, rerun")
 
     def get(self, name: str, dest: Path) -> Path:
         dest = Path(dest)
@@ -297,3 +379,7 @@ class S3Store:
             raise self._error(e, f"fetching {name!r}") from None
         (dest / MANIFEST).write_bytes(manifest_bytes(m))
         return dest
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
