@@ -99,9 +99,9 @@ HANG = textwrap.dedent('''
     import transformers
     real_save = transformers.PreTrainedModel.save_pretrained
 
-    def save_then_hang(self, path, *a, **k):  # the .partial checkpoint is on disk, not renamed yet
+    def save_then_hang(self, path, *a, **k):  # the .partial-<id> checkpoint is on disk, not renamed yet
         real_save(self, path, *a, **k)
-        if os.environ["QF_DRILL_HANG"] == "save_pretrained" and str(path).endswith(".partial"):
+        if os.environ["QF_DRILL_HANG"] == "save_pretrained" and ".partial-" in Path(path).name:
             hang(path)
 
     transformers.PreTrainedModel.save_pretrained = save_then_hang
@@ -154,8 +154,8 @@ def test_a_quantization_killed_then_rerun_reuses_base_and_calibration(tiny_model
     proc, where = start_flow_process(spec, tmp_path, "save_pretrained")
     kill(proc, signal.SIGKILL)  # no handler runs: as the OOM killer or a lost machine would do it
     partial = Path(where["what"])
-    assert partial.name.endswith(".partial") and partial.is_dir() and any(partial.glob("*.safetensors"))
-    final = partial.with_name(partial.name.removesuffix(".partial"))
+    assert ".partial-" in partial.name and partial.is_dir() and any(partial.glob("*.safetensors"))
+    final = partial.with_name(partial.name.split(".partial-")[0])
     assert not final.exists(), "only ever a whole checkpoint under its final name"
     assert not (tmp_path / "published").exists(), "nothing published"
     killed = task_states(where["flow_run_id"], final=False)
@@ -350,8 +350,8 @@ def test_d_eval_crash_is_retried_in_a_fresh_process_and_never_cached(tiny_model,
     from components.digests import digest_dir
     from components.evaluation import runner
     from components.preflight import preflight
-    from flows.cache import key
-    from flows.quantize_variant import quantize_variant
+    from flows.cache import evaluate_key
+    from flows.quantize_variant import evaluate, quantize_variant
 
     # Once: the base evaluation's first process dies, the task's retry runs a new one, the flow completes.
     script = _crashing_python(tmp_path, fails=1)
@@ -373,7 +373,8 @@ def test_d_eval_crash_is_retried_in_a_fresh_process_and_never_cached(tiny_model,
         state.result()
     assert task_states(state.state_details.flow_run_id)["evaluate"] == ["Failed"]
     plan = preflight(spec2)
-    base_key = key("evaluate", digest_dir(tiny_model), plan.suite_digest, plan.engine.model_dump())
+    base_key = evaluate_key(evaluate, {"model_digest": digest_dir(tiny_model), "suite_digest": plan.suite_digest,
+                                       "engine": plan.engine})
     results = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])
     assert not (results / base_key).exists(), "a failed evaluation leaves no cached result"
     assert any(p.name.startswith("evaluate-") for p in results.iterdir())
