@@ -58,15 +58,17 @@ def stop(proc: subprocess.Popen, grace: float = 10) -> None:
         pass
 
 
-def prefect_server(home: Path, port: int | None = None, log: Path | None = None) -> tuple[subprocess.Popen, str]:
+def prefect_server(home: Path, port: int | None = None, log: Path | None = None,
+                   ui: bool = False) -> tuple[subprocess.Popen, str]:
     """`prefect server start` with its data under `home`, in its own session (a terminal's Ctrl-C reaches the
-    caller, not the server); stopped again if it does not come up."""
+    caller, not the server); stopped again if it does not come up. `ui`: also serve the dashboard, which talks to
+    this server's API (Prefect's UI otherwise assumes port 4200)."""
     port = port or free_port()
     log = log or home / "prefect-server.log"
-    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "PREFECT_API_URL": ""}
-    proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], log, env)
     url = f"http://127.0.0.1:{port}/api"
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": "",
+           "PREFECT_UI_ENABLED": "true" if ui else "false", **({"PREFECT_UI_API_URL": url} if ui else {})}
+    proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], log, env)
     try:
         wait_http(f"{url}/health", proc, log)
     except BaseException:

@@ -1,17 +1,37 @@
 """Process-wide settings from `QUANTFLOW_*` environment variables."""
 from __future__ import annotations
 
+import json
+import os
 import sys
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_eval_python() -> Path:
     # The set-up command puts the evaluation environment next to the main one.
     return Path(sys.prefix).parent / ".venv-eval" / "bin" / "python"
+
+
+class Stack(BaseModel):
+    """The local stack `quantflow server up` started: while it runs, every quantflow command uses it."""
+
+    prefect_api_url: str
+    mlflow_url: str
+    pids: list[int]
+
+    def alive(self) -> bool:
+        for pid in self.pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                pass
+        return True
 
 
 class Settings(BaseSettings):
@@ -29,8 +49,24 @@ class Settings(BaseSettings):
         return p
 
     @property
+    def stack_file(self) -> Path:
+        return self.home.resolve() / "stack" / "stack.json"
+
+    def stack(self) -> Stack | None:
+        """The running local stack under this home, if any (a file left by a stack that died counts as none)."""
+        try:
+            stack = Stack.model_validate(json.loads(self.stack_file.read_text()))
+        except (OSError, ValueError):
+            return None
+        return stack if stack.alive() else None
+
+    @property
     def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{self.path() / 'mlflow.db'}"
+        """QUANTFLOW_MLFLOW_TRACKING_URI, else the running stack's MLflow server, else a SQLite store under home."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        stack = self.stack()
+        return stack.mlflow_url if stack else f"sqlite:///{self.path() / 'mlflow.db'}"
 
 
 @lru_cache

@@ -187,10 +187,13 @@ def _flush_prefect() -> None:
 @contextmanager
 def _prefect_api():
     """The Prefect API the run reports to: PREFECT_API_URL if set (checked first: one line if it does not answer),
-    else a temporary local server in its own session, so Ctrl-C in the terminal reaches the run, not the server."""
+    else the stack `quantflow server up` runs, else a temporary local server in its own session, so Ctrl-C in the
+    terminal reaches the run, not the server."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     from components.preflight import PreflightError, prefect_api_problem
+
+    from components.settings import settings
 
     url = get_current_settings().api.url
     if url:
@@ -199,8 +202,15 @@ def _prefect_api():
             raise PreflightError([problem])
         yield
         return
+    stack = settings().stack()
+    if stack:  # `quantflow server up` is running: report there, as the UI shows it
+        with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
+            try:
+                yield
+            finally:
+                _flush_prefect()
+        return
     from components.local_stack import prefect_server, stop
-    from components.settings import settings
 
     proc, url = prefect_server(Path(get_current_settings().home), log=settings().path("stack") / "prefect-temporary.log")
     _SPARED.add(proc.pid)
@@ -337,26 +347,60 @@ def compare(base: str = typer.Argument(..., help="Base model name, e.g. SmolLM2-
         typer.echo(f"chart: {comparison.chart(tasks, rows, png)}")
 
 
-@app.command()
-def deploy(prefect_file: Path = typer.Option(Path("infra/prefect.yaml"), help="Deployments to create."),
-           pool: str = typer.Option("quantflow-local", help="Process work pool to create if missing.")) -> None:
-    """Create the work pool (if missing) and deploy every deployment of the file to PREFECT_API_URL."""
-    import subprocess
+def _api_url() -> str:
+    """PREFECT_API_URL, else the running stack's; one line saying how to get one when there is neither."""
+    from prefect.settings import get_current_settings
+
+    from components.settings import settings
+
+    url = get_current_settings().api.url
+    if not url and (stack := settings().stack()):
+        url = stack.prefect_api_url
+    if not url:
+        raise ValueError("no Prefect server: start one with `quantflow server up --detach`, or set PREFECT_API_URL")
+    return url
+
+
+def _prefect_cli() -> str:
     import sys
 
-    prefect = str(Path(sys.executable).parent / "prefect")
-    for argv in ([prefect, "--no-prompt", "work-pool", "create", pool, "--type", "process", "--overwrite"],
-                 [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)]):
-        if subprocess.run(argv).returncode:
+    return str(Path(sys.executable).parent / "prefect")
+
+
+@app.command()
+@_friendly
+def deploy(prefect_file: Path = typer.Option(Path("infra/prefect.yaml"), help="Deployments to create."),
+           pool: str = typer.Option("quantflow-local", help="Process work pool to create if missing.")) -> None:
+    """Create the work pool (if missing) and deploy every deployment of the file to the Prefect server
+    (PREFECT_API_URL, else the running `quantflow server up`)."""
+    import subprocess
+
+    env = {**os.environ, "PREFECT_API_URL": _api_url()}
+    for argv in ([_prefect_cli(), "--no-prompt", "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                 [_prefect_cli(), "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)]):
+        if subprocess.run(argv, env=env).returncode:
             raise typer.Exit(1)
     _install_automations()
-    typer.echo(f"Start a worker: QUANTFLOW_PROJECT_DIR=$PWD {prefect} worker start --pool {pool}")
+    typer.echo(f"Start a worker: quantflow worker --pool {pool}")
+
+
+@app.command()
+@_friendly
+def worker(pool: str = typer.Option("quantflow-local", help="Work pool to serve."),
+           project_dir: Path = typer.Option(Path("."), help="Checkout whose flows the runs execute "
+                                                            "(QUANTFLOW_PROJECT_DIR of the deployments' pull step).")) -> None:
+    """A process worker for the deployments (runs what the Prefect UI launches) until Ctrl-C."""
+    env = {**os.environ, "PREFECT_API_URL": _api_url(), "QUANTFLOW_PROJECT_DIR": str(project_dir.resolve())}
+    os.execve(_prefect_cli(), [_prefect_cli(), "worker", "start", "--pool", pool], env)
 
 
 def _install_automations() -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from components.automations import ZOMBIE, ensure_zombie_automation
 
-    typer.echo(f"Automation {ZOMBIE}: {ensure_zombie_automation()} (a flow run whose heartbeats stop is marked CRASHED)")
+    with temporary_settings(updates={PREFECT_API_URL: _api_url()}):
+        typer.echo(f"Automation {ZOMBIE}: {ensure_zombie_automation()} (a flow run whose heartbeats stop is marked CRASHED)")
 
 
 @app.command()
@@ -372,7 +416,10 @@ def status(limit: int = typer.Option(10, help="How many recent runs.")) -> None:
             flows = {f.id: f.name for f in await client.read_flows()}
             return flows, await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=limit)
 
-    flows, found = anyio.run(runs)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: _api_url()}):
+        flows, found = anyio.run(runs)
     for r in found:
         start = r.start_time.strftime("%Y-%m-%d %H:%M") if r.start_time else "-"
         typer.echo(f"{start}  {flows.get(r.flow_id, '?'):18} {r.name:24} {r.state_name or '-':10} {r.id}")
@@ -383,23 +430,38 @@ app.add_typer(server, name="server")
 
 
 @server.command("up")
-def server_up(prefect_port: int = 4200, mlflow_port: int = 5000) -> None:
-    """Start Prefect and MLflow servers (data under QUANTFLOW_HOME/stack) until Ctrl-C."""
+@_friendly
+def server_up(prefect_port: int = typer.Option(4200, envvar="QUANTFLOW_PREFECT_PORT"),
+              mlflow_port: int = typer.Option(5000, envvar="QUANTFLOW_MLFLOW_PORT"),
+              detach: bool = typer.Option(False, "--detach", help="Leave the servers running in the background "
+                                                                  "(stop them with `quantflow server down`).")) -> None:
+    """Start the Prefect server (API and dashboard) and the MLflow server, data under QUANTFLOW_HOME/stack. While they
+    run, every quantflow command (runs, deploy, worker, status, compare) uses them."""
     import time
 
-    from components.local_stack import mlflow_server, prefect_server, stop
-    from components.settings import settings
+    from components.local_stack import mlflow_server, prefect_server
+    from components.settings import Stack, settings
 
+    running = settings().stack()
+    if running:
+        typer.echo(f"Already running: Prefect UI {running.prefect_api_url.removesuffix('/api')}   MLflow UI {running.mlflow_url}")
+        return
     procs = []
     try:
-        proc, prefect_url = prefect_server(settings().path("stack", "prefect"), prefect_port)
+        proc, prefect_url = prefect_server(settings().path("stack", "prefect"), prefect_port, ui=True)
         procs.append(proc)
         proc, mlflow_url = mlflow_server(settings().path("stack", "mlflow"), port=mlflow_port)
         procs.append(proc)
-        os.environ["PREFECT_API_URL"] = prefect_url
+        stack = Stack(prefect_api_url=prefect_url, mlflow_url=mlflow_url, pids=[p.pid for p in procs])
+        settings().stack_file.write_text(stack.model_dump_json())
         _install_automations()
-        typer.echo(f"Prefect UI: {prefect_url.removesuffix('/api')}   MLflow UI: {mlflow_url}\nIn another shell:\n"
+        typer.echo(f"Prefect UI: {prefect_url.removesuffix('/api')}   MLflow UI: {mlflow_url}\n"
+                   "quantflow commands use them while they run; other tools (prefect, mlflow) need:\n"
                    f"  export PREFECT_API_URL={prefect_url} QUANTFLOW_MLFLOW_TRACKING_URI={mlflow_url}")
+        if detach:
+            typer.echo("Stop them with: quantflow server down")
+            procs = []  # they live on in their own sessions
+            return
         while all(p.poll() is None for p in procs):
             time.sleep(1)
         typer.echo("a server exited; see the logs under " + str(settings().path("stack")), err=True)
@@ -407,8 +469,53 @@ def server_up(prefect_port: int = 4200, mlflow_port: int = 5000) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        for p in reversed(procs):
-            stop(p)
+        if procs:
+            _stop_stack([p.pid for p in procs])
+
+
+def _stop_stack(pids: list[int]) -> None:
+    """TERM each server's process group, KILL what is left after 10 s; forget the stack."""
+    import signal
+    import time
+
+    from components.settings import settings
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.killpg(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.time() + 10
+        while sig == signal.SIGTERM and time.time() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.2)
+    settings().stack_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@server.command("down")
+def server_down() -> None:
+    """Stop the servers `quantflow server up --detach` started."""
+    from components.settings import settings
+
+    stack = settings().stack()
+    if not stack:
+        settings().stack_file.unlink(missing_ok=True)
+        typer.echo("No local stack is running.")
+        return
+    _stop_stack(stack.pids)
+    typer.echo("Stopped the Prefect and MLflow servers.")
 
 
 @server.command("automations")

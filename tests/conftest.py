@@ -31,7 +31,7 @@ def pytest_configure(config):
     (ROOT / "prefect").mkdir()
     (ROOT / "mlflow").mkdir()
     if os.environ.get("QUANTFLOW_TEST_SERVERS", "1") == "1":
-        proc, url = prefect_server(ROOT / "prefect")
+        proc, url = prefect_server(ROOT / "prefect", ui=True)  # tests/test_ui.py drives its dashboard
         _procs.append(proc)
         os.environ["PREFECT_API_URL"] = url
         proc, url = mlflow_server(ROOT / "mlflow")
