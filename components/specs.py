@@ -5,24 +5,25 @@ import difflib
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from components.models import EMBEDDED_DEFAULT
+from components.recipes import names as recipe_names
 
 CALIBRATION_DATA = Path(__file__).parent / "calibration_data"
 SERVING_PROMPTS = Path(__file__).parent / "evaluation" / "serving_prompts.jsonl"
 
 
-class Scheme(str, Enum):
-    """Named quantization schemes; each is a file in components/recipes/."""
-
-    fp8_static = "fp8-static"
-    w8a8_int8 = "w8a8-int8"
-    fp8_dynamic = "fp8-dynamic"
-    w4a16 = "w4a16"
+# The named schemes are the recipe files: adding components/recipes/<name>.yaml adds a choice to the form.
+Scheme = Enum("Scheme", {n.replace("-", "_"): n for n in recipe_names()}, type=str)
+Scheme.__doc__ = "Named quantization schemes; each is a file in components/recipes/ (see `quantflow schemes`)."
+SUITES = sorted(p.stem for p in (Path(__file__).parent / "evaluation" / "suites").glob("*.yaml"))
+# The Prefect form offers the shipped suites as a choice, or a suite file of one's own.
+SUITE_SCHEMA = {"anyOf": [{"type": "string", "enum": SUITES, "title": "Shipped suite"},
+                          {"type": "string", "pattern": r"\.ya?ml$", "title": "Suite file (.yaml)"}]}
 
 
 def closest(value: str, choices: list[str]) -> list[str]:
@@ -129,7 +130,7 @@ class Engine(str, Enum):
 
 
 class BaseModelSpec(StrictModel):
-    source: str = Field(EMBEDDED_DEFAULT, description="Hub id, local HF directory, GGUF file, or pkg:<package>/<file.gguf>.")
+    source: str = Field(EMBEDDED_DEFAULT, description="Hub id, local HF directory, GGUF file, or `pkg:<package>/<file.gguf>`.")
     revision: str | None = Field(None, description="Hub revision (Hub ids only).")
 
 
@@ -167,7 +168,8 @@ class ServingSpec(StrictModel):
 
 
 class EvalSpec(StrictModel):
-    suite: str = Field("smoke", description="Suite name: a YAML file in components/evaluation/suites/ (see `quantflow suites`).")
+    suite: Annotated[str, WithJsonSchema(SUITE_SCHEMA)] = Field(
+        "smoke", description="A shipped suite (components/evaluation/suites/, see `quantflow suites`) or a suite YAML file.")
     engine: Engine = Engine.auto
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM's share of GPU memory (default: vLLM's own).")
@@ -184,14 +186,22 @@ class EvalSpec(StrictModel):
                                                              "in the card and MLflow.")
     serving: ServingSpec = ServingSpec()
 
+    @field_validator("suite")
+    @classmethod
+    def _known_suite(cls, value: str) -> str:
+        if value in SUITES or value.endswith((".yaml", ".yml")):
+            return value  # a file's content is checked by preflight
+        raise ValueError(f"unknown suite {value!r}{did_you_mean(value, SUITES)} (choose one of {', '.join(SUITES)}, "
+                         "or give a suite YAML file)")
+
 
 class StoreSpec(StrictModel):
     """One place to publish to: a local folder, an S3-compatible bucket, or a Hugging Face Hub repo."""
 
     kind: Literal["local", "s3", "hub"] = "local"
-    uri: str | None = Field(None, description="Where to publish. local: a folder (default <home>/published); "
+    uri: str | None = Field(None, description="Where to publish. local: a folder (default `<home>/published`); "
                                               "s3: s3://bucket/prefix; hub: a repo id namespace/name, or a namespace "
-                                              "alone to publish each variant as namespace/<variant name>.")
+                                              "alone to publish each variant as `namespace/<variant name>`.")
     endpoint_url: str | None = Field(None, description="s3: endpoint of an S3-compatible server (MinIO, SeaweedFS...); "
                                                        "hub: Hub endpoint (default HF_ENDPOINT or huggingface.co).")
     region: str | None = Field(None, description="s3: bucket region (default: from the AWS config/environment).")
@@ -217,7 +227,7 @@ class VariantSpec(StrictModel):
     calibration: CalibrationSpec = CalibrationSpec()
     evaluation: EvalSpec = EvalSpec()
     stores: list[StoreSpec] = Field(default_factory=lambda: [StoreSpec()])
-    variant_name: str | None = Field(None, description="Published name; default <base>-<scheme suffix>. One plain name: "
+    variant_name: str | None = Field(None, description="Published name; default `<base>-<scheme suffix>`. One plain name: "
                                                        "letters, digits, '-', '_', '.' (at most 96).")
 
     @field_validator("scheme", mode="before")

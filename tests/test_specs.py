@@ -160,3 +160,42 @@ def test_the_flows_validate_their_parameter_strictly():
                                                                    "endpoint_url": f"https://{SECRET}@h"}]}})
     assert "carries credentials" in str(ei.value) and SECRET not in str(ei.value)
     assert isinstance(quantize_variant.validate_parameters({"spec": {"scheme": "w4a16"}})["spec"], VariantSpec)
+
+
+def test_the_form_offers_schemes_and_suites_as_choices():
+    """Schemes are the recipe files; suites are the shipped YAML files or a suite file of one's own (the Prefect form
+    renders both as choices; the server refuses anything else before a run exists)."""
+    from pathlib import Path
+
+    from components.specs import SUITES, EvalSpec, VariantSpec
+
+    root = Path(__file__).resolve().parents[1] / "components"
+    schema = VariantSpec.model_json_schema()
+    assert schema["$defs"]["Scheme"]["enum"] == sorted(p.stem for p in (root / "recipes").glob("*.yaml"))
+    suite = schema["$defs"]["EvalSpec"]["properties"]["suite"]
+    assert suite["anyOf"][0]["enum"] == SUITES == sorted(p.stem for p in (root / "evaluation" / "suites").glob("*.yaml"))
+    assert suite["anyOf"][1]["pattern"] == r"\.ya?ml$"
+    with pytest.raises(ValueError, match=r"unknown suite 'smok': did you mean 'smoke'\?"):
+        EvalSpec(suite="smok")
+    assert EvalSpec(suite="my/own-suite.yaml").suite == "my/own-suite.yaml"
+
+
+def test_descriptions_survive_the_forms_markdown():
+    """The form renders descriptions as Markdown: a bare <placeholder> is swallowed as HTML, so they sit in code spans."""
+    import re
+
+    from components.specs import VariantSpec
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("description"), str):
+                yield node["description"]
+            for v in node.values():
+                yield from walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from walk(v)
+
+    for text in walk(VariantSpec.model_json_schema()):
+        outside_code = re.sub(r"`[^`]*`", "", text)
+        assert not re.search(r"<[A-Za-z][^>]*>", outside_code), text

@@ -1,0 +1,129 @@
+"""The Prefect UI and the MLflow UI as users meet them, in a real browser (Chromium + Playwright).
+
+A process worker serves the session's Prefect server; a variant is launched from the deployment's custom-run form
+(scheme picked from its dropdown, fields filled, submitted), runs to completion on the tiny model, and its artifacts
+are read on their page; MLflow's experiment page then shows the variants with their recovery. Screenshots are kept
+under .test-artifacts/screenshots/.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from browser import choose, form_field, page, select_options, shot
+from components.local_stack import start, stop
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+SCHEMES = sorted(p.stem for p in (ROOT / "components" / "recipes").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def api():
+    with httpx.Client(base_url=os.environ["PREFECT_API_URL"], timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def ui(api) -> str:
+    """The dashboard's address: the session's Prefect server serves it."""
+    url = os.environ["PREFECT_API_URL"].removesuffix("/api")
+    r = httpx.get(url + "/", timeout=30)
+    assert r.status_code == 200 and "<html" in r.text.lower(), f"the Prefect server serves no dashboard: {r.text[:200]}"
+    return url
+
+
+@pytest.fixture(scope="module")
+def worker(data_root, api, tmp_path_factory):
+    """Deployments from infra/prefect.yaml and a process worker whose project dir is a scratch copy of the layout.
+
+    The deployment's QUANTFLOW_HOME (.quantflow) is relative to the project dir the pull step enters, so flow runs
+    launched from the form keep their data in the scratch dir, not in the repository.
+    """
+    project = tmp_path_factory.mktemp("ui-project")
+    for part in ("flows", "components"):
+        (project / part).symlink_to(ROOT / part)
+    env = {**os.environ, "PREFECT_HOME": str(project / "prefect-cli")}
+    for argv in (["work-pool", "create", "quantflow-local", "--type", "process", "--overwrite"],
+                 ["deploy", "--all", "--prefect-file", "infra/prefect.yaml"]):
+        proc = subprocess.run([PREFECT, "--no-prompt", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    log = data_root / "ui-worker.log"
+    proc = start([PREFECT, "worker", "start", "--pool", "quantflow-local", "--limit", "1"], log,
+                 {"QUANTFLOW_PROJECT_DIR": str(project), "PREFECT_WORKER_QUERY_SECONDS": "1"})
+    yield project
+    stop(proc)
+
+
+def _deployment(api, flow: str, name: str) -> str:
+    r = api.get(f"/deployments/name/{flow}/{name}")
+    r.raise_for_status()
+    return r.json()["id"]
+
+
+def _wait(api, run_id: str, log: Path, timeout: float = 900) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run = api.get(f"/flow_runs/{run_id}").json()
+        if run["state"]["type"] in TERMINAL:
+            break
+        time.sleep(2)
+    assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{log.read_text()[-4000:]}"
+    return run
+
+
+def test_deployments_page_lists_both_flows(ui, worker):
+    with page() as pg:
+        pg.goto(f"{ui}/deployments", wait_until="networkidle")
+        pg.get_by_text("quantize-variant").first.wait_for()
+        pg.get_by_text("sweep").first.wait_for()
+        shot(pg, "prefect-deployments")
+        assert not pg.errors, pg.errors
+
+
+def test_variant_launched_from_the_form_runs_and_shows_its_artifacts(ui, api, worker, tiny_model, data_root):
+    deployment = _deployment(api, "quantize-variant", "quantize-variant")
+    with page(height=1800) as pg:
+        pg.goto(f"{ui}/deployments/deployment/{deployment}/run", wait_until="networkidle")
+        scheme = form_field(pg, "Scheme")
+        assert select_options(pg, scheme) == SCHEMES  # the recipe files, as choices
+        choose(pg, scheme, "w8a8-int8")
+        form_field(pg, "Base", "Source").locator("textarea").fill(str(tiny_model))
+        form_field(pg, "Calibration", "Num Samples").locator("input").fill("8")
+        form_field(pg, "Calibration", "Max Seq Length").locator("input").fill("64")
+        choose(pg, form_field(pg, "Evaluation", "Engine"), "hf")
+        limit = form_field(pg, "Evaluation", "Limit")
+        limit.get_by_role("button", name="int", exact=True).click()
+        limit.locator("input").fill("4")
+        form_field(pg, "Evaluation", "Serving", "Enabled").get_by_role("switch").click()
+        form_field(pg, "Variant Name").get_by_role("button", name="str", exact=True).click()
+        form_field(pg, "Variant Name").locator("textarea").fill("tiny-from-the-form")
+        shot(pg, "prefect-run-form")
+        run_name = pg.locator("input[type=text]").first.input_value()  # the form's generated Run Name
+        pg.get_by_role("button", name="Submit").click()
+        pg.wait_for_url(f"**/deployments/deployment/{deployment}?tab=Runs")  # the UI goes back to the deployment
+        [run_id] = [r["id"] for r in api.post("/flow_runs/filter", json={
+            "flow_runs": {"name": {"any_": [run_name]}}, "deployments": {"id": {"any_": [deployment]}}}).json()]
+
+        run = _wait(api, run_id, data_root / "ui-worker.log")
+        spec = run["parameters"]["spec"]  # what the form sent, as typed
+        assert spec["base"]["source"] == str(tiny_model) and spec["evaluation"]["engine"] == "hf"
+        assert spec["evaluation"]["limit"] == 4 and spec["evaluation"]["serving"]["enabled"] is False
+        pg.goto(f"{ui}/runs/flow-run/{run_id}", wait_until="networkidle")
+        pg.get_by_text("Completed").first.wait_for()
+        shot(pg, "prefect-flow-run")
+
+        artifacts = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+        table = next(a for a in artifacts if a["key"] == "recovery-table")
+        pg.goto(f"{ui}/artifacts/artifact/{table['id']}", wait_until="networkidle")
+        pg.get_by_text("Average").first.wait_for()
+        shot(pg, "prefect-recovery-artifact")
+        assert not pg.errors, pg.errors
