@@ -233,3 +233,82 @@ def test_gzipped_task_data_reads_like_the_package(problems):
     with gzip.open(sb.TASK_DATA, "rt") as f:
         first = json.loads(f.readline())
     assert first["task_id"] == "HumanEval/0" and first == problems["HumanEval/0"]
+
+
+# ---------------------------------------------------------------- HumanEval / HumanEval+ as seed card 002 (EvalPlus)
+
+PLUS_MINI = Path(__file__).parent / "data" / "HumanEvalPlus-mini.jsonl"  # HumanEval/0 and /2 with a few inputs
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    from itertools import combinations
+
+    from components.evaluation.humaneval import estimate, pass_at_k
+
+    for n, c, k in ((10, 3, 1), (10, 3, 2), (6, 0, 3), (6, 6, 1), (7, 2, 5)):
+        outcomes = [True] * c + [False] * (n - c)
+        draws = list(combinations(outcomes, k))  # every k-subset of the n samples: the share with a pass
+        assert pass_at_k(n, c, k) == pytest.approx(sum(any(d) for d in draws) / len(draws)), (n, c, k)
+    assert estimate([("a", True), ("a", False), ("b", True)]) == pytest.approx((0.5 + 1.0) / 2)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4)
+
+
+def test_sanitize_takes_the_code_out_of_a_chat_answer():
+    pytest.importorskip("evalplus", reason="evalplus is installed by make setup")
+    from components.evaluation.humaneval import sanitize
+
+    answer = ("Sure! Here it is:\n```python\nimport math\n\ndef helper(x):\n    return math.floor(x)\n\n"
+              "def truncate_number(number: float) -> float:\n    return number - helper(number)\n\n"
+              "print(truncate_number(3.5))\n```\nIt subtracts the integer part.")
+    code = sanitize(answer, "truncate_number")
+    assert code.startswith("import math") and "def helper" in code and "def truncate_number" in code
+    assert "print(" not in code and "Sure" not in code and "```" not in code
+
+
+def test_humaneval_plus_problems_come_from_evalplus_loader_via_its_override_variable(monkeypatch):
+    pytest.importorskip("evalplus", reason="evalplus is installed by make setup")
+    from components.evaluation import humaneval
+
+    monkeypatch.delenv(humaneval.OVERRIDE_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match=humaneval.OVERRIDE_ENV):
+        humaneval.load_plus()
+    monkeypatch.setenv(humaneval.OVERRIDE_ENV, str(PLUS_MINI))
+    plus = humaneval.load_plus()
+    import evalplus.data.humaneval as loader
+
+    assert loader.HUMANEVAL_OVERRIDE_PATH == str(PLUS_MINI)  # evalplus itself read the local file, no download
+    assert sorted(plus) == ["HumanEval/0", "HumanEval/2"] and plus["HumanEval/2"]["atol"] == 1e-6
+
+
+def _lm_eval_repeats(path: Path, problems, completions: dict[str, list[str]]):
+    """samples_<task>_*.jsonl as lm-eval writes it with repeats: one line per doc, resps holding every sample."""
+    with open(path, "w") as f:
+        for doc_id, (task_id, outs) in enumerate(completions.items()):
+            f.write(json.dumps({"doc_id": doc_id, "doc": problems[task_id], "resps": [outs],
+                                "filtered_resps": outs, "filter": "none"}) + "\n")
+
+
+def test_plus_tests_are_stricter_and_pass_at_1_averages_the_samples(problems, tmp_path):
+    pytest.importorskip("evalplus", reason="evalplus is installed by make setup")
+    from components.evaluation import humaneval
+
+    plus = humaneval.load_plus(PLUS_MINI)
+
+    def answer(task_id, body=None):  # what follows evalplus's response prefix ("```python\n") up to the closing fence
+        p = problems[task_id]
+        return p["prompt"] + (body or p["canonical_solution"])
+
+    # passes HumanEval's own tests (its lists have 5 or more numbers), fails HumanEval+'s one-number input
+    single_bug = "    if len(numbers) == 1:\n        return True\n" + problems["HumanEval/0"]["canonical_solution"]
+    completions = {"HumanEval/0": [answer("HumanEval/0"), answer("HumanEval/0", single_bug)],
+                   "HumanEval/2": [answer("HumanEval/2"), answer("HumanEval/2")]}
+    scores = {}
+    for task in ("qf_humaneval_evalplus", "qf_humaneval_plus"):
+        f = tmp_path / f"samples_{task}_2026.jsonl"
+        _lm_eval_repeats(f, problems, completions)
+        scores[task] = sb.score_lm_eval_samples(f, problems, task=task, plus_problems=plus, **ON)
+    assert scores["qf_humaneval_evalplus"].value == 1.0
+    assert scores["qf_humaneval_plus"].value == pytest.approx((1 / 2 + 2 / 2) / 2)
+    failed = [r for r in scores["qf_humaneval_plus"].results if not r.passed]
+    assert [(r.task_id, r.completion_id) for r in failed] == [("HumanEval/0", 1)] and "input 3" in failed[0].detail

@@ -84,6 +84,26 @@ _MMLU_LANG = """lm_eval \\
 CARD_002_MULTILINGUAL = {lang: _MMLU_LANG.format(lang=lang) for lang in ("pt", "es", "it", "de", "fr", "hi", "th")}
 
 
+# ---- /work/shared/seeds/000_3781f6cbd6e196ee.txt, "Reproduction": seven commands, alike but for task, chat flags, shots ----
+MODEL_000 = "neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8"
+_CARD_000 = """lm_eval \\
+  --model vllm \\
+  --model_args pretrained="neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8",dtype=auto,add_bos_token=True,max_model_len=4096,tensor_parallel_size=2 \\
+  --tasks {task} \\
+{flags}  --num_fewshot {shots} \\
+  --batch_size auto"""
+_CHAT, _MULTI = "  --apply_chat_template \\\n", "  --fewshot_as_multiturn \\\n"
+CARD_000 = {
+    "MMLU": _CARD_000.format(task="mmlu", flags="", shots=5),
+    "MMLU-cot": _CARD_000.format(task="mmlu_cot_0shot_llama_3.1_instruct", flags=_CHAT, shots=0),
+    "ARC-Challenge": _CARD_000.format(task="arc_challenge_llama_3.1_instruct", flags=_CHAT, shots=0),
+    "GSM-8K": _CARD_000.format(task="gsm8k_cot_llama_3.1_instruct", flags=_CHAT + _MULTI, shots=8),
+    "Hellaswag": _CARD_000.format(task="hellaswag", flags="", shots=10),
+    "Winogrande": _CARD_000.format(task="winogrande", flags="", shots=5),
+    "TruthfulQA": _CARD_000.format(task="truthfulqa_mc", flags="", shots=0),
+}
+
+
 def parse(command: str | list[str]) -> tuple[dict, dict, list[str]]:
     """(flags without --model_args/--tasks, model_args, tasks) of an lm_eval command line or argv."""
     argv = shlex.split(command.replace("\\\n", " ")) if isinstance(command, str) else list(command)
@@ -98,6 +118,7 @@ def parse(command: str | list[str]) -> tuple[dict, dict, list[str]]:
         else:
             flags[argv[i]] = True
             i += 1
+    flags.pop("--log_samples", None)  # quantflow always logs samples (paired statistics): output only, same scores
     margs = dict(kv.split("=", 1) for kv in flags.pop("--model_args").split(","))
     return flags, margs, flags.pop("--tasks").split(",")
 
@@ -128,8 +149,8 @@ def test_the_twins_exist_upstream_and_report_the_suites_keys():
     for card_task in ("mmlu_llama_3.1_instruct", "gsm8k_cot_llama_3.1_instruct", "truthfulqa_mc"):
         assert index.kind(card_task) is None
     keys = {t.task: t.result_key for n in ("openllm-v1", "openllm-v2", "mmlu-multilingual") for t in load(n).tasks}
-    assert keys["gsm8k_cot_llama"] == "exact_match,strict-match"
-    assert keys["mmlu_llama"] == keys["mmlu_cot_llama"] == keys["arc_challenge_llama"] == "exact_match,strict_match"
+    generative = ("mmlu_llama", "mmlu_cot_llama", "gsm8k_llama", "arc_challenge_llama")
+    assert {keys[t] for t in generative} == {"exact_match,strict_match"}
     assert keys["truthfulqa_mc2"] == "acc,none" and keys["hellaswag"] == "acc_norm,none"
     assert keys["leaderboard_bbh"] == keys["leaderboard_gpqa"] == keys["leaderboard_musr"] == "acc_norm,none"
     assert keys["leaderboard_math_hard"] == "exact_match,none" and keys["leaderboard_mmlu_pro"] == "acc,none"
@@ -314,3 +335,59 @@ def test_humaneval_suite_runs_the_shipped_task_offline():
     data_files = yaml.load(task_yaml.read_text(), Loader=suites._Loader)["dataset_kwargs"]["data_files"]
     assert (suite.include_dir / data_files).is_file()  # relative to include_path: the runner's cwd
     assert suite.tasks[0].scorer == "humaneval_sandbox" and suite.tasks[0].result_key == "pass@1,none"
+
+
+def test_openllm_v1_2024_builds_card_000s_commands_flag_for_flag():
+    suite = load("openllm-v1-2024")
+    to_card = card_names(suite)
+    expected = {parse(c)[2][0]: parse(c) for c in CARD_000.values()}
+    assert len(expected) == 7
+    seen = []
+    for argv in build_commands(MODEL_000, suite, EngineSettings(engine="vllm", platform="cuda", tensor_parallel_size=2)):
+        flags, margs, tasks = parse(argv)
+        for task in tasks:  # MMLU and Winogrande share every flag: one process here, two commands on the card
+            want_flags, want_margs, _ = expected[to_card[task]]
+            assert (flags, margs) == (want_flags, want_margs), task
+            seen.append(to_card[task])
+    assert sorted(seen) == sorted(expected)
+    mmlu = next(t for t in suite.tasks if t.task == "mmlu")
+    assert (mmlu.metric, mmlu.apply_chat_template, mmlu.add_bos_token) == ("acc", False, True)  # loglikelihood MMLU
+
+
+def _task_config(name: str) -> dict:
+    return suites._load_yaml(task_index().tasks[name])
+
+
+def test_gsm8k_twin_is_the_one_closest_to_the_forks_prompt():
+    """The fork's gsm8k_cot_llama_3.1_instruct (branch llama_3.1_instruct), as facts, not its file: few-shot targets
+    end with ".", the default target delimiter, the prompt without a trailing newline, stops only at end-of-text."""
+    chosen, other = _task_config("gsm8k_llama"), _task_config("gsm8k_cot_llama")
+    for cfg, like_fork in ((chosen, True), (other, False)):
+        targets = [s["target"] for s in cfg["fewshot_config"]["samples"]]
+        assert len(targets) == 8
+        assert all(t.endswith(".") for t in targets) is like_fork
+        assert ("target_delimiter" not in cfg) is like_fork
+        assert (not cfg["doc_to_text"].endswith("\n")) is like_fork
+        assert ("Q:" not in cfg["generation_kwargs"]["until"]) is like_fork
+    for name in ("openllm-v1", "openllm-v1-2024"):
+        (task,) = [t for t in load(name).tasks if t.card_task == "gsm8k_cot_llama_3.1_instruct"]
+        assert task.task == "gsm8k_llama" and task.result_key == "exact_match,strict_match"
+
+
+def test_humaneval_evalplus_samples_as_card_002():
+    from components.evaluation.humaneval import SCORING
+
+    suite = load("humaneval-evalplus")
+    (argv,) = build_commands(MODEL, suite, CUDA_TP1, include_path=str(suite.include_dir))
+    flags, _, tasks = parse(argv)
+    assert tasks == ["qf_humaneval_evalplus", "qf_humaneval_plus"] and flags["--apply_chat_template"] is True
+    index = task_index(suite.include_dir)
+    for task in tasks:
+        cfg = suites._load_yaml(index.tasks[task])
+        gen = cfg["generation_kwargs"]
+        assert cfg["repeats"] == 50 and (gen["do_sample"], gen["temperature"], gen["top_p"]) == (True, 0.2, 0.95)
+        assert gen["max_gen_toks"] == 768 and gen["until"] == ["\n```\n"]
+        assert cfg["gen_prefix"].endswith("passes corresponding tests:\n```python\n")
+        assert SCORING[task].sanitize and SCORING[task].plus == (task == "qf_humaneval_plus")
+    scored = {t.task for name in suites.names() for t in load(name).tasks if t.scorer == "humaneval_sandbox"}
+    assert scored <= set(SCORING)  # every sandbox-scored task says how it is scored

