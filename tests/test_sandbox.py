@@ -255,7 +255,6 @@ def test_pass_at_k_is_the_unbiased_estimator():
 
 
 def test_sanitize_takes_the_code_out_of_a_chat_answer():
-    pytest.importorskip("evalplus", reason="evalplus is installed by make setup")
     from components.evaluation.humaneval import sanitize
 
     answer = ("Sure! Here it is:\n```python\nimport math\n\ndef helper(x):\n    return math.floor(x)\n\n"
@@ -267,7 +266,6 @@ def test_sanitize_takes_the_code_out_of_a_chat_answer():
 
 
 def test_humaneval_plus_problems_come_from_evalplus_loader_via_its_override_variable(monkeypatch):
-    pytest.importorskip("evalplus", reason="evalplus is installed by make setup")
     from components.evaluation import humaneval
 
     monkeypatch.delenv(humaneval.OVERRIDE_ENV, raising=False)
@@ -290,7 +288,6 @@ def _lm_eval_repeats(path: Path, problems, completions: dict[str, list[str]]):
 
 
 def test_plus_tests_are_stricter_and_pass_at_1_averages_the_samples(problems, tmp_path):
-    pytest.importorskip("evalplus", reason="evalplus is installed by make setup")
     from components.evaluation import humaneval
 
     plus = humaneval.load_plus(PLUS_MINI)
