@@ -746,12 +746,14 @@ def _suite(c: _Checks) -> suites.Suite | None:
             c.problem(f"evaluation.suite {suite.name!r}: {line.strip().removeprefix('- ')}")
         return None
     if any(t.scorer for t in suite.tasks):
-        from components.evaluation import sandbox
+        from components.evaluation import humaneval, sandbox
 
         try:
             sandbox.require_opt_in()
         except sandbox.CodeExecutionNotAllowed as e:
             c.problem(f"evaluation.suite {suite.name!r}: {e}")
+        for problem in humaneval.problems(t.task for t in suite.tasks):
+            c.problem(f"evaluation.suite {suite.name!r}: {problem}")
     return suite
 
 

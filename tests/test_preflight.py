@@ -341,6 +341,13 @@ def case_humaneval_without_opt_in(ctx):
     return good(ctx.tiny, ctx.tmp, evaluation__suite="humaneval"), r"QUANTFLOW_ALLOW_CODE_EXECUTION=1"
 
 
+def case_humaneval_plus_without_its_problems_file(ctx):
+    ctx.mp.setenv("QUANTFLOW_ALLOW_CODE_EXECUTION", "1")
+    ctx.mp.setenv("HUMANEVAL_OVERRIDE_PATH", str(ctx.tmp / "HumanEvalPlus.jsonl"))
+    return good(ctx.tiny, ctx.tmp, evaluation__suite="humaneval-evalplus", evaluation__engine="hf"), \
+        r"HumanEval\+ needs its problems file offline: set HUMANEVAL_OVERRIDE_PATH .*no such file: .*HumanEvalPlus.jsonl"
+
+
 def case_engine_cannot_run_scheme(ctx):
     return good(ctx.tiny, ctx.tmp, scheme="fp8-static", evaluation__engine="vllm"), \
         r"vLLM on cpu cannot run scheme fp8-static .*use engine 'hf' or 'auto'"

@@ -11,6 +11,7 @@ HUMANEVAL_OVERRIDE_PATH (without it evalplus downloads the release file): quantf
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -53,6 +54,21 @@ def estimate(outcomes: Iterable[tuple[str, bool]], k: int = 1) -> float:
     if not per_task:
         raise ValueError("no samples to score")
     return sum(pass_at_k(len(v), sum(v), k) for v in per_task.values()) / len(per_task)
+
+
+def problems(tasks: Iterable[str]) -> list[str]:
+    """What a suite with these tasks needs before any generation: evalplus importable where completions are
+    sanitized, and HumanEval+'s problems file on disk where its tests run (one line each, with the fix)."""
+    needs = [SCORING[t] for t in tasks if t in SCORING]
+    found = []
+    if any(s.sanitize for s in needs) and importlib.util.find_spec("evalplus") is None:
+        found.append(f"HumanEval as card 002 ran it needs evalplus: {INSTALL} (make setup does)")
+    if any(s.plus for s in needs):
+        path = os.environ.get(OVERRIDE_ENV, "")
+        if not path or not Path(path).is_file():
+            found.append(f"HumanEval+ needs its problems file offline: set {OVERRIDE_ENV} to a local HumanEvalPlus "
+                         f".jsonl ({'no such file: ' + path if path else 'it is not set'})")
+    return found
 
 
 def _evalplus(module: str):
