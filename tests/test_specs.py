@@ -34,10 +34,14 @@ def test_seed_recipes():
     fp8 = recipes.load("fp8-static").recipe["quant_stage"]["quant_modifiers"]["QuantizationModifier"]
     assert fp8["ignore"] == ["lm_head"]
     group = fp8["config_groups"]["group_0"]
-    for side in ("weights", "input_activations"):
-        assert group[side] == {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True}
+    seed_000 = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True}
+    # the card's settings, plus the observers pinned so the recipe says what llm-compressor 0.14 runs
+    assert group["weights"] == {**seed_000, "observer": "memoryless_minmax"}
+    assert {k: v for k, v in group["input_activations"].items() if k not in ("observer", "observer_kwargs")} == seed_000
+    assert group["input_activations"]["observer"] == "minmax"
     gptq = recipes.load("w8a8-int8").recipe["quant_stage"]["quant_modifiers"]["GPTQModifier"]
     assert gptq["scheme"] == "W8A8" and gptq["dampening_frac"] == 0.01 and gptq["ignore"] == ["lm_head"]
+    assert gptq["actorder"] is None and gptq["block_size"] == 128  # card 002 predates actorder's "static" default
     assert not recipes.load("fp8-dynamic").needs_calibration
 
 
