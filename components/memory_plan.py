@@ -9,6 +9,8 @@ the numbers when none does. Figures are arithmetic, not measurements: docs/scali
 """
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -73,6 +75,17 @@ class Machine(BaseModel):
     name: str = ""
 
 
+def machine_now(disk: Path) -> Machine:
+    """This machine: visible GPUs (the smallest card counts for all), host RAM, free disk where `disk` is."""
+    import psutil
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpu_bytes = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus)) if gpus else 0
+    return Machine(gpus=gpus, gpu_bytes=gpu_bytes, host_bytes=psutil.virtual_memory().total,
+                   disk_free_bytes=shutil.disk_usage(disk).free, name="this machine")
+
+
 class Calibration(BaseModel):
     num_samples: int = Field(ge=0)
     seq_len: int = Field(ge=0)
@@ -85,6 +98,12 @@ class Quantization(BaseModel):
     weight_bits: int
     gptq: bool
     group_size: int | None = None  # None: one scale per output channel (or per tensor)
+
+
+def quantization_of(scheme) -> Quantization:
+    """What a scheme (components/recipes) costs: weight width, GPTQ or not, group size."""
+    bits = 4 if "4" in scheme.weights else 8
+    return Quantization(weight_bits=bits, gptq="GPTQModifier" in str(scheme.recipe), group_size=scheme.group_size)
 
 
 Placement = Literal["gpu", "sequential", "cpu"]
@@ -193,3 +212,26 @@ def plan(shape: ModelShape, calib: Calibration, q: Quantization, machine: Machin
                       hessian_bytes=s["hessians"], workspace_bytes=s["workspace"], checkpoint_bytes=s["checkpoint"],
                       placement=placement, activation_offload=offload if placement else None,
                       gpu_peak_bytes=gpu_peak, host_peak_bytes=host_peak, problems=problems)
+
+
+class Settings(BaseModel):
+    """What `quantize` runs with: the spec's choices with `auto` replaced by the plan's."""
+
+    placement: Placement
+    activation_offload: str
+    pipeline: str | None  # None: llm-compressor's default
+    batch_size: int
+
+
+def settings_for(spec, memory: MemoryPlan | None, machine: Machine) -> Settings:
+    """The spec's QuantizationSpec resolved against the plan (an explicit choice always wins; without a plan,
+    llm-compressor's defaults: model in host RAM, activations on the CPU)."""
+    planned = memory.placement if memory else None
+    placement = planned or ("cpu" if machine.gpus == 0 else "sequential")
+    placement = placement if spec.placement == "auto" else spec.placement
+    offload = (memory.activation_offload if memory else None) or "cpu"
+    offload = offload if spec.activation_offload == "auto" else spec.activation_offload
+    if machine.gpus == 0:
+        offload = "cpu"
+    return Settings(placement=placement, activation_offload=offload,
+                    pipeline=None if spec.pipeline == "auto" else spec.pipeline, batch_size=spec.batch_size)

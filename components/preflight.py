@@ -25,7 +25,9 @@ from components.evaluation import references, suites
 from components.evaluation.command import EngineSettings
 from components.evaluation.engine import batch_size, choose_engine, detect_platform
 from components.evaluation.runner import EvalResult, suite_digest
+from components.memory_plan import MemoryPlan, Settings
 from components.models import gguf_path, model_name
+from components.quantize import CPU
 from components.recipes import SchemeDef
 from components.settings import settings
 from components.specs import (VariantSpec, check_variant_name, credentials_in_url, did_you_mean, strip_userinfo,
@@ -61,6 +63,8 @@ class Plan:
     checkpoint_bytes: int | None = None  # estimated size of the compressed checkpoint
     notes: list[str] = field(default_factory=list)  # what could not be checked here (not errors)
     serving: bool = False  # measure serving speed (vLLM evaluates this scheme here and the spec asks for it)
+    quantization: Settings = field(default_factory=lambda: CPU)  # where llm-compressor puts model and activations
+    memory: MemoryPlan | None = None
     reference: EvalResult | None = None  # published baseline scores standing in for evaluating the base model
 
 
@@ -842,6 +846,34 @@ def _serving(c: _Checks, engine: EngineSettings | None, base: _Base | None) -> b
     return True
 
 
+def _memory(c: _Checks, scheme: SchemeDef, base: _Base) -> tuple[MemoryPlan | None, Settings]:
+    """The memory plan on this machine: refuse with the numbers when nothing fits, else the placement to use."""
+    from components import memory_plan as mp
+
+    q = c.spec.quantization
+    try:
+        shape = mp.shape_from_config(base.config.to_dict())
+    except (KeyError, TypeError, ValueError) as e:
+        c.notes.append(f"quantization: no memory plan for {base.name} (its config has no {e}): llm-compressor's "
+                       "defaults unless the spec says otherwise")
+        return None, mp.settings_for(q, None, mp.machine_now(Path.cwd()))
+    cal = c.spec.calibration if scheme.needs_calibration else None
+    calib = mp.Calibration(num_samples=cal.num_samples if cal else 0, seq_len=cal.max_seq_length if cal else 0,
+                           batch_size=q.batch_size)
+    # free disk is preflight's own check (_disk), against every copy the run writes
+    machine = mp.machine_now(Path.cwd()).model_copy(update={"disk_free_bytes": float("inf")})
+    memory = mp.plan(shape, calib, mp.quantization_of(scheme), machine)
+    for problem in memory.problems:
+        c.problem(f"quantization: {problem}")
+    if q.placement in ("gpu", "sequential") and machine.gpus == 0:
+        c.problem(f"quantization.placement {q.placement!r}: no CUDA GPU is visible: use auto or cpu")
+    elif q.placement == "gpu" and memory.placement not in ("gpu", None):
+        c.problem(f"quantization.placement 'gpu': the whole model does not fit on {machine.gpus} GPU(s) of "
+                  f"{machine.gpu_bytes / 1e9:.1f} GB ({'; '.join(memory.lines()[:1])}): use auto or sequential")
+    c.notes.append("memory plan: " + "; ".join(memory.lines()))
+    return memory, mp.settings_for(q, memory, machine)
+
+
 # --- stores, tracking, disk ---------------------------------------------------------------------
 
 def _stores(c: _Checks, name: str | None) -> None:
@@ -988,6 +1020,9 @@ def preflight(spec: VariantSpec | dict) -> Plan:
         checkpoint = c.guard(f"scheme {scheme.name!r} against {base.name}", _recipe_vs_model, c, scheme, modifiers, base)
     if scheme is not None and scheme.needs_calibration:
         c.guard("calibration", _calibration, c, base)
+    memory, quantization = None, CPU
+    if scheme is not None and base is not None and base.config is not None:
+        memory, quantization = c.guard("quantization", _memory, c, scheme, base) or (None, CPU)
     suite = c.guard(f"evaluation.suite {spec.evaluation.suite!r}", _suite, c)
     engine = c.guard("evaluation.engine", _engine, c, scheme, suite, base)
     serving = c.guard("evaluation.serving", _serving, c, engine, base)
@@ -1006,4 +1041,5 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     if c.problems:
         raise PreflightError(c.problems)
     return Plan(spec=spec, scheme=scheme, suite=suite, suite_digest=suite_digest(suite), engine=engine, name=name,
-                checkpoint_bytes=checkpoint, notes=c.notes, serving=bool(serving), reference=reference)
+                checkpoint_bytes=checkpoint, notes=c.notes, serving=bool(serving), reference=reference,
+                quantization=quantization, memory=memory)

@@ -3,12 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from components.memory_plan import Settings
 from components.recipes import SchemeDef
+
+CPU = Settings(placement="cpu", activation_offload="cpu", pipeline=None, batch_size=1)
 
 
 def quantize(model_path: str, scheme: SchemeDef, calibration_path: str | None, out: Path,
-             num_samples: int, max_seq_length: int) -> Path:
+             num_samples: int, max_seq_length: int, how: Settings = CPU) -> Path:
     """Run `oneshot` with the scheme's recipe; write the checkpoint (with recipe.yaml) to `out`.
+
+    `how` (the memory plan's choice, components/memory_plan.py): `gpu` loads the whole model onto the GPU(s);
+    `sequential` and `cpu` load it into host RAM and let llm-compressor onload one layer at a time to the main device;
+    calibration activations wait on `how.activation_offload` between layers.
 
     `out` is a fresh, uniquely named temporary folder (`artifacts.workdir`): the caller holds the checkpoint's lock,
     then installs it whole under its final name with its stamp, so nobody ever sees half a checkpoint.
@@ -21,11 +28,14 @@ def quantize(model_path: str, scheme: SchemeDef, calibration_path: str | None, o
     from components.determinism import make_deterministic
 
     make_deterministic()  # same base, recipe and calibration: same checkpoint digest
-    device_map = "auto" if torch.cuda.is_available() else None
+    device_map = "auto" if how.placement == "gpu" and torch.cuda.is_available() else None
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto", device_map=device_map)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dataset = load_from_disk(calibration_path) if calibration_path else None
-    kwargs = dict(dataset=dataset, num_calibration_samples=num_samples, max_seq_length=max_seq_length) if dataset is not None else {}
+    kwargs = dict(dataset=dataset, num_calibration_samples=num_samples, max_seq_length=max_seq_length,
+                  batch_size=how.batch_size, sequential_offload_device=how.activation_offload) if dataset is not None else {}
+    if how.pipeline:
+        kwargs["pipeline"] = how.pipeline
     oneshot(model=model, recipe=scheme.recipe_yaml, **kwargs)
 
     if out.exists():

@@ -154,6 +154,22 @@ class CalibrationSpec(StrictModel):
         return self
 
 
+class QuantizationSpec(StrictModel):
+    """How llm-compressor runs: where the model sits, where calibration activations wait between layers, and the
+    calibration batch. `auto` takes the memory plan's choice (preflight: components/memory_plan.py), which fits the
+    model to the machine's GPUs, host RAM and disk or refuses with the numbers."""
+
+    placement: Literal["auto", "gpu", "sequential", "cpu"] = Field(
+        "auto", description="gpu: the whole model on the GPU(s); sequential: the model in host RAM, one decoder layer "
+                            "onloaded to the GPU at a time; cpu: no GPU.")
+    activation_offload: Literal["auto", "cpu", "cuda", "cuda:1"] = Field(
+        "auto", description="Where the calibration activations wait between layers (llm-compressor's "
+                            "`sequential_offload_device`).")
+    pipeline: Literal["auto", "independent", "sequential", "basic", "datafree"] = Field(
+        "auto", description="llm-compressor's calibration pipeline (`auto`: its own default, `independent`).")
+    batch_size: int = Field(1, ge=1, le=4096, description="Calibration batch size (llm-compressor's `batch_size`).")
+
+
 class ServingSpec(StrictModel):
     """Serving speed beside accuracy: `vllm bench serve` on a fixed prompt set, base and variant alike."""
 
@@ -225,6 +241,7 @@ class VariantSpec(StrictModel):
     base: BaseModelSpec = BaseModelSpec()
     scheme: Scheme = Scheme.w8a8_int8
     calibration: CalibrationSpec = CalibrationSpec()
+    quantization: QuantizationSpec = QuantizationSpec()
     evaluation: EvalSpec = EvalSpec()
     stores: list[StoreSpec] = Field(default_factory=lambda: [StoreSpec()])
     variant_name: str | None = Field(None, description="Published name; default `<base>-<scheme suffix>`. One plain name: "

@@ -15,7 +15,8 @@ from components.digests import code_digest, digest_obj, sha256_file
 STEP_CODE: dict[str, tuple[str, ...]] = {
     "base": ("components.models", "components.digests", "components.artifacts"),
     "calibration": ("components.calibration", "components.artifacts"),
-    "quantize": ("components.quantize", "components.determinism", "components.recipes", "components.artifacts"),
+    "quantize": ("components.quantize", "components.determinism", "components.recipes", "components.artifacts",
+                 "components.memory_plan"),
     "evaluate": ("components.evaluation.runner", "components.evaluation.command", "components.evaluation.results",
                  "components.evaluation.sandbox"),
     "serving": ("components.evaluation.serving", "components.evaluation.command", "components.evaluation.runner"),
@@ -64,8 +65,10 @@ def calibration_key(ctx, p: dict) -> str:
 
 
 def quantize_key(ctx, p: dict) -> str:
-    """Base digest + recipe digest + calibration set digest (None for data-free schemes)."""
-    return key("quantize", p["base"].digest, p["scheme"].digest, p["calib"].digest if p["calib"] else None, ctx=ctx)
+    """Base digest + recipe digest + calibration set digest (None for data-free schemes) + how llm-compressor ran
+    (placement, activation offload, pipeline, batch size: a batch pads or truncates, a device rounds differently)."""
+    return key("quantize", p["base"].digest, p["scheme"].digest, p["calib"].digest if p["calib"] else None,
+               p["how"].model_dump(), ctx=ctx)
 
 
 def evaluate_key(ctx, p: dict) -> str:

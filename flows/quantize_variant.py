@@ -21,6 +21,7 @@ from components.evaluation import serving, suites
 from components.evaluation.command import EngineSettings
 from components.evaluation.runner import EvalResult, run_suite
 from components.evaluation.serving import ServingResult, Speed
+from components.memory_plan import Settings
 from components.models import ModelRef, resolve
 from components.preflight import preflight
 from components.quantize import quantize
@@ -77,7 +78,7 @@ def _artifact_dir(root: str, key_fn) -> Path:
 
 
 @task(cache_key_fn=quantize_key, persist_result=True)
-def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | None, name: str) -> Checkpoint:
+def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | None, name: str, how: Settings) -> Checkpoint:
     """llm-compressor oneshot with the scheme's recipe; the compressed checkpoint keeps recipe.yaml.
 
     Under the checkpoint's lock: a run that waited for another making the same checkpoint takes it (checked whole).
@@ -91,7 +92,7 @@ def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | Non
         tmp = artifacts.workdir(out)
         try:
             quantize(base.path, scheme, calib.path if calib else None, tmp,
-                     calib.num_samples if calib else 0, calib.max_seq_length if calib else 0)
+                     calib.num_samples if calib else 0, calib.max_seq_length if calib else 0, how)
             files = stamp_dir(tmp, exclude=(CARD,))
             checkpoint = Checkpoint(name=name, path=str(out), digest=digest_stamps(files), files=files)
             artifacts.install(tmp, out, checkpoint, exclude=(CARD,), files=files)
@@ -215,7 +216,7 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     base = checked(resolve_base, spec.base)
     name = spec.variant_name or f"{base.name}-{scheme.suffix}"
     calib = checked(build_calibration, spec.calibration, base) if scheme.needs_calibration else None
-    checkpoint = checked(quantize_checkpoint, base, scheme, calib, name)
+    checkpoint = checked(quantize_checkpoint, base, scheme, calib, name, plan.quantization)
 
     # Evaluation: same engine and settings for base and variant (or published baseline scores, marked as such)
     base_eval = plan.reference or checked(evaluate, base.path, base.digest, suite.name, suite_key, engine)

@@ -348,6 +348,11 @@ def case_humaneval_plus_without_its_problems_file(ctx):
         r"HumanEval\+ needs its problems file offline: set HUMANEVAL_OVERRIDE_PATH .*no such file: .*HumanEvalPlus.jsonl"
 
 
+def case_gpu_placement_without_a_gpu(ctx):
+    return good(ctx.tiny, ctx.tmp, quantization__placement="gpu"), \
+        r"quantization.placement 'gpu': no CUDA GPU is visible: use auto or cpu"
+
+
 def case_engine_cannot_run_scheme(ctx):
     return good(ctx.tiny, ctx.tmp, scheme="fp8-static", evaluation__engine="vllm"), \
         r"vLLM on cpu cannot run scheme fp8-static .*use engine 'hf' or 'auto'"
@@ -712,3 +717,14 @@ def test_stores_refuse_escaping_names_even_without_the_spec(name, tmp_path):
         s3.uri(name)
     with pytest.raises(ValueError):
         local._dir(name)
+
+
+def test_the_memory_plan_picks_the_placement(tiny_model, tmp_path):
+    """On this machine (no GPU) the plan keeps everything on the CPU and says what it sized; the plan's choice
+    reaches quantize through Plan.quantization (and its cache key)."""
+    plan = preflight(good(tiny_model, tmp_path))
+    assert plan.quantization.placement == "cpu" and plan.quantization.activation_offload == "cpu"
+    assert plan.memory is not None and plan.memory.fits and plan.memory.weights_bytes > 0
+    assert any(n.startswith("memory plan: weights ") for n in plan.notes), plan.notes
+    forced = preflight(good(tiny_model, tmp_path, quantization__batch_size=4))
+    assert forced.quantization.batch_size == 4
