@@ -1,18 +1,22 @@
-"""Pass/fail gate for one quantized variant over its recovery table (pure).
+"""Three-state verdict for one quantized variant over its recovery table (pure).
 
-Three rules, all of which must hold:
-  1. per task, one-sided relative tolerance as in vLLM's lm-eval CI (rtol 0.08): higher-is-better
-     `quant >= base * (1 - rtol)`, lower-is-better (perplexity) `quant <= base * (1 + rtol)`; written with |base| so a
-     negative baseline does not flip the direction;
-  2. interval-aware: a task outside the tolerance fails only if the drop is significant given both stderrs,
-     z = (base - quant) / sqrt(se_base^2 + se_quant^2) > z_crit (1.645: one-sided 95%), so small suites do not fail on
-     noise. A missing stderr counts as 0 (conservative); with no stderr at all the tolerance alone decides;
-  3. the average recovery over higher-is-better tasks (the card's average row) is at least min_average_recovery
-     (0.95, as llm-compressor's e2e tests), when the table has one (None: baseline average ~0 or no such tasks).
+The question is not "did the score drop" but "is the loss within the margin", asked of the recovery's confidence
+interval (components/recovery.py: a paired bootstrap over documents where both sides logged per-document scores):
+  - per task, the floor is 100 * (1 - rtol) percent recovery (rtol 0.08, vLLM's lm-eval CI tolerance);
+    PASSED when the interval's lower bound is at or above it (the loss is shown to be within the margin),
+    FAILED when its upper bound is below it (shown to be beyond), INCONCLUSIVE otherwise, with the number of
+    documents that would decide it at the observed spread. Perplexity-type tasks are judged as likelihood kept;
+  - rows whose recovery is N/A (baseline ~0, as card 002's Math-lvl-5) are reported, not gated;
+  - the average row (llm-compressor's 95% floor) is judged the same way on its own interval.
+Overall: FAILED if any task or the average is FAILED; PASSED only if every gated task and the average PASSED;
+INCONCLUSIVE otherwise (also when nothing could be gated). Without any interval a row is INCONCLUSIVE: a point
+estimate alone proves nothing either way.
 """
 from __future__ import annotations
 
 import math
+from enum import Enum
+from statistics import NormalDist
 
 from pydantic import BaseModel, Field
 
@@ -20,8 +24,14 @@ from components.recovery import RecoveryRow, RecoveryTable
 
 RTOL = 0.08
 MIN_AVERAGE_RECOVERY = 0.95
-Z_CRIT = 1.645  # one-sided 95%
 _EPS = 1e-9  # relative slack for floating point at the exact threshold
+
+
+class State(str, Enum):
+    PASSED = "PASSED"
+    FAILED = "FAILED"
+    INCONCLUSIVE = "INCONCLUSIVE"
+    NA = "N/A"  # reported, not gated
 
 
 class TaskVerdict(BaseModel):
@@ -31,93 +41,121 @@ class TaskVerdict(BaseModel):
     higher_is_better: bool
     base: float
     quant: float
-    threshold: float = Field(description="the worst quantized score the tolerance accepts")
-    within_rtol: bool
-    z: float | None = Field(None, description="significance of the regression, when outside the tolerance")
-    significant: bool | None = None
-    passed: bool
+    recovery: float | None  # percent
+    ci_low: float | None
+    ci_high: float | None
+    floor: float = Field(description="the lowest recovery (percent) the margin accepts")
+    method: str
+    state: State
+    docs_needed: int | None = Field(None, description="INCONCLUSIVE: documents that would decide at the observed spread")
     reason: str
+
+    @property
+    def passed(self) -> bool:
+        return self.state == State.PASSED
 
 
 class GateVerdict(BaseModel):
-    passed: bool
+    state: State
     rtol: float
     min_average_recovery: float | None
-    z_crit: float | None
+    confidence: float
     tasks: list[TaskVerdict]
     average_recovery: float | None  # percent, as in the table
-    average_passed: bool | None  # None when there is no average to check
-    reasons: list[str] = Field(description="why it failed (empty when passed)")
-    notes: list[str] = Field(default_factory=list, description="passes worth a look: noise, degenerate baselines")
+    average_ci_low: float | None
+    average_ci_high: float | None
+    average_covers: str = Field(description="what the average is over, e.g. 'accuracy tasks, 2 of 3'")
+    average_state: State | None  # None when there is no average or no floor
+    reasons: list[str] = Field(description="why it is not PASSED (empty when it is)")
+    notes: list[str] = Field(default_factory=list, description="rows reported but not gated, missing uncertainty")
 
-
-def _ge(a: float, b: float, scale: float) -> bool:
-    return a >= b - _EPS * max(1.0, abs(scale))
+    @property
+    def passed(self) -> bool:
+        return self.state == State.PASSED
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.4g}"
+    return f"{x:.2f}%"
 
 
-def task_verdict(row: RecoveryRow, rtol: float = RTOL, z_crit: float | None = Z_CRIT) -> TaskVerdict:
-    """One task: tolerance test, then (if it fails and z_crit is set) the significance test."""
-    base, quant = row.base, row.quant
-    if row.higher_is_better:
-        threshold = base - rtol * abs(base)
-        within = _ge(quant, threshold, base)
-        drop = base - quant
-    else:
-        threshold = base + rtol * abs(base)
-        within = _ge(threshold, quant, base)
-        drop = quant - base
+def decide(low: float | None, high: float | None, floor: float) -> State:
+    """The interval against the floor: wholly at/above it PASSED, wholly below it FAILED, else INCONCLUSIVE."""
+    if low is None or high is None:
+        return State.INCONCLUSIVE
+    if low >= floor - _EPS * max(1.0, abs(floor)):
+        return State.PASSED
+    if high < floor - _EPS * max(1.0, abs(floor)):
+        return State.FAILED
+    return State.INCONCLUSIVE
+
+
+def docs_needed(point: float, se: float | None, n: int | None, floor: float, confidence: float) -> int | None:
+    """Documents at which the interval (width ~ 1/sqrt(n) at the observed spread) would clear the floor on one side."""
+    gap = abs(point - floor)
+    if not se or not n or gap == 0:
+        return None
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    return math.ceil(n * (z * se / gap) ** 2)
+
+
+def task_verdict(row: RecoveryRow, rtol: float = RTOL, confidence: float = 0.90) -> TaskVerdict:
+    """One task: N/A rows are reported only; the others are decided on their interval."""
+    floor = 100.0 * (1 - rtol)
     common = dict(task=row.task, label=row.label, metric=row.metric, higher_is_better=row.higher_is_better,
-                  base=base, quant=quant, threshold=threshold, within_rtol=within)
-    direction = ">=" if row.higher_is_better else "<="
-    degenerate = " (baseline 0: the tolerance is a strict comparison)" if base == 0 else ""
-    if within:
-        return TaskVerdict(**common, passed=True,
-                           reason=f"{_fmt(quant)} {direction} {_fmt(threshold)} (rtol {rtol:g}){degenerate}")
-    outside = f"{_fmt(quant)} not {direction} {_fmt(threshold)} (base {_fmt(base)}, rtol {rtol:g}){degenerate}"
-    if z_crit is None:
-        return TaskVerdict(**common, passed=False, reason=outside)
-    se_b = row.base_stderr if row.base_stderr is not None and math.isfinite(row.base_stderr) else 0.0
-    se_q = row.quant_stderr if row.quant_stderr is not None and math.isfinite(row.quant_stderr) else 0.0
-    missing = [name for name, se in (("baseline", row.base_stderr), ("variant", row.quant_stderr)) if se is None]
-    se = math.sqrt(se_b ** 2 + se_q ** 2)
-    if se == 0.0:
-        why = f"no stderr ({' and '.join(missing)} missing)" if missing else "stderr 0"
-        return TaskVerdict(**common, significant=None, passed=False,
-                           reason=f"{outside}; {why}, so it cannot be put down to noise")
-    z = drop / se
-    note = f" ({' and '.join(missing)} stderr missing, taken as 0)" if missing else ""
-    if z > z_crit:
-        return TaskVerdict(**common, z=z, significant=True, passed=False,
-                           reason=f"{outside}; significant: z = {z:.2f} > {z_crit:g}{note}")
-    return TaskVerdict(**common, z=z, significant=False, passed=True,
-                       reason=f"{outside}, but within noise: z = {z:.2f} <= {z_crit:g}{note}")
+                  base=row.base, quant=row.quant, recovery=row.recovery, ci_low=row.ci_low, ci_high=row.ci_high,
+                  floor=floor, method=row.method)
+    kind = "likelihood kept" if row.log_scale else "recovery"
+    if row.recovery is None:
+        return TaskVerdict(**common, state=State.NA, reason="recovery N/A (baseline ~0): reported, not gated")
+    if row.ci_low is None:
+        return TaskVerdict(**common, state=State.INCONCLUSIVE,
+                           reason=f"{kind} {_fmt(row.recovery)} with no interval (no per-document scores and no stderr)")
+    state = decide(row.ci_low, row.ci_high, floor)
+    interval = f"{kind} {_fmt(row.recovery)}, {100 * confidence:g}% interval [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}]"
+    if state == State.PASSED:
+        return TaskVerdict(**common, state=state, reason=f"{interval} >= {floor:g}% ({row.method})")
+    if state == State.FAILED:
+        return TaskVerdict(**common, state=state, reason=f"{interval} < {floor:g}% ({row.method})")
+    need = docs_needed(row.recovery, row.recovery_se, row.n_docs, floor, confidence)
+    side = " on each side" if row.method.startswith("unpaired") else ""
+    more = f"; about {need} documents{side} would decide it" if need else ""
+    return TaskVerdict(**common, state=state, docs_needed=need,
+                       reason=f"{interval} straddles {floor:g}% ({row.method}){more}")
 
 
-def gate(table: RecoveryTable, rtol: float = RTOL, min_average_recovery: float | None = MIN_AVERAGE_RECOVERY,
-         z_crit: float | None = Z_CRIT) -> GateVerdict:
-    """The variant passes when every task passes and the average recovery clears the floor.
+def gate(table: RecoveryTable, rtol: float = RTOL, min_average_recovery: float | None = MIN_AVERAGE_RECOVERY) -> GateVerdict:
+    """The variant's verdict: per-task states, the average's state, and the overall state with its reasons.
 
-    rtol: per-task relative tolerance; min_average_recovery: floor as a fraction (None: no floor);
-    z_crit: one-sided critical z for discounting noise (None: the tolerance alone decides).
+    rtol: per-task relative margin; min_average_recovery: floor of the average as a fraction (None: not checked).
     """
     if rtol < 0:
         raise ValueError("rtol must be >= 0")
-    tasks = [task_verdict(r, rtol, z_crit) for r in table.rows]
-    reasons = [f"{t.label}: {t.reason}" for t in tasks if not t.passed]
-    notes = [f"{t.label}: {t.reason}" for t in tasks if t.passed and not t.within_rtol]
-    average_passed = None
+    tasks = [task_verdict(r, rtol, table.confidence) for r in table.rows]
+    gated = [t for t in tasks if t.state != State.NA]
+    reasons = [f"{t.label}: {t.state.value}: {t.reason}" for t in gated if t.state != State.PASSED]
+    notes = [f"{t.label}: {t.reason}" for t in tasks if t.state == State.NA]
+    average_state = None
     if min_average_recovery is not None:
+        floor = 100.0 * min_average_recovery
         if table.average_recovery is None:
-            notes.append("no average recovery (no higher-is-better task, or a baseline average ~0): floor not checked")
+            notes.append("no average recovery (no accuracy task, or a baseline average ~0): floor not checked")
         else:
-            floor = 100.0 * min_average_recovery
-            average_passed = _ge(table.average_recovery, floor, floor)
-            if not average_passed:
-                reasons.append(f"average recovery {table.average_recovery:.2f}% < {floor:g}%")
-    return GateVerdict(passed=not reasons, rtol=rtol, min_average_recovery=min_average_recovery, z_crit=z_crit,
-                       tasks=tasks, average_recovery=table.average_recovery, average_passed=average_passed,
-                       reasons=reasons, notes=notes)
+            average_state = decide(table.average_ci_low, table.average_ci_high, floor)
+            if average_state != State.PASSED:
+                interval = ("no interval" if table.average_ci_low is None else
+                            f"interval [{_fmt(table.average_ci_low)}, {_fmt(table.average_ci_high)}]")
+                reasons.append(f"average recovery ({table.average_covers}): {average_state.value}: "
+                               f"{_fmt(table.average_recovery)}, {interval} vs floor {floor:g}%")
+    states = [t.state for t in gated] + ([average_state] if average_state else [])
+    if State.FAILED in states:
+        state = State.FAILED
+    elif gated and all(s == State.PASSED for s in states):
+        state = State.PASSED
+    else:
+        state = State.INCONCLUSIVE
+        if not gated:
+            reasons.append("no task could be gated (every recovery is N/A)")
+    return GateVerdict(state=state, rtol=rtol, min_average_recovery=min_average_recovery, confidence=table.confidence,
+                       tasks=tasks, average_recovery=table.average_recovery, average_ci_low=table.average_ci_low,
+                       average_ci_high=table.average_ci_high, average_covers=table.average_covers,
+                       average_state=average_state, reasons=reasons, notes=notes)

@@ -122,12 +122,41 @@ def _recovery_artifacts(mlflow, table: RecoveryTable, name: str, verdict: GateVe
     mlflow.log_table({"task": [r.task for r in rows], "benchmark": [r.label for r in rows], "metric": [r.metric for r in rows],
                       "base": [r.base for r in rows], "base_stderr": [r.base_stderr for r in rows],
                       "quantized": [r.quant for r in rows], "quantized_stderr": [r.quant_stderr for r in rows],
-                      "recovery": [r.recovery for r in rows]}, artifact_file="recovery_table.json")
+                      "recovery": [r.recovery for r in rows], "recovery_ci_low": [r.ci_low for r in rows],
+                      "recovery_ci_high": [r.ci_high for r in rows], "interval": [r.method for r in rows],
+                      "verdict": [t.state.value for t in verdict.tasks]}, artifact_file="recovery_table.json")
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "recovery.json"
         p.write_text(table.model_dump_json(indent=2))
         mlflow.log_artifact(str(p))
         mlflow.log_artifact(str(chart([r.task for r in rows], [chart_row(name, table, verdict)], Path(tmp) / "recovery.png")))
+
+
+def verdict_metrics(table: RecoveryTable, verdict: GateVerdict) -> dict[str, float]:
+    """Recovery per task and on average with their interval bounds (percent), and gate_passed (1 only on PASSED)."""
+    out = {}
+    for key, value, low, high in [(f"{r.task}.recovery", r.recovery, r.ci_low, r.ci_high) for r in table.rows] + [
+            ("average_recovery", table.average_recovery, table.average_ci_low, table.average_ci_high)]:
+        if value is not None:
+            out[key] = value
+            if low is not None and high is not None:
+                out[f"{key}_ci_low"], out[f"{key}_ci_high"] = low, high
+    out["gate_passed"] = float(verdict.passed)
+    return out
+
+
+def verdict_tags(table: RecoveryTable, verdict: GateVerdict) -> dict[str, str]:
+    """The verdict per task, what the average covers, and the average as it is always shown: with interval and state."""
+    return {**{f"quantflow.verdict.{t.task}": t.state.value for t in verdict.tasks},
+            "quantflow.average_covers": table.average_covers, "quantflow.average_recovery": average_text(table, verdict)}
+
+
+def average_text(table: RecoveryTable, verdict: GateVerdict) -> str:
+    """e.g. '99.40 [98.91, 99.86] over accuracy tasks, 2 of 3; gate PASSED' (never the number alone)."""
+    if table.average_recovery is None:
+        return f"n/a; gate {verdict.state.value}"
+    bounds = "" if table.average_ci_low is None else f" [{table.average_ci_low:.2f}, {table.average_ci_high:.2f}]"
+    return f"{table.average_recovery:.2f}{bounds} over {table.average_covers}; gate {verdict.state.value}"
 
 
 def find_record(mlflow, experiment_id: str, record: str) -> str | None:
@@ -183,13 +212,9 @@ def _log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, ca
         if suite_file is not None:
             mlflow.log_input(_suite_dataset(variant_eval, suite_file), context="evaluation")
         _metrics(mlflow, variant_eval)
-        for row in table.rows:
-            if row.recovery is not None:
-                mlflow.log_metric(f"{row.task}.recovery", row.recovery)
-        if table.average_recovery is not None:
-            mlflow.log_metric("average_recovery", table.average_recovery)
-        mlflow.log_metric("gate_passed", float(verdict.passed))
-        mlflow.log_dict(verdict.model_dump(), "gate.json")
+        mlflow.log_metrics(verdict_metrics(table, verdict))
+        mlflow.set_tags(verdict_tags(table, verdict))
+        mlflow.log_dict(verdict.model_dump(mode="json"), "gate.json")
         for name, path in files.items():
             if Path(path).is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=name)
@@ -250,7 +275,7 @@ def run_url(run_id: str) -> str | None:
 
 def register(run_id: str, name: str, published: list[Published], verdict: GateVerdict, table: RecoveryTable,
              tags: dict[str, str]) -> None:
-    """A registered model version per published variant; alias `candidate` on a pass.
+    """A registered model version per published variant; alias `candidate` only on PASSED (not INCONCLUSIVE).
 
     Its source is the first remote store's URI (s3://, https://); a local-only publication points at the run's
     card artifact instead, since the registry accepts local paths only inside the run's artifacts.
@@ -267,8 +292,7 @@ def register(run_id: str, name: str, published: list[Published], verdict: GateVe
         if verdict.passed:
             client.set_registered_model_alias(name, "candidate", done[0].version)
         return
-    version_tags = {**tags, "quantflow.gate": "passed" if verdict.passed else "failed",
-                    "quantflow.average_recovery": "n/a" if table.average_recovery is None else f"{table.average_recovery:.2f}"}
+    version_tags = {**tags, "quantflow.gate": verdict.state.value.lower(), **verdict_tags(table, verdict)}
     version_tags.update({f"quantflow.uri.{p.store}": p.uri for p in published})
     version_tags.update({f"quantflow.revision.{p.store}": p.revision for p in published if p.revision})
     remote = [p.uri for p in published if not p.uri.startswith("file:")]

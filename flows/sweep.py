@@ -10,7 +10,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from components import tracking
-from components.card.render import rec
+from components.card.render import average_label, interval, rec
 from components.comparison import chart, chart_row
 from components.specs import BaseModelSpec, CalibrationSpec, EvalSpec, Scheme, StoreSpec, VariantSpec
 from flows.cache import key
@@ -31,23 +31,33 @@ class SweepSpec(BaseModel):
                             stores=self.stores) for s in dict.fromkeys(self.schemes)]
 
 
+def _cell(recovery: float | None, low: float | None, high: float | None, state: str | None) -> str:
+    return f"{rec(recovery)} {interval(low, high)} {state or 'N/A'}"
+
+
 def comparison(outcomes: list[VariantOutcome]) -> str:
-    """Recovery per task, one column per variant."""
+    """Recovery per task with its interval and verdict, one column per variant; the verdict row last."""
     head = "| Benchmark | " + " | ".join(o.name for o in outcomes) + " |"
     lines = [head, "|---" * (len(outcomes) + 1) + "|"]
     for i, row in enumerate(outcomes[0].table.rows):
-        lines.append(f"| {row.label} | " + " | ".join(rec(o.table.rows[i].recovery) for o in outcomes) + " |")
-    lines.append("| **Average** | " + " | ".join(f"**{rec(o.table.average_recovery)}**" for o in outcomes) + " |")
+        lines.append(f"| {row.label} | " + " | ".join(
+            _cell(o.table.rows[i].recovery, o.table.rows[i].ci_low, o.table.rows[i].ci_high, o.gate.tasks[i].state.value)
+            for o in outcomes) + " |")
+    averages = [_cell(o.table.average_recovery, o.table.average_ci_low, o.table.average_ci_high,
+                      o.gate.average_state.value if o.gate.average_state else None) for o in outcomes]
+    lines.append(f"| **{average_label(outcomes[0].table)}** | " + " | ".join(f"**{a}**" for a in averages) + " |")
+    lines.append("| **Gate** | " + " | ".join(f"**{o.gate.state.value}**" for o in outcomes) + " |")
     return "\n".join(lines)
 
 
 def comparison_rows(outcomes: list[VariantOutcome]) -> dict[str, list]:
     """The comparison as columns (MLflow's table view): one row per variant and task."""
-    cols: dict[str, list] = {"variant": [], "gate": [], "task": [], "base": [], "quantized": [], "recovery": []}
+    keys = ("variant", "gate", "task", "base", "quantized", "recovery", "ci_low", "ci_high", "verdict")
+    cols: dict[str, list] = {k: [] for k in keys}
     for o in outcomes:
-        for r in o.table.rows:
-            for k, v in zip(cols, (o.name, "passed" if o.gate.passed else "failed", r.task, r.base, r.quant, r.recovery),
-                            strict=True):
+        for r, t in zip(o.table.rows, o.gate.tasks, strict=True):
+            values = (o.name, o.gate.state.value, r.task, r.base, r.quant, r.recovery, r.ci_low, r.ci_high, t.state.value)
+            for k, v in zip(keys, values, strict=True):
                 cols[k].append(v)
     return cols
 

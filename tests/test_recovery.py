@@ -1,11 +1,21 @@
+import json
+import math
+
+import numpy as np
 import pytest
 
-from components.evaluation.results import TaskScore
-from components.recovery import recovery, table
+from components.evaluation.results import DocScores, TaskScore, leaf_tasks, parse_dir
+from components.evaluation.suites import Suite, SuiteTask
+from components.recovery import binomial_se, recovery, table
 
 
-def s(task, value, hib=True, stderr=0.01):
-    return TaskScore(task=task, label=task, metric="acc", value=value, stderr=stderr, higher_is_better=hib, n=100)
+def s(task, value, hib=True, stderr=0.01, metric="acc", samples=None, n=100):
+    return TaskScore(task=task, label=task, metric=metric, value=value, stderr=stderr, higher_is_better=hib, n=n,
+                     samples=samples)
+
+
+def docs(task, values, weights=None):
+    return DocScores(ids=[f"{task}/{i}" for i in range(len(values))], values=[float(v) for v in values], weights=weights)
 
 
 def test_recovery_is_quant_over_base_in_percent():
@@ -30,14 +40,164 @@ def test_average_row_is_ratio_of_means_like_the_cards():
     assert 100 * t.average_quant == pytest.approx(77.49, abs=0.005)
     assert round(t.average_recovery, 1) == 99.4
     assert [r.task for r in t.rows] == [f"t{i}" for i in range(7)]
+    assert t.average_covers == "all 7 tasks" and t.average_ci_low < t.average_recovery < t.average_ci_high
 
 
-def test_average_skips_lower_is_better_rows():
-    t = table({"a": s("a", 0.5), "ppl": s("ppl", 20.0, hib=False)}, {"a": s("a", 0.4), "ppl": s("ppl", 25.0, hib=False)})
+def test_average_says_it_leaves_perplexity_out():
+    t = table({"a": s("a", 0.5), "ppl": s("ppl", 20.0, hib=False, metric="word_perplexity")},
+              {"a": s("a", 0.4), "ppl": s("ppl", 25.0, hib=False, metric="word_perplexity")})
     assert t.average_base == 0.5 and t.average_recovery == pytest.approx(80.0)
-    assert t.rows[1].recovery == pytest.approx(80.0)
+    assert t.average_tasks == ["a"] and t.average_covers == "accuracy tasks, 1 of 2"
+    # perplexity: the likelihood kept per word, exp(ll_q - ll_b) = ppl_b / ppl_q
+    assert t.rows[1].log_scale and t.rows[1].recovery == pytest.approx(80.0)
 
 
 def test_different_tasks_refused():
     with pytest.raises(ValueError, match="different tasks"):
         table({"a": s("a", 0.5)}, {"b": s("b", 0.5)})
+
+
+def _pair(n, base_right, flips, seed=0):
+    """n documents, base right on the first base_right; the variant flips `flips` of them to wrong."""
+    b = np.array([1.0] * base_right + [0.0] * (n - base_right))
+    q = b.copy()
+    q[:flips] = 0.0
+    return b, q
+
+
+def test_paired_bootstrap_is_tighter_than_unpaired_and_seeded():
+    b, q = _pair(400, 240, 4)
+    paired = table({"a": s("a", b.mean(), samples=docs("a", b), n=400)}, {"a": s("a", q.mean(), samples=docs("a", q), n=400)})
+    unpaired = table({"a": s("a", b.mean(), stderr=None, n=400)}, {"a": s("a", q.mean(), samples=docs("a", q), n=400)})
+    p, u = paired.rows[0], unpaired.rows[0]
+    assert p.method == "paired bootstrap over 400 documents" and u.method.startswith("unpaired")
+    assert p.ci_low <= p.recovery <= p.ci_high and u.ci_low <= u.recovery <= u.ci_high
+    assert (p.ci_high - p.ci_low) < 0.3 * (u.ci_high - u.ci_low)
+    again = table({"a": s("a", b.mean(), samples=docs("a", b))}, {"a": s("a", q.mean(), samples=docs("a", q))})
+    assert (again.rows[0].ci_low, again.rows[0].ci_high) == (p.ci_low, p.ci_high)  # fixed seed
+
+
+def test_documents_pair_by_id_not_by_position():
+    b, q = _pair(200, 120, 2)
+    shuffled = np.random.default_rng(3).permutation(200)
+    qdocs = DocScores(ids=[f"a/{i}" for i in shuffled], values=[float(q[i]) for i in shuffled])
+    t = table({"a": s("a", b.mean(), samples=docs("a", b))}, {"a": s("a", q.mean(), samples=qdocs)})
+    assert t.rows[0].method.startswith("paired") and t.rows[0].ci_high - t.rows[0].ci_low < 5.0  # paired by position: ~27
+
+
+def test_perplexity_interval_is_on_the_log_scale():
+    rng = np.random.default_rng(1)
+    words = rng.integers(50, 100, 24).astype(float)
+    ll_b = -rng.uniform(3.5, 4.5, 24) * words
+    ll_q = ll_b - 0.05 * words  # the variant keeps exp(-0.05) = 95.1% of the likelihood per word
+    ppl = [math.exp(-ll.sum() / words.sum()) for ll in (ll_b, ll_q)]
+    kw = dict(hib=False, metric="word_perplexity", stderr=None)
+    t = table({"p": s("p", ppl[0], samples=docs("p", ll_b, list(words)), **kw)},
+              {"p": s("p", ppl[1], samples=docs("p", ll_q, list(words)), **kw)})
+    r = t.rows[0]
+    assert r.recovery == pytest.approx(100 * math.exp(-0.05)) == pytest.approx(100 * ppl[0] / ppl[1])
+    assert r.ci_low == pytest.approx(r.recovery, abs=1e-6) and r.ci_high == pytest.approx(r.recovery, abs=1e-6)
+
+
+def test_binomial_stderr():
+    assert binomial_se(0.5, 100) == pytest.approx(0.05)
+    assert binomial_se(50.0, 100) is None and binomial_se(0.5, None) is None
+
+
+# --- lm-eval's per-document samples (0.4.13 `--log_samples` format) ---------------------------------------------
+
+DATE = "2026-01-01T00-00-00.000001"
+
+
+def _line(doc_id, filter_, **metrics):
+    return json.dumps({"doc_id": doc_id, "doc": {}, "target": "x", "arguments": {}, "resps": [], "filtered_resps": [],
+                       "filter": filter_, "metrics": list(metrics), "doc_hash": "h", "prompt_hash": "p",
+                       "target_hash": "t", **metrics})
+
+
+@pytest.fixture
+def lm_eval_run(tmp_path):
+    """A results file and its samples files as lm-eval writes them under --output_path/<model>/."""
+    out = tmp_path / "run0" / "__models__tiny"
+    out.mkdir(parents=True)
+    results = {
+        "results": {"qf_facts": {"acc,none": 0.5, "acc_stderr,none": 0.2},
+                    "qf_arith": {"exact_match,first-number": 0.75, "exact_match_stderr,first-number": 0.2},
+                    "qf_prose": {"word_perplexity,none": math.exp(-(-10 - 14) / (4 + 6))},
+                    "grp": {"acc,none": (1 + 2) / 5}},
+        "group_subtasks": {"grp": ["grp_a", "grp_b"]},
+        "n-samples": {"qf_facts": {"effective": 4}},
+    }
+    (out / f"results_{DATE}.json").write_text(json.dumps(results))
+    (out / f"samples_qf_facts_{DATE}.jsonl").write_text("\n".join(_line(i, "none", acc=v) for i, v in enumerate([1, 0, 1, 0])))
+    (out / f"samples_qf_arith_{DATE}.jsonl").write_text("\n".join(
+        [_line(i, "first-number", exact_match=v) for i, v in enumerate([1, 1, 1, 0])]
+        + [_line(i, "none", exact_match=0.0) for i in range(4)]))
+    (out / f"samples_qf_prose_{DATE}.jsonl").write_text(
+        _line(0, "none", word_perplexity=[-10.0, 4], byte_perplexity=[-10.0, 20]) + "\n"
+        + _line(1, "none", word_perplexity=[-14.0, 6], byte_perplexity=[-14.0, 30]))
+    (out / f"samples_grp_a_{DATE}.jsonl").write_text("\n".join(_line(i, "none", acc=v) for i, v in enumerate([1, 0])))
+    (out / f"samples_grp_b_{DATE}.jsonl").write_text("\n".join(_line(i, "none", acc=v) for i, v in enumerate([1, 1, 0])))
+    (out / "samples_qf_facts_2025-12-31T00-00-00.jsonl").write_text(_line(9, "none", acc=1))  # an older run: ignored
+    suite = Suite(name="t", description="t", tasks=[
+        SuiteTask(task="qf_facts", label="Facts", metric="acc"),
+        SuiteTask(task="qf_arith", label="Arith", metric="exact_match", filter="first-number"),
+        SuiteTask(task="qf_prose", label="Prose", metric="word_perplexity", higher_is_better=False),
+        SuiteTask(task="grp", label="Group", metric="acc")])
+    return tmp_path / "run0", suite
+
+
+def test_samples_are_parsed_per_document(lm_eval_run):
+    run_dir, suite = lm_eval_run
+    scores = parse_dir(run_dir, suite)
+    facts = scores["qf_facts"].samples
+    assert facts.ids == ["qf_facts/0", "qf_facts/1", "qf_facts/2", "qf_facts/3"] and facts.values == [1, 0, 1, 0]
+    assert facts.weights is None
+    assert scores["qf_arith"].samples.values == [1, 1, 1, 0]  # the task's filter only
+    prose = scores["qf_prose"].samples
+    assert prose.values == [-10.0, -14.0] and prose.weights == [4.0, 6.0]
+    grp = scores["grp"].samples
+    assert grp.ids == ["grp_a/0", "grp_a/1", "grp_b/0", "grp_b/1", "grp_b/2"] and grp.pooled  # 3/5 is pooled
+
+
+def test_group_with_equal_weights_is_detected(lm_eval_run):
+    run_dir, suite = lm_eval_run
+    path = next(run_dir.rglob("results_*.json"))
+    doc = json.loads(path.read_text())
+    doc["results"]["grp"]["acc,none"] = (1 / 2 + 2 / 3) / 2
+    path.write_text(json.dumps(doc))
+    assert not parse_dir(run_dir, suite)["grp"].samples.pooled
+
+
+def test_no_samples_file_means_no_samples(lm_eval_run):
+    run_dir, suite = lm_eval_run
+    for p in run_dir.rglob("samples_qf_facts_*.jsonl"):
+        p.unlink()
+    assert parse_dir(run_dir, suite)["qf_facts"].samples is None
+
+
+def test_leaf_tasks_recurse():
+    doc = {"group_subtasks": {"g": ["h", "c"], "h": ["a", "b"]}}
+    assert leaf_tasks(doc, "g") == ["a", "b", "c"] and leaf_tasks(doc, "x") == ["x"]
+
+
+def test_parsed_samples_feed_a_paired_table(lm_eval_run):
+    run_dir, suite = lm_eval_run
+    base = parse_dir(run_dir, suite)
+    quant = {k: v.model_copy(deep=True) for k, v in base.items()}
+    t = table(base, quant)
+    assert all(r.method.startswith("paired bootstrap") for r in t.rows)
+    rows = {r.task: r for r in t.rows}
+    assert rows["qf_prose"].ci_low == pytest.approx(100.0) == rows["qf_prose"].ci_high  # log-likelihoods: no ties to bound
+    # identical 0/1 answers on 4 documents prove little: the rule-of-three bound, not a point
+    facts = rows["qf_facts"]
+    half = 100 * -math.log(0.05) / 4 / 0.5
+    assert "none differing" in facts.method and (facts.ci_low, facts.ci_high) == pytest.approx((100 - half, 100 + half))
+
+
+def test_table_round_trips_with_what_the_average_covers():
+    t = table({"a": s("a", 0.5), "ppl": s("ppl", 20.0, hib=False, metric="word_perplexity")},
+              {"a": s("a", 0.4), "ppl": s("ppl", 25.0, hib=False, metric="word_perplexity")})
+    dumped = t.model_dump(mode="json")
+    assert dumped["average_covers"] == "accuracy tasks, 1 of 2"
+    assert type(t).model_validate(dumped) == t

@@ -10,7 +10,7 @@ import pytest
 
 from components import tracking
 from components.evaluation.command import EngineSettings
-from components.evaluation.results import TaskScore
+from components.evaluation.results import DocScores, TaskScore
 from components.evaluation.runner import EvalResult
 from components.evaluation.serving import ServingResult, Speed
 from components.evaluation.suites import SUITES, load
@@ -85,6 +85,15 @@ def test_a_variant_lands_in_the_bucket_through_the_server(server_with_s3_artifac
     view = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + "recovery_table.json")["Body"].read())
     assert view["columns"][:3] == ["task", "benchmark", "metric"] and [r[0] for r in view["data"]] == list(base_eval.scores)
 
+    # the verdict as the card states it: interval bounds beside every recovery, states and coverage as tags
+    m, tags = run.data.metrics, run.data.tags
+    assert m["average_recovery_ci_low"] <= m["average_recovery"] <= m["average_recovery_ci_high"]
+    assert m["qf_facts.recovery_ci_low"] <= m["qf_facts.recovery"] <= m["qf_facts.recovery_ci_high"]
+    assert tags["quantflow.average_covers"] == "accuracy tasks, 2 of 3"
+    assert tags["quantflow.verdict.qf_prose"] == gate(t).tasks[2].state.value
+    assert tags["quantflow.average_recovery"].endswith(f"over accuracy tasks, 2 of 3; gate {gate(t).state.value}")
+    assert view["columns"][-4:] == ["recovery_ci_low", "recovery_ci_high", "interval", "verdict"]
+
     [suite_input] = [d for d in run.inputs.dataset_inputs if d.dataset.name == "suite-smoke"]
     assert suite_input.dataset.digest == "f" * 32 and suite_input.tags[0].value == "evaluation"
     assert run.data.metrics["serving.output_tok_s"] == 100.0 and run.data.metrics["checkpoint_mb"] == 140.0
@@ -98,3 +107,33 @@ def test_a_variant_lands_in_the_bucket_through_the_server(server_with_s3_artifac
         record="rec-s3-1", run_name="tiny-s3-w8a8", params={}, base=ModelRef(source="local/tiny-s3", name="tiny-s3",
         path=str(tmp_path), digest="d" * 64), calibration=None, base_eval=base_eval, variant_eval=variant_eval, table=t,
         verdict=gate(t), published=[], files={}, tags={}) == run_id
+
+
+@pytest.mark.parametrize("n,right,lost,state", [(400, 240, 4, "PASSED"), (100, 60, 3, "INCONCLUSIVE"), (400, 240, 30, "FAILED")])
+def test_candidate_alias_only_on_passed(n, right, lost, state, tmp_path):
+    """The registry's `candidate` alias follows the three-state verdict: PASSED only, never INCONCLUSIVE."""
+    import uuid
+
+    import mlflow
+
+    from components.stores.base import Published
+
+    docs = [1.0] * right + [0.0] * (n - right)
+    quant = [0.0] * lost + docs[lost:]
+    scores = [{"qf_facts": TaskScore(task="qf_facts", label="Facts", metric="acc", value=sum(v) / n, stderr=None,
+                                     higher_is_better=True, n=n, samples=DocScores(ids=[f"f/{i}" for i in range(n)], values=v))}
+              for v in (docs, quant)]
+    t = table(*scores)
+    verdict = gate(t)
+    name = f"tiny-alias-{uuid.uuid4().hex[:8]}"
+    mlflow.set_tracking_uri(settings().tracking_uri)
+    with mlflow.start_run(run_name=name) as run:
+        pass
+    pub = Published(store="s3", uri=f"s3://bucket/{name}", manifest_digest="m", files=1, bytes=1)
+    tracking.register(run.info.run_id, name, [pub], verdict, t, {"quantflow.scheme": "w8a8-int8"})
+    client = mlflow.MlflowClient(settings().tracking_uri)
+    [version] = client.search_model_versions(f"name = '{name}'")
+    assert version.tags["quantflow.gate"] == verdict.state.value.lower()
+    assert version.tags["quantflow.average_recovery"].endswith(f"gate {verdict.state.value}")
+    assert verdict.state.value == state
+    assert ("candidate" in client.get_registered_model(name).aliases) is (state == "PASSED")

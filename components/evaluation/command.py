@@ -63,8 +63,8 @@ def build_command(pretrained: str, group: list[SuiteTask], suite: Suite, s: Engi
         if head.max_gen_toks is not None:
             argv += ["--gen_kwargs", f"max_gen_toks={head.max_gen_toks}"]
     argv += ["--batch_size", s.batch_size]
-    if any(t.scorer for t in group):  # the completions are scored outside lm-eval
-        argv.append("--log_samples")
+    # Always: per-document scores pair base and variant (the recovery interval); a scorer reads the completions.
+    argv.append("--log_samples")
     if s.limit is not None:
         argv += ["--limit", str(s.limit)]
     if s.seed is not None:

@@ -1,7 +1,9 @@
 """Published baseline scores (a card's baseline column) standing in for evaluating the base model, marked as such.
 
 A reference is a YAML file (shipped ones in references/, named `<base model>.<suite>.yaml`): the base model it is
-for, the suite, where the numbers were published, and one score per suite task in lm-eval's units.
+for, the suite, where the numbers were published, one score per suite task in lm-eval's units, and the number of
+documents each task scored (`docs`): published tables carry no stderr, so a proportion's binomial stderr
+sqrt(p(1-p)/n) stands in for one, and the recovery interval against it is unpaired (components/recovery.py).
 """
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ import datetime
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from components.evaluation.command import EngineSettings
 from components.evaluation.results import TaskScore
 from components.evaluation.runner import EvalResult, suite_digest
 from components.evaluation.suites import Suite
+from components.recovery import binomial_se
 
 REFERENCES = Path(__file__).parent / "references"
 
@@ -24,6 +27,7 @@ class Reference(BaseModel):
     suite: str
     source: str  # where they were published
     scores: dict[str, float]
+    docs: dict[str, int] = Field(default_factory=dict, description="documents per task: the stderr of a published score")
 
 
 def names() -> list[str]:
@@ -49,7 +53,7 @@ def problems(ref: Reference, suite: Suite, base_name: str | None) -> list[str]:
     missing = [t.task for t in suite.tasks if t.task not in ref.scores]
     if missing:
         out.append(f"no published score for task(s) {', '.join(missing)}")
-    extra = sorted(set(ref.scores) - {t.task for t in suite.tasks})
+    extra = sorted((set(ref.scores) | set(ref.docs)) - {t.task for t in suite.tasks})
     if extra:
         out.append(f"task(s) {', '.join(extra)} are not in suite {suite.name!r}")
     if base_name is not None and ref.model.rsplit("/", 1)[-1] != base_name:
@@ -58,8 +62,10 @@ def problems(ref: Reference, suite: Suite, base_name: str | None) -> list[str]:
 
 
 def as_eval(ref: Reference, suite: Suite, settings: EngineSettings) -> EvalResult:
-    """The reference in the shape of a measured baseline: no commands, no stderrs, `reference` naming the source."""
-    scores = {t.task: TaskScore(task=t.task, label=t.label, metric=t.metric, value=ref.scores[t.task], stderr=None,
-                                higher_is_better=t.higher_is_better, n=None) for t in suite.tasks}
+    """The reference in the shape of a measured baseline: no commands, no per-document scores, a binomial stderr
+    where the document count is known, `reference` naming the source."""
+    scores = {t.task: TaskScore(task=t.task, label=t.label, metric=t.metric, value=ref.scores[t.task],
+                                stderr=binomial_se(ref.scores[t.task], ref.docs.get(t.task)),
+                                higher_is_better=t.higher_is_better, n=ref.docs.get(t.task)) for t in suite.tasks}
     return EvalResult(suite=suite.name, suite_digest=suite_digest(suite), settings=settings, commands=[], scores=scores,
                       wall_s=0.0, output_dir="", date=datetime.date.today().isoformat(), reference=ref.source)

@@ -1,13 +1,28 @@
-"""Read lm-eval's results JSON into the scores a card shows."""
+"""Read lm-eval's results JSON into the scores a card shows, and its per-document samples into paired statistics."""
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from components.evaluation.suites import Suite
+from components.evaluation.suites import Suite, SuiteTask
+
+
+class DocScores(BaseModel):
+    """One model's per-document scores on one task (lm-eval `--log_samples`), keyed so that base and variant pair.
+
+    `ids` are `<subtask>/<doc_id>` (a group's documents come from its leaf tasks); `values` are the per-document
+    metric (0/1 for accuracy; the log-likelihood for perplexity-type metrics, whose `weights` are the words or bytes
+    it covers; weights are None when every document counts once).
+    """
+
+    ids: list[str]
+    values: list[float]
+    weights: list[float] | None = None
+    pooled: bool = Field(True, description="the task's score pools its documents (weight by size); False: a group "
+                                           "averaging its subtasks' means with equal weight")
 
 
 class TaskScore(BaseModel):
@@ -18,6 +33,7 @@ class TaskScore(BaseModel):
     stderr: float | None
     higher_is_better: bool
     n: int | None
+    samples: DocScores | None = None  # None when lm-eval logged none for this metric (published baselines, scorers)
 
 
 def parse(results: dict, suite: Suite) -> dict[str, TaskScore]:
@@ -38,9 +54,78 @@ def parse(results: dict, suite: Suite) -> dict[str, TaskScore]:
     return out
 
 
+def leaf_tasks(results: dict, task: str) -> list[str]:
+    """The tasks whose samples make up `task`: itself, or a group's leaves (results' `group_subtasks`, recursively)."""
+    children = results.get("group_subtasks", {}).get(task)
+    if not children:
+        return [task]
+    return [leaf for child in children for leaf in leaf_tasks(results, child)]
+
+
+def read_samples(files: list[Path], t: SuiteTask) -> tuple[list[str], list[float], list[float]] | None:
+    """(doc ids, values, weights) of one leaf task's metric under the task's filter; None when not logged."""
+    ids, values, weights = [], [], []
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                doc = json.loads(line)
+                if doc.get("filter", "none") != t.filter or t.metric not in doc:
+                    continue
+                v = doc[t.metric]
+                value, weight = (v[0], v[1]) if isinstance(v, (list, tuple)) else (v, 1.0)
+                ids.append(str(doc["doc_id"]))
+                values.append(float(value))
+                weights.append(float(weight))
+    return (ids, values, weights) if ids else None
+
+
+def samples_for(run_dir: Path, date_id: str, results: dict, t: SuiteTask, reported: float) -> DocScores | None:
+    """Per-document scores of one suite task from `samples_<leaf>_<date_id>.jsonl` (the files written with the
+    results file read), or None when any leaf logged none.
+
+    A group's score is checked against its leaves: pooled over documents, or the mean of its subtasks' means;
+    the aggregation that reproduces lm-eval's reported value is the one the statistics use.
+    """
+    ids, values, weights, strata = [], [], [], []
+    for leaf in leaf_tasks(results, t.task):
+        got = read_samples(sorted(run_dir.glob(f"samples_{leaf}_{date_id}.jsonl")), t)
+        if got is None:
+            return None
+        ids += [f"{leaf}/{i}" for i in got[0]]
+        values += got[1]
+        weights += got[2]
+        strata.append((sum(got[1]), sum(got[2])))
+    pooled = True
+    if len(strata) > 1 and t.metric not in LOG_SCALE:
+        by_size = sum(s for s, _ in strata) / sum(w for _, w in strata)
+        equal = sum(s / w for s, w in strata) / len(strata)
+        pooled = abs(by_size - reported) <= abs(equal - reported)
+    unit = all(w == 1.0 for w in weights)
+    return DocScores(ids=ids, values=values, weights=None if unit else weights, pooled=pooled)
+
+
+# Perplexity-type metrics: what one document's logged value is and how lm-eval aggregates it; the statistics work
+# on the mean log-likelihood per unit (word, byte, or document), which each metric maps to here.
+LOG_SCALE = {
+    "word_perplexity": lambda v: -math.log(v),
+    "byte_perplexity": lambda v: -math.log(v),
+    "perplexity": lambda v: -math.log(v),
+    "bits_per_byte": lambda v: -v * math.log(2),
+}
+
+
 def parse_dir(output_path: Path, suite: Suite) -> dict[str, TaskScore]:
-    """Scores from the newest results file under an `--output_path` folder."""
+    """Scores from the newest results file under an `--output_path` folder, each with its per-document samples
+    when lm-eval logged them (`--log_samples`)."""
     files = sorted(Path(output_path).rglob("results_*.json"), key=lambda p: p.stat().st_mtime)
     if not files:
         raise FileNotFoundError(f"lm-eval wrote no results_*.json under {output_path}")
-    return parse(json.loads(files[-1].read_text()), suite)
+    results = json.loads(files[-1].read_text())
+    scores = parse(results, suite)
+    by_name = {t.task: t for t in suite.tasks}
+    date_id = files[-1].stem.removeprefix("results_")
+    for name, s in scores.items():
+        s.samples = samples_for(files[-1].parent, date_id, results, by_name[name], s.value)
+    return scores
