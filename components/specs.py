@@ -197,7 +197,7 @@ class EvalSpec(StrictModel):
     rtol: float = Field(0.08, ge=0, le=1, description="Gate: per-task relative tolerance (vLLM's lm-eval CI uses 0.08).")
     min_average_recovery: float = Field(0.95, ge=0, le=1.5, description="Gate: floor on the average recovery (llm-compressor's e2e tests use 0.95).")
     reference_baseline: str | None = Field(None, description="Published baseline scores standing in for evaluating the "
-                                                             "base model (e.g. Meta-Llama-3.1-70B-Instruct.openllm-v1, a "
+                                                             "base model (e.g. Meta-Llama-3.1-70B-Instruct.openllm-v1-2024, a "
                                                              "seed card's baseline column; or a YAML path): marked as such "
                                                              "in the card and MLflow.")
     serving: ServingSpec = ServingSpec()

@@ -400,9 +400,9 @@ def case_reference_baseline_unknown(ctx):
 
 
 def case_reference_baseline_for_another_model_and_suite(ctx):
-    where = r"evaluation.reference_baseline 'Meta-Llama-3.1-70B-Instruct.openllm-v1': "
-    return good(ctx.tiny, ctx.tmp, evaluation__reference_baseline="Meta-Llama-3.1-70B-Instruct.openllm-v1"), [
-        where + r"it is for suite 'openllm-v1', the evaluation runs 'smoke'",
+    where = r"evaluation.reference_baseline 'Meta-Llama-3.1-70B-Instruct.openllm-v1-2024': "
+    return good(ctx.tiny, ctx.tmp, evaluation__reference_baseline="Meta-Llama-3.1-70B-Instruct.openllm-v1-2024"), [
+        where + r"it is for suite 'openllm-v1-2024', the evaluation runs 'smoke'",
         where + r"no published score for task\(s\) qf_facts, qf_arith, qf_prose",
         where + r"task\(s\) arc_challenge_llama, .* are not in suite 'smoke'",
         where + r"it was published for meta-llama/Meta-Llama-3.1-70B-Instruct, the base model is tiny-llama"]

@@ -14,7 +14,7 @@ from test_card import facts
 
 ENGINE = EngineSettings(engine="vllm", platform="cuda", tensor_parallel_size=2)
 # Seed card 000's quantized column (Meta-Llama-3.1-70B-Instruct-FP8) and its recovery column, in percent.
-SEED_000_FP8 = {"mmlu_llama": (83.73, 99.88), "mmlu_cot_llama": (85.44, 99.34), "arc_challenge_llama": (92.92, 99.64),
+SEED_000_FP8 = {"mmlu": (83.73, 99.88), "mmlu_cot_llama": (85.44, 99.34), "arc_challenge_llama": (92.92, 99.64),
                 "gsm8k_llama": (94.54, 99.60), "hellaswag": (86.64, 99.87), "winogrande": (85.95, 100.7),
                 "truthfulqa_mc2": (60.84, 100.2)}
 
@@ -30,12 +30,12 @@ def test_shipped_references_fit_their_suites(name):
 
 
 def test_reference_reproduces_the_seed_cards_recovery_column():
-    suite = load("openllm-v1")
-    base = references.as_eval(references.load("Meta-Llama-3.1-70B-Instruct.openllm-v1"), suite, ENGINE)
+    suite = load("openllm-v1-2024")  # seed card 000's own settings: loglikelihood mmlu, add_bos_token, 4096
+    base = references.as_eval(references.load("Meta-Llama-3.1-70B-Instruct.openllm-v1-2024"), suite, ENGINE)
     assert base.reference.startswith("neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8 model card")
     assert base.commands == [] and all(s.samples is None for s in base.scores.values())
     # no stderr was published: a binomial one from the task's document count stands in
-    mmlu = base.scores["mmlu_llama"]
+    mmlu = base.scores["mmlu"]
     assert mmlu.n == 14042 and mmlu.stderr == pytest.approx((0.8383 * (1 - 0.8383) / 14042) ** 0.5)
     quant = {k: s.model_copy(update={"value": SEED_000_FP8[k][0] / 100}) for k, s in base.scores.items()}
     t = recovery.table(base.scores, quant)
@@ -46,9 +46,9 @@ def test_reference_reproduces_the_seed_cards_recovery_column():
 
 
 def test_mismatches_are_named():
-    ref = references.load("Meta-Llama-3.1-70B-Instruct.openllm-v1")
+    ref = references.load("Meta-Llama-3.1-70B-Instruct.openllm-v1-2024")
     found = references.problems(ref, load("smoke"), "SmolLM2-135M-Instruct")
-    assert found[0] == "it is for suite 'openllm-v1', the evaluation runs 'smoke'"
+    assert found[0] == "it is for suite 'openllm-v1-2024', the evaluation runs 'smoke'"
     assert found[1] == "no published score for task(s) qf_facts, qf_arith, qf_prose"
     assert found[2].startswith("task(s) arc_challenge_llama, gsm8k_llama") and found[2].endswith("are not in suite 'smoke'")
     assert found[3] == "it was published for meta-llama/Meta-Llama-3.1-70B-Instruct, the base model is SmolLM2-135M-Instruct"
