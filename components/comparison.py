@@ -26,7 +26,7 @@ def variants(base_name: str) -> tuple[list[str], list[dict]]:
         m, tags = run.data.metrics, run.data.tags
         recovery = {k.removesuffix(".recovery"): v for k, v in m.items() if k.endswith(".recovery")}
         tasks += [t for t in recovery if t not in tasks]
-        rows.append({"name": run.info.run_name, "scheme": tags.get("quantflow.scheme", "?"),
+        rows.append({"name": tags.get("quantflow.variant", run.info.run_name), "scheme": tags.get("quantflow.scheme", "?"),
                      "gate": tags.get("quantflow.gate", "?"), "recovery": recovery,
                      "interval": {t: (m.get(f"{t}.recovery_ci_low"), m.get(f"{t}.recovery_ci_high")) for t in recovery},
                      "verdict": {t: tags.get(f"quantflow.verdict.{t}") for t in recovery},

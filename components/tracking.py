@@ -81,8 +81,10 @@ def _experiment(mlflow, base: ModelRef) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    artifacts = None if settings().mlflow_tracking_uri else settings().path("mlartifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=artifacts)
+    artifacts = None if settings().tracking_uri.startswith("http") else settings().path("mlartifacts").as_uri()
+    # a model-development experiment: MLflow's UI opens its runs table, not the GenAI traces view
+    return mlflow.create_experiment(name, artifact_location=artifacts,
+                                    tags={"mlflow.experimentKind": "custom_model_development"})
 
 
 def _metrics(mlflow, result: EvalResult) -> None:
@@ -195,12 +197,15 @@ def _log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, ca
 
     mlflow.set_tracking_uri(settings().tracking_uri)
     experiment_id = _experiment(mlflow, base)
-    tags = {k: scrub(str(v)) for k, v in {**tags, "quantflow.record": record}.items()}
+    tags = {k: scrub(str(v)) for k, v in {**tags, "quantflow.record": record, "quantflow.variant": run_name}.items()}
     existing = find_record(mlflow, experiment_id, record)
     if existing:
         register(existing, run_name, published, verdict, table, tags)
         return existing
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+    # The experiment names the base: the run is named by what sets it apart (quantized.w8a8, not a long shared prefix
+    # the runs table cuts); the registered model keeps the full variant name.
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name.removeprefix(f"{base.name}-") or run_name,
+                          tags=tags) as run:
         mlflow.log_params(flatten(params))
         mlflow.log_params({f"version.{k}": v for k, v in versions().items()})
         if calibration is not None:

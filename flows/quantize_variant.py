@@ -154,13 +154,15 @@ def _problems(step, result, args: tuple) -> list[str]:
     raise TypeError(f"no integrity check for {type(result).__name__}")
 
 
-def checked(step, *args):
+def checked(step, *args, run_name: str | None = None):
     """Run `step` (served from Prefect's cache when its key matches), then check the artifact it returns against
-    what was recorded when it was made; on any difference say so and make the step recompute (`refresh_cache`)."""
+    what was recorded when it was made; on any difference say so and make the step recompute (`refresh_cache`).
+    `run_name` is what the Prefect UI calls the task run ("evaluate base")."""
+    step = step.with_options(task_run_name=run_name) if run_name else step
     result = step(*args)
     if problems := _problems(step, result, args):
         get_run_logger().warning("%s: the cached result's artifact is not what was made (%s): recomputing it",
-                                 step.name, "; ".join(problems[:3]))
+                                 run_name or step.name, "; ".join(problems[:3]))
         result = step.with_options(refresh_cache=True)(*args)
         if problems := _problems(step, result, args):
             raise IntegrityError(f"{step.name}: recomputed, and its artifact still differs from its record "
@@ -213,22 +215,27 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
         logger.warning(note)
 
     # Creation
-    base = checked(resolve_base, spec.base)
+    base = checked(resolve_base, spec.base, run_name="resolve base model")
     name = spec.variant_name or f"{base.name}-{scheme.suffix}"
-    calib = checked(build_calibration, spec.calibration, base) if scheme.needs_calibration else None
-    checkpoint = checked(quantize_checkpoint, base, scheme, calib, name, plan.quantization)
+    calib = checked(build_calibration, spec.calibration, base, run_name="build calibration set") \
+        if scheme.needs_calibration else None
+    checkpoint = checked(quantize_checkpoint, base, scheme, calib, name, plan.quantization, run_name=f"quantize {scheme.name}")
 
     # Evaluation: same engine and settings for base and variant (or published baseline scores, marked as such)
-    base_eval = plan.reference or checked(evaluate, base.path, base.digest, suite.name, suite_key, engine)
-    variant_eval = checked(evaluate, checkpoint.path, checkpoint.digest, suite.name, suite_key, engine)
+    base_eval = plan.reference or checked(evaluate, base.path, base.digest, suite.name, suite_key, engine,
+                                          run_name="evaluate base")
+    variant_eval = checked(evaluate, checkpoint.path, checkpoint.digest, suite.name, suite_key, engine,
+                           run_name="evaluate variant")
     table = recovery.table(base_eval.scores, variant_eval.scores)
     verdict = gate(table, rtol=spec.evaluation.rtol, min_average_recovery=spec.evaluation.min_average_recovery)
 
     # Speed and size beside accuracy: the same engine, settings and prompts for base and variant
     speed = None
     if plan.serving:
-        base_speed = checked(measure_serving, base.path, base.digest, engine, spec.evaluation.serving)
-        variant_speed = checked(measure_serving, checkpoint.path, checkpoint.digest, engine, spec.evaluation.serving)
+        base_speed = checked(measure_serving, base.path, base.digest, engine, spec.evaluation.serving,
+                             run_name="serve base")
+        variant_speed = checked(measure_serving, checkpoint.path, checkpoint.digest, engine, spec.evaluation.serving,
+                                run_name="serve variant")
         speed = Speed(base=base_speed, variant=variant_speed)
 
     # Card, publication, lineage
@@ -252,12 +259,14 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     markdown = accuracy_table(table, base.name, name, verdict) + "\n\n" + gate_markdown(verdict)
     if speed:
         markdown += "\n\n" + serving_table(speed, base.name, name)
-    if url := tracking.run_url(mlflow_run):
-        create_link_artifact(key="mlflow-run", link=url, link_text=f"MLflow run of {name}")
+    url = tracking.run_url(mlflow_run)
+    if url:
+        create_link_artifact(key="mlflow-run", link=url, link_text=f"MLflow run of {name}",
+                             description=f"{name} in MLflow: metrics with intervals, card, recipe, lm-eval outputs")
     where = [f"- card: `{card}`"] + [f"- {p.store}: {p.uri}" + (f" (revision `{p.revision}`)" if p.revision else "")
                                      for p in published]
     create_markdown_artifact(key="published", markdown="\n".join(where), description=f"Where {name} was published")
     create_markdown_artifact(key="recovery-table", markdown=markdown, description=f"{name}: recovery vs {base.name}")
-    logger.info("Recovery of %s (%s engine):\n%s\nCard: %s\nMLflow run: %s", name, engine.engine, markdown, card, mlflow_run)
+    logger.info("Recovery of %s (%s engine):\n%s\nCard: %s\nMLflow run: %s", name, engine.engine, markdown, card, url or mlflow_run)
     return VariantOutcome(name=name, checkpoint=checkpoint.path, card=card, engine=engine.engine, table=table, gate=verdict, speed=speed,
                           published=published, mlflow_run_id=mlflow_run, flow_run_id=str(run_id))

@@ -13,11 +13,12 @@ def _read(flow_run_id) -> list[tuple[str, str, bool]]:
         async with get_client() as client:
             return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
-    return sorted((r.name, r.state.name, r.state.is_final()) for r in anyio.run(go))
+    # task_key is `<function>-<code hash>`; run names say what a run does ("evaluate base")
+    return sorted((r.task_key, r.state.name, r.state.is_final()) for r in anyio.run(go))
 
 
 def task_states(flow_run_id, final: bool = True, settle_s: float = 60) -> dict[str, list[str]]:
-    """Task name (without its run suffix) -> state names, e.g. {"evaluate": ["Cached", "Completed"]}.
+    """Task function name -> its runs' state names, e.g. {"evaluate": ["Cached", "Completed"]}.
 
     Task-run states reach the server as events, after the flow returns; under load they lag. Read until two reads a
     second apart agree and, for a finished flow run (`final`), every task run is final (at most `settle_s`), so a test

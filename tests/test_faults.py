@@ -75,7 +75,7 @@ def task_run_history(flow_run_id, task: str) -> list[list[str]]:
             runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
             out = []
             for r in sorted(runs, key=lambda r: r.expected_start_time or r.created):
-                if r.name.rsplit("-", 1)[0] == task:
+                if r.task_key.rsplit("-", 1)[0] == task:
                     states = await client.read_task_run_states(r.id)
                     out.append([s.name for s in sorted(states, key=lambda s: s.timestamp)])
             return out

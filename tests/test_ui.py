@@ -8,6 +8,7 @@ under .test-artifacts/screenshots/.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -127,3 +128,43 @@ def test_variant_launched_from_the_form_runs_and_shows_its_artifacts(ui, api, wo
         pg.get_by_text("Average").first.wait_for()
         shot(pg, "prefect-recovery-artifact")
         assert not pg.errors, pg.errors
+
+
+def test_mlflow_compares_two_variants(ui, api, worker, tiny_model, data_root):
+    """A second variant (launched as the Run button does), then MLflow's runs table as a user sets it up: the two
+    variants by name, with the average recovery, its interval and the verdict as columns."""
+    deployment = _deployment(api, "quantize-variant", "quantize-variant")
+    spec = {"base": {"source": str(tiny_model)}, "scheme": "fp8-dynamic",
+            "evaluation": {"engine": "hf", "limit": 4, "serving": {"enabled": False}}}
+    r = api.post(f"/deployments/{deployment}/create_flow_run", json={"parameters": {"spec": spec}})
+    assert r.status_code == 201, r.text
+    _wait(api, r.json()["id"], data_root / "ui-worker.log")
+
+    mlflow_url = os.environ["QUANTFLOW_MLFLOW_TRACKING_URI"]
+    experiment = httpx.get(f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
+                           params={"experiment_name": f"quantflow/{tiny_model.name}"}, timeout=30).json()["experiment"]
+    assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+    with page(width=2400, height=1000) as pg:
+        pg.goto(f"{mlflow_url}/#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning",
+                wait_until="load")
+        pg.get_by_role("button", name="Close").click()  # the assistant panel: room for the columns (the table
+        # renders only the columns in view)
+        pg.get_by_text("tiny-from-the-form", exact=True).first.wait_for()
+        pg.get_by_text("FP8-dynamic", exact=True).first.wait_for()  # named by what sets it apart from its base
+        pg.get_by_role("button", name="Columns").click()
+        columns = ("average_recovery", "average_recovery_ci_low", "average_recovery_ci_high", "quantflow.gate")
+        for column in columns:
+            pg.get_by_role("dialog").get_by_placeholder("Search columns").fill(column)
+            pg.wait_for_timeout(500)  # the tree re-renders its filtered items
+            # a tree item, its text split by the search highlight: matched on its whole text
+            pg.locator("[role=dialog] .du-bois-light-tree-node-content-wrapper").filter(
+                has_text=re.compile(f"^{re.escape(column)}$")).click()
+        pg.keyboard.press("Escape")
+        for column in columns:
+            pg.get_by_role("columnheader", name=column).first.wait_for()
+        # (the table draws the pinned name columns and the value columns as separate rows)
+        rows = pg.get_by_role("row").all_inner_texts()
+        assert all(any(v in r for r in rows) for v in ("tiny-from-the-form", "FP8-dynamic")), rows
+        values = [r for r in rows if re.search(r"\n(passed|failed|inconclusive)$", r)]
+        assert len(values) == 2 and all(re.search(r"\n\d+(\.\d+)?\n", r) for r in values), rows
+        shot(pg, "mlflow-two-variants")
