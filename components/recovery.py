@@ -196,7 +196,7 @@ def table(base: dict[str, TaskScore], quant: dict[str, TaskScore], confidence: f
     with an interval from the same draws (tasks are independent data sets)."""
     if set(base) != set(quant):
         raise ValueError(f"baseline and variant were evaluated on different tasks: {sorted(base)} vs {sorted(quant)}")
-    rows, task_draws = [], {}
+    rows, task_draws, collapsed = [], {}, {}
     for i, (name, b) in enumerate(base.items()):
         q = quant[name]
         log_scale = b.metric in LOG_SCALE
@@ -211,6 +211,7 @@ def table(base: dict[str, TaskScore], quant: dict[str, TaskScore], confidence: f
             if ci and same and not log_scale and all(0.0 <= v <= 1.0 for v in b.samples.values):
                 ci = _no_difference_bound(b.value, row["n_docs"], confidence)
                 row["method"] += ", none differing (rule-of-three bound)"
+                collapsed[name] = row["n_docs"]
             if ci:
                 row["ci_low"], row["ci_high"], row["recovery_se"] = ci
         rows.append(RecoveryRow(**row))
@@ -226,5 +227,11 @@ def table(base: dict[str, TaskScore], quant: dict[str, TaskScore], confidence: f
         sq = sum(task_draws[r.task][1] if r.task in task_draws else np.full(n_boot, r.quant) for r in covered)
         if ci := _interval(_ratio(sb, sq, False, True), confidence):
             lo, hi, _ = ci
+            # tasks where no document differed say nothing by bootstrap: their rule-of-three bound widens the average
+            # as it widens them (each may move the mean score by up to -ln((1 - c) / 2) / n of a point)
+            shift = sum(-math.log((1 - confidence) / 2) / collapsed[r.task] for r in covered if r.task in collapsed)
+            if shift and abs(mb) >= _EPS:
+                half = 100.0 * shift / len(covered) / abs(mb)
+                lo, hi = lo - half, hi + half
     return RecoveryTable(rows=rows, average_base=mb, average_quant=mq, average_recovery=avg, average_ci_low=lo,
                          average_ci_high=hi, average_tasks=[r.task for r in covered], confidence=confidence)

@@ -193,6 +193,8 @@ def test_parsed_samples_feed_a_paired_table(lm_eval_run):
     facts = rows["qf_facts"]
     half = 100 * -math.log(0.05) / 4 / 0.5
     assert "none differing" in facts.method and (facts.ci_low, facts.ci_high) == pytest.approx((100 - half, 100 + half))
+    # and the average over such tasks is no surer than they are: never a point on a few identical answers
+    assert t.average_ci_low <= 100 - half / len(t.average_tasks) and t.average_ci_high >= 100 + half / len(t.average_tasks)
 
 
 def test_table_round_trips_with_what_the_average_covers():
