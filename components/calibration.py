@@ -27,7 +27,7 @@ def load_raw(spec: CalibrationSpec):
     """The dataset the spec names: a local file, a local dataset dir, or a Hub id via `load_dataset`."""
     from datasets import load_dataset
 
-    local = Path(spec.dataset)
+    local = spec.dataset_path
     if local.is_file():
         builder = FILE_BUILDERS.get(local.suffix)
         if builder is None:

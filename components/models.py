@@ -32,14 +32,22 @@ def model_name(source: str) -> str:
     return stem
 
 
+def package_path(value: str) -> Path:
+    """`pkg:<package>/<path>`: that file of an installed package, resolved where the run happens (a spec default that
+    travels from the machine that deployed to the worker that runs); anything else: the path as given."""
+    if not value.startswith(PKG_PREFIX):
+        return Path(value).expanduser()
+    package, _, rel = value[len(PKG_PREFIX):].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed (pip install {package.replace('_', '-')})")
+    return Path(spec.submodule_search_locations[0]) / rel
+
+
 def gguf_path(source: str) -> Path | None:
     """The GGUF file a source names (`pkg:<package>/<file>` or a path), else None."""
     if source.startswith(PKG_PREFIX):
-        package, _, filename = source[len(PKG_PREFIX):].partition("/")
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(f"package {package!r} is not installed (pip install {package.replace('_', '-')})")
-        return Path(spec.submodule_search_locations[0]) / filename
+        return package_path(source)
     if source.endswith(".gguf"):
         return Path(source)
     return None

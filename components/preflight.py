@@ -538,7 +538,7 @@ def _calibration(c: _Checks, base: _Base | None) -> None:
                       f"max_position_embeddings {limit}: set it to {limit} or less")
     if spec.source == "random":
         return
-    local = Path(spec.dataset).expanduser()
+    local = spec.dataset_path
     if local.is_file():
         _local_dataset(c, local, base)
     elif local.is_dir():
@@ -824,7 +824,7 @@ def _serving(c: _Checks, engine: EngineSettings | None, base: _Base | None) -> b
         c.notes.append(f"evaluation.serving: not measured: this variant evaluates on {engine.engine} and serving speed "
                        "is measured with vLLM")
         return False
-    path = Path(sv.prompts)
+    path = sv.prompts_path
     if not path.is_file():
         c.problem(f"evaluation.serving.prompts: no file {path}")
         return False

@@ -10,11 +10,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from components.models import EMBEDDED_DEFAULT
+from components.models import EMBEDDED_DEFAULT, package_path
 from components.recipes import names as recipe_names
 
-CALIBRATION_DATA = Path(__file__).parent / "calibration_data"
-SERVING_PROMPTS = Path(__file__).parent / "evaluation" / "serving_prompts.jsonl"
+# Shipped files as package paths: the same default on every machine, resolved where the run happens.
+CALIBRATION_DATA = "pkg:components/calibration_data/chat.jsonl"
+SERVING_PROMPTS = "pkg:components/evaluation/serving_prompts.jsonl"
 
 
 # The named schemes are the recipe files: adding components/recipes/<name>.yaml adds a choice to the form.
@@ -138,7 +139,8 @@ class CalibrationSpec(StrictModel):
     """Where calibration samples come from and how they are prepared."""
 
     source: Literal["dataset", "random"] = Field("dataset", description="An HF dataset (Hub id or local file/dir), or random token ids.")
-    dataset: str = Field(str(CALIBRATION_DATA / "chat.jsonl"), description="Hub dataset id, or a local JSON/JSONL/parquet file or directory.")
+    dataset: str = Field(CALIBRATION_DATA, description="Hub dataset id, a local JSON/JSONL/parquet file or directory, "
+                                                      "or `pkg:<package>/<file>` (default: the chat set quantflow ships).")
     config_name: str | None = None
     split: str = Field("train", description="Dataset split, e.g. train_sft for UltraChat.")
     column: str = Field("messages", description="Column holding chat messages (chat template applied) or plain text.")
@@ -146,6 +148,11 @@ class CalibrationSpec(StrictModel):
     num_samples: int = Field(16, ge=1, le=65536)
     max_seq_length: int = Field(512, ge=8, le=131072)
     seed: int = 42
+
+    @property
+    def dataset_path(self) -> Path:
+        """The dataset as a local path (a `pkg:` path resolved here); a Hub id comes back as it is."""
+        return package_path(self.dataset)
 
     @model_validator(mode="after")
     def _dataset_needed(self) -> "CalibrationSpec":
@@ -175,7 +182,12 @@ class ServingSpec(StrictModel):
 
     enabled: bool = Field(True, description="Measure output tokens/s, time to first token and engine memory "
                                             "(vLLM only: skipped, with a note, where the scheme evaluates on hf).")
-    prompts: str = Field(str(SERVING_PROMPTS), description="JSONL file with a `prompt` field per line (vLLM's custom dataset).")
+    prompts: str = Field(SERVING_PROMPTS, description="JSONL file with a `prompt` field per line (vLLM's custom dataset), "
+                                                     "or `pkg:<package>/<file>`.")
+
+    @property
+    def prompts_path(self) -> Path:
+        return package_path(self.prompts)
     num_prompts: int = Field(16, ge=1, le=100000)
     max_concurrency: int = Field(4, ge=1, le=4096, description="Requests in flight at once.")
     output_len: int = Field(64, ge=1, le=131072, description="Output tokens per request (EOS ignored, so every variant writes as many).")

@@ -60,7 +60,7 @@ def dataset_content(dataset: str) -> str | None:
 def calibration_key(ctx, p: dict) -> str:
     """Calibration spec (a local dataset by content, not path) + the tokenizer's model (base digest)."""
     spec = p["spec"]
-    content = dataset_content(spec.dataset)
+    content = dataset_content(str(spec.dataset_path))
     return key("calibration", spec.model_dump(exclude={"dataset"} if content else set()), content, p["base"].digest, ctx=ctx)
 
 
@@ -80,4 +80,4 @@ def serving_key(ctx, p: dict) -> str:
     """Model digest + engine settings + serving settings + the prompt file's content (not its path)."""
     spec = p["spec"]
     return key("serving", p["model_digest"], p["engine"].model_dump(), spec.model_dump(exclude={"prompts"}),
-               sha256_file(spec.prompts), ctx=ctx)
+               sha256_file(spec.prompts_path), ctx=ctx)

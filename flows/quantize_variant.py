@@ -162,7 +162,7 @@ def checked(step, *args, run_name: str | None = None):
     result = step(*args)
     if problems := _problems(step, result, args):
         get_run_logger().warning("%s: the cached result's artifact is not what was made (%s): recomputing it",
-                                 run_name or step.name, "; ".join(problems[:3]))
+                                 step.name, "; ".join(problems[:3]))
         result = step.with_options(refresh_cache=True)(*args)
         if problems := _problems(step, result, args):
             raise IntegrityError(f"{step.name}: recomputed, and its artifact still differs from its record "

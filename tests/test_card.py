@@ -167,6 +167,7 @@ def test_creation_snippet_reproduces_the_pipeline_checkpoint(tiny_model, tmp_pat
 
     from components.digests import digest_dir
     from components.models import ModelRef
+    from components.quantize import CPU
     from flows.quantize_variant import build_calibration, quantize_checkpoint
 
     spec = VariantSpec.model_validate({"base": {"source": str(tiny_model)}, "scheme": "w8a8-int8",
@@ -174,7 +175,7 @@ def test_creation_snippet_reproduces_the_pipeline_checkpoint(tiny_model, tmp_pat
     base = ModelRef(source=str(tiny_model), name="tiny-llama", path=str(tiny_model), digest="tiny")
     scheme = recipes.load("w8a8-int8")
     calib = build_calibration(spec.calibration, base)  # the flow's own tasks (run outside a flow)
-    pipeline = quantize_checkpoint(base, scheme, calib, "tiny-llama-quantized.w8a8")
+    pipeline = quantize_checkpoint(base, scheme, calib, "tiny-llama-quantized.w8a8", CPU)
 
     f = facts(tmp_path).model_copy(update={"name": "tiny-llama-quantized.w8a8", "spec": spec, "base": base,
                                            "scheme": scheme, "calibration": calib})

@@ -203,3 +203,25 @@ def test_descriptions_survive_the_forms_markdown():
     for text in walk(VariantSpec.model_json_schema()):
         outside_code = re.sub(r"`[^`]*`", "", text)
         assert not re.search(r"<[A-Za-z][^>]*>", outside_code), text
+
+
+def test_defaults_are_portable():
+    """The form's defaults travel from the machine that ran `prefect deploy` to the worker: no absolute paths of either;
+    shipped files are `pkg:` paths, resolved where the run happens."""
+    from components.specs import VariantSpec
+
+    def defaults(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("default"), str):
+                yield node["default"]
+            for v in node.values():
+                yield from defaults(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from defaults(v)
+
+    found = list(defaults(VariantSpec.model_json_schema()))
+    assert "pkg:components/calibration_data/chat.jsonl" in found
+    assert not [d for d in found if d.startswith("/") or "/work/" in d or "site-packages" in d], found
+    spec = VariantSpec()
+    assert spec.calibration.dataset_path.is_file() and spec.evaluation.serving.prompts_path.is_file()

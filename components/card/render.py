@@ -191,8 +191,8 @@ def creation_code(f: CardFacts) -> str:
                   f"input_ids = [[random.randint(0, max_token_id) for _ in range({c.max_seq_length})] for _ in range({c.num_samples})]",
                   f"ds = Dataset.from_dict({{\"input_ids\": input_ids, \"attention_mask\": [[1] * {c.max_seq_length}] * {c.num_samples}}})"]
     elif f.calibration:
-        local = Path(c.dataset)
-        load = (f'load_dataset("{FILE_BUILDERS[local.suffix]}", data_files="{_in_checkout(c.dataset, local.name)}", split="train")'
+        local = c.dataset_path
+        load = (f'load_dataset("{FILE_BUILDERS[local.suffix]}", data_files="{_in_checkout(str(local), local.name)}", split="train")'
                 if local.is_file() else f'load_dataset("{c.dataset}", split="{c.split}")')
         lines += [f"ds = {load}",
                   f"ds = ds.shuffle(seed={c.seed}).select(range({c.num_samples}))",
@@ -240,11 +240,10 @@ def _calibration_description(f: CardFacts) -> str:
     """The calibration set's description, a local dataset named as the Creation code names it (no path of this machine)."""
     if f.calibration is None:
         return ""
-    dataset = f.spec.calibration.dataset
-    local = Path(dataset)
+    dataset, local = f.spec.calibration.dataset, f.spec.calibration.dataset_path
     if not local.is_absolute() and not local.exists():
         return f.calibration.description
-    return f.calibration.description.replace(dataset, _in_checkout(dataset) if local.is_file() else local.name)
+    return f.calibration.description.replace(dataset, _in_checkout(str(local)) if local.is_file() else local.name)
 
 
 def _pretrained(argv: list[str]) -> str:

@@ -57,7 +57,7 @@ def serve_command(model: str, s: EngineSettings, spec: ServingSpec, port: int) -
 
 def bench_command(model: str, spec: ServingSpec, port: int, result_dir: str) -> list[str]:
     return ["vllm", "bench", "serve", "--backend", "vllm", "--base-url", f"http://127.0.0.1:{port}", "--model", model,
-            "--dataset-name", "custom", "--dataset-path", spec.prompts, "--num-prompts", str(spec.num_prompts),
+            "--dataset-name", "custom", "--dataset-path", str(spec.prompts_path), "--num-prompts", str(spec.num_prompts),
             "--custom-output-len", str(spec.output_len), "--ignore-eos", "--max-concurrency", str(spec.max_concurrency),
             "--temperature", "0", "--seed", str(spec.seed), "--disable-tqdm",
             "--save-result", "--result-dir", result_dir, "--result-filename", "serving.json"]
