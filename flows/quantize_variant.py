@@ -242,7 +242,7 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     run_id, run_url = flow_run.get_id(), flow_run.get_flow_run_ui_url()
     facts = CardFacts(name=name, model_id=name, spec=spec, base=base, scheme=scheme, calibration=calib, suite=suite,
                       variant_eval=variant_eval, table=table, gate=verdict, versions=tracking.versions(), speed=speed,
-                      baseline_reference=base_eval.reference)
+                      baseline_reference=base_eval.reference, quantization=plan.quantization)
     card = write_card(facts, checkpoint)
     # The checkpoint may come from the cache of a variant with another name (its key is content only): publish as this one.
     published = publish(checkpoint.model_copy(update={"name": name}), spec, scheme)

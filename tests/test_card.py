@@ -178,8 +178,10 @@ def test_creation_snippet_reproduces_the_pipeline_checkpoint(tiny_model, tmp_pat
     pipeline = quantize_checkpoint(base, scheme, calib, "tiny-llama-quantized.w8a8", CPU)
 
     f = facts(tmp_path).model_copy(update={"name": "tiny-llama-quantized.w8a8", "spec": spec, "base": base,
-                                           "scheme": scheme, "calibration": calib})
+                                           "scheme": scheme, "calibration": calib, "quantization": CPU})
     code = re.search(r"## Creation\n.*?```python\n(.*?)```", render(f), re.S).group(1)
+    # it says where the model and the activations were (the memory plan's choice), as the run did
+    assert 'from_pretrained(model_stub, dtype="auto")' in code and 'sequential_offload_device="cpu"' in code
     work = tmp_path / "work"
     work.mkdir()
     (work / "tiny-llama").symlink_to(tiny_model)

@@ -9,6 +9,7 @@ import jinja2
 from pydantic import BaseModel
 
 from components.calibration import FILE_BUILDERS, CalibSet
+from components.memory_plan import Settings
 from components.determinism import SEED
 from components.evaluation.command import render as render_command
 from components.evaluation.runner import EvalResult
@@ -38,6 +39,7 @@ class CardFacts(BaseModel):
     versions: dict[str, str]
     speed: Speed | None = None  # serving benchmark of base and variant (vLLM only)
     baseline_reference: str | None = None  # where the baseline column was published, when it was not measured here
+    quantization: Settings | None = None  # where llm-compressor put the model and the activations (the memory plan)
     developers: str = "quantflow"
 
 
@@ -180,11 +182,25 @@ def _model_stub(base: ModelRef) -> list[str]:
     return [f"# {base.name}: {origin}; put its folder here", f'model_stub = "{base.name}"']
 
 
+def _load_line(q: Settings | None) -> str:
+    """The whole model onto the GPU(s), or (sequential, cpu) into host RAM for llm-compressor to onload layer by layer."""
+    device_map = ', device_map="auto"' if q is None or q.placement == "gpu" else ""
+    return f'model = AutoModelForCausalLM.from_pretrained(model_stub, dtype="auto"{device_map})'
+
+
+def _placement_args(q: Settings | None) -> str:
+    """oneshot's batch, activation offload and pipeline, as the run used them."""
+    if q is None:
+        return ""
+    return (f", batch_size={q.batch_size}, sequential_offload_device=\"{q.activation_offload}\""
+            + (f', pipeline="{q.pipeline}"' if q.pipeline else ""))
+
+
 def creation_code(f: CardFacts) -> str:
     c = f.spec.calibration
     lines = ["from datasets import load_dataset, Dataset", "from transformers import AutoModelForCausalLM, AutoTokenizer",
              "from llmcompressor import oneshot", "", *_model_stub(f.base),
-             'model = AutoModelForCausalLM.from_pretrained(model_stub, dtype="auto", device_map="auto")',
+             _load_line(f.quantization),
              "tokenizer = AutoTokenizer.from_pretrained(model_stub)", ""]
     if f.calibration and c.source == "random":
         lines += ["import random", f"random.seed({c.seed})", "max_token_id = len(tokenizer.get_vocab()) - 1",
@@ -202,7 +218,8 @@ def creation_code(f: CardFacts) -> str:
     lines += ["", 'recipe = """', f.scheme.recipe_yaml.rstrip(), '"""', ""]
     if f.calibration:  # as quantflow does: llm-compressor draws the calibration order from torch's global generator
         lines += ["import torch", f"torch.manual_seed({SEED})"]
-        lines.append(f"oneshot(model=model, dataset=ds, recipe=recipe, max_seq_length={c.max_seq_length}, num_calibration_samples={c.num_samples})")
+        lines.append(f"oneshot(model=model, dataset=ds, recipe=recipe, max_seq_length={c.max_seq_length}, "
+                     f"num_calibration_samples={c.num_samples}{_placement_args(f.quantization)})")
     else:
         lines.append("oneshot(model=model, recipe=recipe)")
     lines.append(f'model.save_pretrained("{f.name}", save_compressed=True)')
