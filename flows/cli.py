@@ -319,17 +319,32 @@ def sweep(
     engine: Optional[str] = typer.Option(None, help="auto | vllm | hf"),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N docs of each task."),
     serving: Optional[bool] = typer.Option(None, "--serving/--no-serving", help="Measure serving speed (default: on)."),
+    num_samples: list[int] = typer.Option([], "--num-samples", help="Calibration samples; repeat to sweep them."),
+    max_seq_length: list[int] = typer.Option([], "--max-seq-length", help="Calibration sequence length; repeat to sweep."),
+    dataset: list[str] = typer.Option([], "--dataset", help="Calibration dataset; repeat to sweep."),
+    dispatch: Optional[str] = typer.Option(None, help="local (default: one after another here) | deployments "
+                                                      "(each variant a run of the quantize-variant deployment, at once)."),
+    work_queue: Optional[str] = typer.Option(None, help="With deployments: the work queue of the variant runs."),
 ) -> None:
-    """Several schemes of one base model; calibration and the baseline evaluation are computed once."""
+    """Several variants of one base model (schemes x calibration settings); calibration and the baseline evaluation
+    are computed once. An option given once sets it for every variant; given several times, it is a sweep axis."""
+    import itertools
+
     from components.card.render import headline
     from flows.sweep import SweepSpec, comparison, sweep as sweep_flow
 
+    axes = {"num_samples": num_samples, "max_seq_length": max_seq_length, "dataset": dataset}
+    swept = {k: v for k, v in axes.items() if len(v) > 1}
     data = _with({"schemes": schemes}, {"base.source": model, "evaluation.suite": suite, "evaluation.engine": engine,
-                                        "evaluation.limit": limit, "evaluation.serving.enabled": serving})
+                                        "evaluation.limit": limit, "evaluation.serving.enabled": serving,
+                                        "dispatch": dispatch, "work_queue": work_queue,
+                                        **{f"calibration.{k}": v[0] for k, v in axes.items() if len(v) == 1}})
+    if swept:
+        data["calibrations"] = [dict(zip(swept, point)) for point in itertools.product(*swept.values())]
     spec = SweepSpec.model_validate(data)
     with _flow_run():
         outcomes = sweep_flow(spec)
-    typer.echo("\n" + comparison(outcomes))
+    typer.echo("\n" + comparison(outcomes, spec.variants()))
     for o in outcomes:
         typer.echo(f"{o.name}: {headline(o.table, o.gate)}; card {o.card}")
 

@@ -9,20 +9,20 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
-from pydantic import BaseModel
 
 from components import artifacts, calibration, recovery, tracking
-from components.gate import GateVerdict, gate
+from components.gate import gate
 from components.calibration import CalibSet
 from components.card.render import CardFacts, accuracy_table, gate_markdown, render, serving_table
 from components.artifacts import IntegrityError
-from components.digests import FileStamp, check_stamps, digest_stamps, stamp_dir
+from components.digests import check_stamps, digest_stamps, stamp_dir
 from components.evaluation import serving, suites
 from components.evaluation.command import EngineSettings
 from components.evaluation.runner import EvalResult, run_suite
 from components.evaluation.serving import ServingResult, Speed
 from components.memory_plan import Settings
 from components.models import ModelRef, resolve
+from components.outcomes import Checkpoint, VariantOutcome
 from components.preflight import preflight
 from components.quantize import quantize
 from components.recipes import SchemeDef
@@ -32,26 +32,6 @@ from components.stores import Published, open_store
 from flows.cache import base_key, calibration_key, evaluate_key, key, quantize_key, serving_key
 
 CARD = "README.md"
-
-
-class Checkpoint(BaseModel):
-    name: str
-    path: str
-    digest: str  # content without the card
-    files: list[FileStamp] = []  # as made (without the card): checked before every use; the manifest's sha256
-
-
-class VariantOutcome(BaseModel):
-    name: str
-    checkpoint: str
-    card: str
-    engine: str
-    table: recovery.RecoveryTable
-    gate: GateVerdict
-    speed: Speed | None  # serving benchmark of base and variant, where vLLM runs the scheme
-    published: list[Published]
-    mlflow_run_id: str
-    flow_run_id: str
 
 
 # --- Creation ---------------------------------------------------------------------------------

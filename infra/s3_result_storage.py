@@ -1,10 +1,12 @@
-"""Create (or update) the Prefect blocks that put task results in S3, so every worker shares one task cache.
+"""Create (or update) the Prefect blocks that put task and flow results in S3, so every worker shares one task
+cache and a sweep spread over a pool reads its variant runs' outcomes.
 
     python infra/s3_result_storage.py --bucket quantflow --endpoint-url http://127.0.0.1:8333   # SeaweedFS of the stack
     export PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=s3-bucket/quantflow-results                   # on each worker / job
 
 quantflow's cache keys are content digests plus the code version (flows/cache.py), never paths, so a result
-persisted by one machine is a cache hit on any other that reads the same storage. Credentials come from
+persisted by one machine is a cache hit on any other that reads the same storage (the artifacts a result points to
+live under QUANTFLOW_HOME: share it too, or a hit whose artifact is missing is recomputed). Credentials come from
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (stored in an AwsCredentials block, as secrets); they are never printed.
 Needs prefect-aws and PREFECT_API_URL.
 """

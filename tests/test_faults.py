@@ -395,6 +395,7 @@ def test_f_terminated_flow_process_ends_crashed(tiny_model, tmp_path):
     copy.mkdir()
     for p in tiny_model.iterdir():
         (copy / p.name).symlink_to(p)
+    (copy / "drill-f.txt").write_text("a base of its own: keyed by content, it must not come from another's cache")
     spec = drill_spec(tiny_model, tmp_path, "drill-f", source=str(copy))
     proc, where = start_flow_process(spec, tmp_path, "resolve")
     assert flow_run_state(where["flow_run_id"]).type.value == "RUNNING"
@@ -533,7 +534,7 @@ def _stop_and_check(proc, out, sig: int, to_group: bool) -> str:
 def test_g_ctrl_c_stops_the_run_in_seconds_and_the_rerun_resumes(tiny_model, tmp_path):
     proc, out, args, env = _cli_run(tiny_model, tmp_path, "drill-g", seed=1007)
     try:
-        _wait_line(proc, out, r"Task run 'build_calibration-\w+' - Finished in state Completed")
+        _wait_line(proc, out, r"Task run 'build calibration set' - Finished in state Completed")
         time.sleep(1)  # into quantization (or evaluation)
         line = _stop_and_check(proc, out, signal.SIGINT, to_group=True)
         print(line)
@@ -546,8 +547,8 @@ def test_g_ctrl_c_stops_the_run_in_seconds_and_the_rerun_resumes(tiny_model, tmp
     assert rerun.returncode == 0, text[-4000:]
     import re
 
-    for step in ("resolve_base", "build_calibration"):
-        assert re.search(rf"Task run '{step}-\w+' - Finished in state Cached", text), (step, text[-4000:])
+    for step in ("resolve base model", "build calibration set"):
+        assert re.search(rf"Task run '{step}' - Finished in state Cached", text), (step, text[-4000:])
     assert "Published (local)" in text and "Traceback" not in text
     # A readable log: no bytecode from dataset fingerprinting, the recovery table once (the command prints it).
     assert "LOAD_DEREF" not in text and "COPY_FREE_VARS" not in text, text[-4000:]
@@ -558,7 +559,7 @@ def test_g_ctrl_c_stops_the_run_in_seconds_and_the_rerun_resumes(tiny_model, tmp
 def test_g_sigterm_stops_the_run_in_seconds(tiny_model, tmp_path):
     proc, out, _, _ = _cli_run(tiny_model, tmp_path, "drill-g2", seed=1008)
     try:
-        _wait_line(proc, out, r"Task run 'build_calibration-\w+' - Finished in state Completed")
+        _wait_line(proc, out, r"Task run 'build calibration set' - Finished in state Completed")
         time.sleep(1)
         print(_stop_and_check(proc, out, signal.SIGTERM, to_group=False))  # as a supervisor stops one process
     finally:

@@ -139,7 +139,7 @@ def case_scheme_misspelled(ctx):
 
 
 def case_scheme_ambiguous(ctx):
-    return {**good(ctx.tiny, ctx.tmp), "scheme": "fp8"}, r"did you mean one of 'fp8-static', 'fp8-dynamic'\?"
+    return {**good(ctx.tiny, ctx.tmp), "scheme": "fp8"}, r"did you mean one of 'fp8-dynamic', 'fp8-static'\?"
 
 
 def case_recipe_file_missing(ctx):
@@ -314,7 +314,7 @@ def case_seq_length_above_positions(ctx):
 
 
 def case_suite_unknown(ctx):
-    return good(ctx.tiny, ctx.tmp, evaluation__suite="smok"), r"evaluation.suite 'smok': no such suite: did you mean 'smoke'\?"
+    return good(ctx.tiny, ctx.tmp, evaluation__suite="smok"), r"evaluation.suite: unknown suite 'smok': did you mean 'smoke'\?"
 
 
 def case_suite_invalid(ctx):
@@ -622,12 +622,12 @@ def test_s3_credentials_refused_and_bucket_missing(tiny_model, tmp_path, monkeyp
 def test_every_problem_reported_at_once(tiny_model, tmp_path, monkeypatch):
     spec = good(tiny_model, tmp_path, scheme="w8a8-int8",
                 calibration__dataset=str(tmp_path / "missing.jsonl"), calibration__max_seq_length=8192,
-                evaluation__suite="smok", evaluation__engine="vllm",
+                evaluation__suite=str(tmp_path / "smok.yaml"), evaluation__engine="vllm",
                 stores=[{"kind": "hub", "uri": "qf-org/x"}, {"kind": "s3", "uri": "s3://qf-b/x", "endpoint_url": "http://127.0.0.1:9"}])
     monkeypatch.setenv("QUANTFLOW_EVAL_PYTHON", str(tmp_path / "nothing"))
     settings.cache_clear()
     found = problems_of(spec)
-    expected = ["max_seq_length 8192 is above", "missing.jsonl': file not found", "'smok': no such suite",
+    expected = ["max_seq_length 8192 is above", "missing.jsonl': file not found", "smok.yaml",
                 "environment is missing", "HF_HUB_OFFLINE is set", "no Hugging Face token", "no AWS credentials"]
     for text in expected:
         assert any(text in p for p in found), (text, found)
@@ -654,7 +654,7 @@ def test_bad_spec_fails_in_seconds_before_any_work(tiny_model, data_root, tmp_pa
     monkeypatch.setattr(qv, "quantize", lambda *a, **k: calls.append("quantize"))
     checkpoints = data_root / "home" / "checkpoints"
     before = sorted(checkpoints.iterdir()) if checkpoints.exists() else []
-    spec = VariantSpec.model_validate(good(tiny_model, tmp_path, calibration__column="text", evaluation__suite="smok",
+    spec = VariantSpec.model_validate(good(tiny_model, tmp_path, calibration__column="text", evaluation__suite=str(tmp_path / "smok.yaml"),
                                            scheme="w4a16", variant_name="fast-fail"))
     start = time.time()
     state = qv.quantize_variant(spec, return_state=True)
@@ -662,7 +662,7 @@ def test_bad_spec_fails_in_seconds_before_any_work(tiny_model, data_root, tmp_pa
     assert state.is_failed()
     with pytest.raises(PreflightError) as ei:
         state.result()
-    assert len(ei.value.problems) == 2 and "'text' is not in" in str(ei.value) and "'smok'" in str(ei.value)
+    assert len(ei.value.problems) == 2 and "'text' is not in" in str(ei.value) and "smok.yaml" in str(ei.value)
     assert took < 30, f"preflight took {took:.1f} s"
     assert calls == []
     assert (sorted(checkpoints.iterdir()) if checkpoints.exists() else []) == before, "no checkpoint folder"

@@ -1,10 +1,12 @@
-"""A sweep of three variants: one calibration build, one baseline evaluation, then everything from cache."""
+"""Sweeps: three variants share one calibration build and one baseline evaluation; calibration settings as axes."""
 from __future__ import annotations
 
 import mlflow
+import pytest
 from prefect_states import task_states
+from pydantic import ValidationError
 
-from flows.sweep import SweepSpec, sweep
+from flows.sweep import SweepSpec, calibration_label, sweep
 
 
 def test_sweep_shares_calibration_and_baseline(tiny_model):
@@ -39,3 +41,52 @@ def test_sweep_shares_calibration_and_baseline(tiny_model):
         assert set(st["evaluate"]) == {"Cached"} and set(st["quantize_checkpoint"]) == {"Cached"}
     assert [o.table for o in again] == [o.table for o in outcomes]
     assert {client.get_run(o.mlflow_run_id).data.tags["mlflow.parentRunId"] for o in again} == parents  # recorded once
+
+
+def test_calibration_axes_make_one_variant_each(tmp_path):
+    """Schemes x calibration settings; a data-free scheme once; names carry the axis values (no flow runs)."""
+    data = tmp_path / "ultrachat-200k.jsonl"
+    data.write_text("{}\n")
+    spec = SweepSpec.model_validate({
+        "base": {"source": "HuggingFaceTB/SmolLM2-135M-Instruct"}, "schemes": ["w8a8-int8", "fp8-dynamic", "w4a16"],
+        "calibration": {"num_samples": 32, "max_seq_length": 512},
+        "calibrations": [{"num_samples": 64}, {"num_samples": 256, "max_seq_length": 2048}, {"dataset": str(data)}],
+    })
+    variants = spec.variants()
+    assert [v.variant_name for v in variants] == [
+        "SmolLM2-135M-Instruct-quantized.w8a8-n64-l512", "SmolLM2-135M-Instruct-quantized.w8a8-n256-l2048",
+        "SmolLM2-135M-Instruct-quantized.w8a8-n32-l512-ultrachat_200k", None,
+        "SmolLM2-135M-Instruct-quantized.w4a16-n64-l512", "SmolLM2-135M-Instruct-quantized.w4a16-n256-l2048",
+        "SmolLM2-135M-Instruct-quantized.w4a16-n32-l512-ultrachat_200k"]
+    assert [(v.calibration.num_samples, v.calibration.max_seq_length) for v in variants[:3]] == [(64, 512), (256, 2048), (32, 512)]
+    assert variants[2].calibration.dataset == str(data) and variants[3].scheme.value == "fp8-dynamic"
+    assert [calibration_label(v) for v in variants[:4]] == ["64 x 512 chat", "256 x 2048 chat", "32 x 512 ultrachat_200k",
+                                                             "data-free"]
+    assert SweepSpec.model_validate({"schemes": ["fp8-dynamic"]}).variants()[0].variant_name is None  # no axes: as before
+
+
+def test_sweep_spec_is_strict():
+    with pytest.raises(ValidationError, match="unknown field 'calibraton': did you mean one of 'calibration', 'calibrations'"):
+        SweepSpec.model_validate({"calibraton": {"num_samples": 8}})
+    with pytest.raises(ValidationError, match="unknown field 'samples'"):
+        SweepSpec.model_validate({"calibrations": [{"samples": 8}]})
+    with pytest.raises(ValidationError, match="dispatch"):
+        SweepSpec.model_validate({"dispatch": "cluster"})
+
+
+def test_a_calibration_axis_sweep(tiny_model):
+    """Two sample counts of one scheme: two calibration sets and checkpoints, one baseline, the counts in the table."""
+    from flows.sweep import comparison
+
+    spec = SweepSpec.model_validate({
+        "base": {"source": str(tiny_model)}, "schemes": ["w8a8-int8"],
+        "calibration": {"max_seq_length": 64, "seed": 5}, "calibrations": [{"num_samples": 4}, {"num_samples": 8}],
+        "evaluation": {"engine": "hf", "limit": 4, "seed": 5},
+    })
+    outcomes = sweep(spec)
+    assert [o.name for o in outcomes] == ["tiny-llama-quantized.w8a8-n4-l64", "tiny-llama-quantized.w8a8-n8-l64"]
+    assert outcomes[0].checkpoint != outcomes[1].checkpoint
+    states = [task_states(o.flow_run_id) for o in outcomes]
+    assert [st["build_calibration"] for st in states] == [["Completed"], ["Completed"]]
+    assert sorted(s for st in states for s in st["evaluate"]) == ["Cached", "Completed", "Completed", "Completed"]
+    assert "| Calibration (samples x tokens) | 4 x 64 chat | 8 x 64 chat |" in comparison(outcomes, spec.variants())
