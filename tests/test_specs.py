@@ -184,23 +184,25 @@ def test_the_form_offers_schemes_and_suites_as_choices():
     assert EvalSpec(suite="my/own-suite.yaml").suite == "my/own-suite.yaml"
 
 
+def _schema_strings(node, key: str):
+    """Every string under `key` anywhere in a JSON schema."""
+    if isinstance(node, dict):
+        if isinstance(node.get(key), str):
+            yield node[key]
+        for v in node.values():
+            yield from _schema_strings(v, key)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _schema_strings(v, key)
+
+
 def test_descriptions_survive_the_forms_markdown():
     """The form renders descriptions as Markdown: a bare <placeholder> is swallowed as HTML, so they sit in code spans."""
     import re
 
     from components.specs import VariantSpec
 
-    def walk(node):
-        if isinstance(node, dict):
-            if isinstance(node.get("description"), str):
-                yield node["description"]
-            for v in node.values():
-                yield from walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                yield from walk(v)
-
-    for text in walk(VariantSpec.model_json_schema()):
+    for text in _schema_strings(VariantSpec.model_json_schema(), "description"):
         outside_code = re.sub(r"`[^`]*`", "", text)
         assert not re.search(r"<[A-Za-z][^>]*>", outside_code), text
 
@@ -210,17 +212,7 @@ def test_defaults_are_portable():
     shipped files are `pkg:` paths, resolved where the run happens."""
     from components.specs import VariantSpec
 
-    def defaults(node):
-        if isinstance(node, dict):
-            if isinstance(node.get("default"), str):
-                yield node["default"]
-            for v in node.values():
-                yield from defaults(v)
-        elif isinstance(node, list):
-            for v in node:
-                yield from defaults(v)
-
-    found = list(defaults(VariantSpec.model_json_schema()))
+    found = list(_schema_strings(VariantSpec.model_json_schema(), "default"))
     assert "pkg:components/calibration_data/chat.jsonl" in found
     assert not [d for d in found if d.startswith("/") or "/work/" in d or "site-packages" in d], found
     spec = VariantSpec()
