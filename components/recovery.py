@@ -232,6 +232,6 @@ def table(base: dict[str, TaskScore], quant: dict[str, TaskScore], confidence: f
             shift = sum(-math.log((1 - confidence) / 2) / collapsed[r.task] for r in covered if r.task in collapsed)
             if shift and abs(mb) >= _EPS:
                 half = 100.0 * shift / len(covered) / abs(mb)
-                lo, hi = lo - half, hi + half
+                lo, hi = max(0.0, lo - half), hi + half  # a recovery below 0% means nothing
     return RecoveryTable(rows=rows, average_base=mb, average_quant=mq, average_recovery=avg, average_ci_low=lo,
                          average_ci_high=hi, average_tasks=[r.task for r in covered], confidence=confidence)

@@ -166,5 +166,5 @@ def test_mlflow_compares_two_variants(ui, api, worker, tiny_model, data_root):
         rows = pg.get_by_role("row").all_inner_texts()
         assert all(any(v in r for r in rows) for v in ("tiny-from-the-form", "FP8-dynamic")), rows
         values = [r for r in rows if re.search(r"\n(passed|failed|inconclusive)$", r)]
-        assert len(values) == 2 and all(re.search(r"\n\d+(\.\d+)?\n", r) for r in values), rows
+        assert len(values) >= 2 and all(re.search(r"\n\d+(\.\d+)?\n", r) for r in values), rows
         shot(pg, "mlflow-two-variants")
