@@ -151,7 +151,7 @@ def test_mlflow_compares_two_variants(ui, api, worker, tiny_model, data_root):
         # renders only the columns in view)
         pg.get_by_text("tiny-from-the-form", exact=True).first.wait_for()
         pg.get_by_text("FP8-dynamic", exact=True).first.wait_for()  # named by what sets it apart from its base
-        pg.get_by_role("button", name="Columns").click()
+        pg.get_by_role("button", name="Columns", exact=True).click()
         columns = ("average_recovery", "average_recovery_ci_low", "average_recovery_ci_high", "quantflow.gate")
         for column in columns:
             pg.get_by_role("dialog").get_by_placeholder("Search columns").fill(column)
