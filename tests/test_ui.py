@@ -147,7 +147,7 @@ def test_mlflow_compares_two_variants(ui, api, worker, tiny_model, data_root):
     with page(width=2400, height=1000) as pg:
         pg.goto(f"{mlflow_url}/#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning",
                 wait_until="load")
-        pg.get_by_role("button", name="Close").click()  # the assistant panel: room for the columns (the table
+        pg.get_by_role("button", name="Close", exact=True).click()  # the assistant panel: room for the columns (the table
         # renders only the columns in view)
         pg.get_by_text("tiny-from-the-form", exact=True).first.wait_for()
         pg.get_by_text("FP8-dynamic", exact=True).first.wait_for()  # named by what sets it apart from its base
