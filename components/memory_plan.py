@@ -20,6 +20,10 @@ HEADROOM = 0.90  # share of a device's memory a plan may fill (allocator fragmen
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
+def _gb(b: float) -> str:
+    return f"{b / GB:,.1f} GB"
+
+
 class ModelShape(BaseModel):
     """The decoder-only transformer facts a memory plan needs, read from config.json."""
 
@@ -129,13 +133,12 @@ class MemoryPlan(BaseModel):
 
     def lines(self) -> list[str]:
         """The plan as a person reads it, sizes in GB."""
-        g = lambda b: f"{b / GB:,.1f} GB"  # noqa: E731
-        out = [f"weights {g(self.weights_bytes)}, one layer {g(self.layer_bytes)}, calibration activations "
-               f"{g(self.activation_cache_bytes)}, GPTQ Hessians per layer {g(self.hessian_bytes)}, forward workspace "
-               f"{g(self.workspace_bytes)}, checkpoint {g(self.checkpoint_bytes)}"]
+        out = [f"weights {_gb(self.weights_bytes)}, one layer {_gb(self.layer_bytes)}, calibration activations "
+               f"{_gb(self.activation_cache_bytes)}, GPTQ Hessians per layer {_gb(self.hessian_bytes)}, forward workspace "
+               f"{_gb(self.workspace_bytes)}, checkpoint {_gb(self.checkpoint_bytes)}"]
         if self.placement:
             out.append(f"placement: {self.placement}, activations on {self.activation_offload}; peak GPU "
-                       f"{g(self.gpu_peak_bytes)}, peak host {g(self.host_peak_bytes)}")
+                       f"{_gb(self.gpu_peak_bytes)}, peak host {_gb(self.host_peak_bytes)}")
         return out + self.problems
 
 
@@ -174,15 +177,14 @@ def plan(shape: ModelShape, calib: Calibration, q: Quantization, machine: Machin
     placement: Placement | None = None
     offload = "cpu"
     gpu_peak = host_peak = 0.0
-    g = lambda b: f"{b / GB:,.1f} GB"  # noqa: E731
 
     if machine.gpus == 0:
         host_peak = s["weights"] + s["activations"] + s["hessians"] + s["workspace"]
         placement = "cpu"
         if host_peak > host_room:
             placement = None
-            problems.append(f"no GPU, and host RAM {g(machine.host_bytes)} cannot hold the weights, activations and "
-                            f"Hessians ({g(host_peak)}): use a GPU machine, or fewer/shorter calibration samples")
+            problems.append(f"no GPU, and host RAM {_gb(machine.host_bytes)} cannot hold the weights, activations and "
+                            f"Hessians ({_gb(host_peak)}): use a GPU machine, or fewer/shorter calibration samples")
     else:
         total_gpu = gpu_room * machine.gpus
         whole = s["weights"] + s["hessians"] + s["workspace"]
@@ -200,14 +202,14 @@ def plan(shape: ModelShape, calib: Calibration, q: Quantization, machine: Machin
             host_peak = s["weights"] + (s["activations"] if offload == "cpu" else 0)
             if host_peak > host_room:
                 placement = None
-                problems.append(f"host RAM {g(machine.host_bytes)} cannot hold the model ({g(s['weights'])})"
-                                + (f" and the calibration activations ({g(s['activations'])})" if offload == "cpu" else "")
+                problems.append(f"host RAM {_gb(machine.host_bytes)} cannot hold the model ({_gb(s['weights'])})"
+                                + (f" and the calibration activations ({_gb(s['activations'])})" if offload == "cpu" else "")
                                 + ": use a bigger host, or fewer/shorter calibration samples")
         else:
-            problems.append(f"one decoder layer with its Hessians and a batch's workspace needs {g(per_layer)}, "
-                            f"more than a GPU's {g(machine.gpu_bytes)}: use a bigger GPU or a smaller batch_size")
+            problems.append(f"one decoder layer with its Hessians and a batch's workspace needs {_gb(per_layer)}, "
+                            f"more than a GPU's {_gb(machine.gpu_bytes)}: use a bigger GPU or a smaller batch_size")
     if s["checkpoint"] > machine.disk_free_bytes:
-        problems.append(f"the checkpoint needs ~{g(s['checkpoint'])} on disk, {g(machine.disk_free_bytes)} free")
+        problems.append(f"the checkpoint needs ~{_gb(s['checkpoint'])} on disk, {_gb(machine.disk_free_bytes)} free")
     return MemoryPlan(weights_bytes=s["weights"], layer_bytes=s["layer"], activation_cache_bytes=s["activations"],
                       hessian_bytes=s["hessians"], workspace_bytes=s["workspace"], checkpoint_bytes=s["checkpoint"],
                       placement=placement, activation_offload=offload if placement else None,
