@@ -61,6 +61,7 @@ def _open(pg, field):
     field.locator(".p-select-button__control").first.focus()
     pg.keyboard.press("ArrowDown")
     pg.get_by_role("listbox").wait_for()
+    pg.get_by_role("option").first.wait_for()  # the list fills after it opens
 
 
 def choose(pg, field, option: str) -> None:

@@ -53,31 +53,31 @@ def test_broken_solutions_score_zero(problems):
     assert "SyntaxError" in res[0].detail and "NotImplementedError" in res[2].detail
 
 
-def test_score_samples_takes_a_jsonl_file_and_averages_per_task(problems, tmp_path):
+def test_check_samples_takes_a_jsonl_file_and_pass_at_1_averages_per_task(problems, tmp_path):
     p0, p2 = problems["HumanEval/0"], problems["HumanEval/2"]
     rows = [{"task_id": "HumanEval/0", "completion": p0["canonical_solution"]},
             {"task_id": "HumanEval/0", "completion": "    return False\n"},
             {"task_id": "HumanEval/2", "completion": p2["canonical_solution"]}]
     path = tmp_path / "samples.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert sb.score_samples(path, problems, **ON) == pytest.approx((0.5 + 1.0) / 2)
+    assert sb.pass_at_1(sb.check_samples(path, problems, **ON)) == pytest.approx((0.5 + 1.0) / 2)
     with pytest.raises(KeyError):
-        sb.score_samples([{"task_id": "HumanEval/999", "completion": ""}], problems, **ON)
+        sb.check_samples([{"task_id": "HumanEval/999", "completion": ""}], problems, **ON)
 
 
 def test_refuses_without_opt_in(problems, monkeypatch):
     sample = [{"task_id": "HumanEval/0", "completion": problems["HumanEval/0"]["canonical_solution"]}]
     with pytest.raises(sb.CodeExecutionNotAllowed, match=sb.ENV_OPT_IN):
-        sb.score_samples(sample, problems)
+        sb.check_samples(sample, problems)
     with pytest.raises(sb.CodeExecutionNotAllowed):
         sb.run_program("print('hi')")
     monkeypatch.setenv(sb.ENV_OPT_IN, "yes")  # only "1" opts in
     with pytest.raises(sb.CodeExecutionNotAllowed):
-        sb.score_samples(sample, problems)
+        sb.check_samples(sample, problems)
     monkeypatch.setenv(sb.ENV_OPT_IN, "1")
-    assert sb.score_samples(sample, problems) == 1.0
+    assert sb.pass_at_1(sb.check_samples(sample, problems)) == 1.0
     with pytest.raises(sb.CodeExecutionNotAllowed):  # an explicit False wins over the environment
-        sb.score_samples(sample, problems, allow_code_execution=False)
+        sb.check_samples(sample, problems, allow_code_execution=False)
 
 
 @pytest.fixture()
@@ -214,6 +214,34 @@ def test_scores_lm_eval_log_samples_and_feeds_results_parse(problems, tmp_path):
     scores = lm_results.parse(sb.add_to_results(doc, score), load("humaneval"))
     s = scores["qf_humaneval"]
     assert (s.metric, s.value, s.n) == ("pass@1", 0.75, 4) and s.stderr == pytest.approx(score.stderr)
+
+
+def test_per_problem_pass_at_1_goes_into_the_samples_file_and_pairs_base_and_variant(problems, tmp_path):
+    """Each problem's pass@1 is written where lm-eval writes its own per-document metrics, so the recovery of
+    HumanEval gets the paired interval: a variant failing one problem the base solves, nothing else differing."""
+    from components import recovery
+
+    ids = ["HumanEval/0", "HumanEval/1", "HumanEval/2", "HumanEval/3"]
+    suite = load("humaneval")
+    scores = {}
+    for side, broken in (("base", ()), ("variant", ("HumanEval/3",))):
+        completions = {t: "    return True\n" if t in broken else problems[t]["canonical_solution"] for t in ids}
+        run = tmp_path / side / "model"
+        run.mkdir(parents=True)
+        date = "2026-01-01T00-00-00"
+        _lm_eval_samples(run / f"samples_qf_humaneval_{date}.jsonl", problems, completions)
+        score = sb.score_lm_eval_samples(run, problems, **ON)
+        sb.add_to_samples(run, score)
+        doc = {"results": {"qf_humaneval": {"compiles,none": 1.0}},
+               "n-samples": {"qf_humaneval": {"original": 164, "effective": 4}}}
+        (run / f"results_{date}.json").write_text(json.dumps(sb.add_to_results(doc, score)))
+        scores[side] = lm_results.parse_dir(tmp_path / side, suite)["qf_humaneval"]
+        rows = [json.loads(line) for line in next(run.glob("samples_*.jsonl")).read_text().splitlines()]
+        assert [r.get("pass@1") for r in rows if r["filter"] == "other"] == [None] * 4  # other filters untouched
+    assert scores["base"].samples.values == [1.0] * 4 and scores["variant"].samples.values == [1.0, 1.0, 1.0, 0.0]
+    row = recovery.table({"qf_humaneval": scores["base"]}, {"qf_humaneval": scores["variant"]}).rows[0]
+    assert row.method == "paired bootstrap over 4 documents" and row.recovery == pytest.approx(75.0)
+    assert row.ci_low < 75.0 < row.ci_high <= 100.0  # paired: the base's own spread cancels out
 
 
 def test_lm_eval_samples_must_be_humaneval_problems(problems, tmp_path):

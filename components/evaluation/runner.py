@@ -73,7 +73,9 @@ def score_outside_lm_eval(run_dir: Path, suite: Suite, argv: list[str]) -> None:
     results_file = sorted(run_dir.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)[-1]
     doc = json.loads(results_file.read_text())
     for t in scored:
-        sandbox.add_to_results(doc, sandbox.score_lm_eval_samples(run_dir, task=t.task), metric=t.metric, filter=t.filter)
+        score = sandbox.score_lm_eval_samples(run_dir, task=t.task)
+        sandbox.add_to_samples(run_dir, score, metric=t.metric, filter=t.filter)
+        sandbox.add_to_results(doc, score, metric=t.metric, filter=t.filter)
     results_file.write_text(json.dumps(doc, indent=2))
 
 

