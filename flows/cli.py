@@ -340,7 +340,7 @@ def sweep(
                                         "dispatch": dispatch, "work_queue": work_queue,
                                         **{f"calibration.{k}": v[0] for k, v in axes.items() if len(v) == 1}})
     if swept:
-        data["calibrations"] = [dict(zip(swept, point)) for point in itertools.product(*swept.values())]
+        data["calibrations"] = [dict(zip(swept, point, strict=True)) for point in itertools.product(*swept.values())]
     spec = SweepSpec.model_validate(data)
     with _flow_run():
         outcomes = sweep_flow(spec)

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from components.local_stack import mlflow_server, prefect_server, stop  # noqa: E402
+from components.local_stack import mlflow_server, prefect_server, stop
 
 _procs = []
 ROOT = Path(tempfile.mkdtemp(prefix="quantflow-tests-"))

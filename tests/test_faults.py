@@ -26,15 +26,13 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from prefect_states import task_states
+from servers import ensure_bucket, seaweed_s3, use_only_these_aws_credentials
 
-from prefect_states import task_states  # noqa: E402
-from servers import ensure_bucket, seaweed_s3, use_only_these_aws_credentials  # noqa: E402
-
-from components.local_stack import stop  # noqa: E402
-from components.settings import settings  # noqa: E402
-from components.specs import VariantSpec  # noqa: E402
-from components.stores.base import MANIFEST  # noqa: E402
+from components.local_stack import stop
+from components.settings import settings
+from components.specs import VariantSpec
+from components.stores.base import MANIFEST
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [

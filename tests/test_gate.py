@@ -155,7 +155,7 @@ def test_a_failed_variant_never_has_a_bare_100_percent_headline():
     # the case: accuracy untouched (100%), perplexity clearly worse
     words = [60.0] * 24
     ll_b = [-4.0 * w for w in words]
-    ll_q = [v - 0.11 * w + 0.01 * w * (i % 3) for i, (v, w) in enumerate(zip(ll_b, words))]
+    ll_q = [v - 0.11 * w + 0.01 * w * (i % 3) for i, (v, w) in enumerate(zip(ll_b, words, strict=True))]
     acc = flips(30, 15, 0)
     base = {"facts": score("facts", 0.5, samples=docs("facts", acc[0])),
             "prose": score("prose", 73.29, hib=False, metric="word_perplexity",

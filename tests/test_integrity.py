@@ -17,14 +17,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from prefect_states import task_states
 
-from prefect_states import task_states  # noqa: E402
-
-from components.digests import stamp_dir  # noqa: E402
-from components.specs import VariantSpec  # noqa: E402
-from components.stores.base import MANIFEST, StoreError  # noqa: E402
-from components.stores.local import LocalStore  # noqa: E402
+from components.digests import stamp_dir
+from components.specs import VariantSpec
+from components.stores.base import MANIFEST, StoreError
+from components.stores.local import LocalStore
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_servers = pytest.mark.skipif(

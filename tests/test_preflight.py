@@ -18,12 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from components import recipes  # noqa: E402
-from components.preflight import Plan, PreflightError, preflight  # noqa: E402
-from components.settings import settings  # noqa: E402
-from components.specs import VariantSpec  # noqa: E402
+from components import recipes
+from components.preflight import Plan, PreflightError, preflight
+from components.settings import settings
+from components.specs import VariantSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -25,11 +25,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from servers import ensure_bucket, seaweed_s3, use_only_these_aws_credentials
 
-from servers import ensure_bucket, seaweed_s3, use_only_these_aws_credentials  # noqa: E402
-
-from components.specs import VariantSpec  # noqa: E402
+from components.specs import VariantSpec
 
 pytestmark = pytest.mark.skipif(not os.environ.get("PREFECT_API_URL") or not os.environ.get("QUANTFLOW_MLFLOW_TRACKING_URI"),
                                 reason="needs the session's Prefect and MLflow servers (QUANTFLOW_TEST_SERVERS=1)")

@@ -5,21 +5,18 @@ import hashlib
 import importlib.util
 import json
 import os
-import sys
 import traceback
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from hub_server import fake_hub
 
-from hub_server import fake_hub  # noqa: E402
-
-from components.specs import StoreSpec  # noqa: E402
-from components.stores import open_store  # noqa: E402
-from components.stores.base import MANIFEST  # noqa: E402
-from components.stores.hub import HubStore  # noqa: E402
-from components.stores.base import CheckpointNotFound, StoreError  # noqa: E402
+from components.specs import StoreSpec
+from components.stores import open_store
+from components.stores.base import MANIFEST
+from components.stores.hub import HubStore
+from components.stores.base import CheckpointNotFound, StoreError
 
 MiB = 1 << 20
 pytestmark = pytest.mark.filterwarnings("ignore:Use .content=:DeprecationWarning")  # inside huggingface_hub

@@ -3,22 +3,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import traceback
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from servers import seaweed_s3
 
-from servers import seaweed_s3  # noqa: E402
-
-from components.specs import StoreSpec  # noqa: E402
-from components.stores import open_store  # noqa: E402
-from components.stores.base import MANIFEST  # noqa: E402
-from components.stores.base import CheckpointNotFound, StoreError  # noqa: E402
-from components.stores.s3 import S3Store  # noqa: E402
+from components.specs import StoreSpec
+from components.stores import open_store
+from components.stores.base import MANIFEST
+from components.stores.base import CheckpointNotFound, StoreError
+from components.stores.s3 import S3Store
 
 MiB = 1 << 20
 WRITES = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")

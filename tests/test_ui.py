@@ -169,7 +169,7 @@ def test_mlflow_compares_two_variants(ui, api, worker, tiny_model, data_root):
         values = [r for r in rows if re.search(r"\n(passed|failed|inconclusive)$", r)]
         assert len(names) == len(values) >= 2, rows
         for variant in ("tiny-from-the-form", "FP8-dynamic"):
-            [shown] = [v for n, v in zip(names, values) if f"\n{variant}\n" in n]
+            [shown] = [v for n, v in zip(names, values, strict=True) if f"\n{variant}\n" in n]
             # average, interval low and high as numbers, then the verdict
             assert re.search(r"\n\d+(\.\d+)?\n\d+(\.\d+)?\n\d+(\.\d+)?\n(passed|failed|inconclusive)$", shown), (
                 variant, shown)
