@@ -385,13 +385,19 @@ def _prefect_cli() -> str:
 @app.command()
 @_friendly
 def deploy(prefect_file: Path = typer.Option(Path("infra/prefect.yaml"), help="Deployments to create."),
-           pool: str = typer.Option("quantflow-local", help="Process work pool to create if missing.")) -> None:
+           pool: str = typer.Option("quantflow-local", help="Process work pool to create if missing."),
+           concurrency_limit: int | None = typer.Option(
+               None, min=1, help="Flow runs the pool runs at once, across its workers: its GPUs (one variant each), "
+                                 "plus one for a sweep's own run that waits for them. Unset: no limit.")) -> None:
     """Create the work pool (if missing) and deploy every deployment of the file to the Prefect server
     (PREFECT_API_URL, else the running `quantflow server up`)."""
     import subprocess
 
     env = {**os.environ, "PREFECT_API_URL": _api_url()}
+    limit = (["set-concurrency-limit", pool, str(concurrency_limit)] if concurrency_limit
+             else ["clear-concurrency-limit", pool])
     for argv in ([_prefect_cli(), "--no-prompt", "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                 [_prefect_cli(), "--no-prompt", "work-pool", *limit],
                  [_prefect_cli(), "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)]):
         if subprocess.run(argv, env=env).returncode:
             raise typer.Exit(1)

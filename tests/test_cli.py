@@ -17,9 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_deploy_then_status(monkeypatch):
     monkeypatch.chdir(ROOT)
     runner = CliRunner()
-    result = runner.invoke(app, ["deploy"])
+    result = runner.invoke(app, ["deploy", "--concurrency-limit", "3"])
     assert result.exit_code == 0, result.output
     with httpx.Client(base_url=os.environ["PREFECT_API_URL"]) as api:
+        assert api.get("/work_pools/quantflow-local").json()["concurrency_limit"] == 3  # one variant per GPU
+        assert runner.invoke(app, ["deploy"]).exit_code == 0  # unset: no limit (a redeploy lifts an old one)
+        assert api.get("/work_pools/quantflow-local").json()["concurrency_limit"] is None
         for flow, name in (("quantize-variant", "quantize-variant"), ("sweep", "sweep")):
             assert api.get(f"/deployments/name/{flow}/{name}").status_code == 200
         deployment = api.get("/deployments/name/quantize-variant/quantize-variant").json()["id"]
