@@ -134,6 +134,9 @@ def test_the_default_file_deploys_the_two_flows_to_the_process_pool():
     gpu = [d for f in PREFECT_FILES[1:] for d in load(f)["deployments"]]
     assert {d["entrypoint"] for d in gpu} == {d["entrypoint"] for d in deps.values()}
     assert {d["work_pool"]["name"] for d in gpu} == {"quantflow-docker-gpu", "quantflow-k8s-gpu"}
+    # a spread sweep reads its variant runs' outcomes from result storage: every pool persists flow results
+    for d in [*deps.values(), *gpu]:
+        assert d["work_pool"]["job_variables"]["env"]["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] == "true", d["name"]
 
 
 @pytest.mark.parametrize("item", deployments(), ids=dep_id)
