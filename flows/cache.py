@@ -1,16 +1,27 @@
-"""Cache keys: the content of every input plus the code that makes the artifact, never paths, times or versions
-of quantflow itself.
+"""Cache policies: keys from the content of every input plus the code that makes the artifact (never paths, times or
+versions of quantflow itself), computed once even when runs ask for the same key at once.
 
 Code = the source of the task function (Prefect's TASK_SOURCE) + the source files of the modules it runs
 (`STEP_CODE`) + the installed versions of the libraries that produce the bytes (`STEP_LIBRARIES`).
 docs/design.md ("Cache keys") lists what enters each key; keep the two in step.
+
+Each policy is SERIALIZABLE (Prefect's transaction isolation): a task run whose key another run is computing waits
+for it, then reads its committed result and shows as Cached.
 """
 from __future__ import annotations
 
 import inspect
+import threading
+from functools import partial
 from pathlib import Path
 
+import anyio
+from filelock import FileLock, Timeout
+from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.locking.protocol import LockManager
+
 from components.digests import code_digest, digest_obj, sha256_file
+from components.settings import settings
 
 STEP_CODE: dict[str, tuple[str, ...]] = {
     "base": ("components.models", "components.digests", "components.artifacts"),
@@ -81,3 +92,85 @@ def serving_key(ctx, p: dict) -> str:
     spec = p["spec"]
     return key("serving", p["model_digest"], p["engine"].model_dump(), spec.model_dump(exclude={"prompts"}),
                sha256_file(spec.prompts_path), ctx=ctx)
+
+
+class HomeLockManager(LockManager):
+    """Prefect's transaction locks as OS file locks (filelock) under QUANTFLOW_HOME/locks/prefect: threads, processes
+    and machines sharing the home wait for one another. Resolved per call (the home is set per run). Unlike Prefect's
+    FileSystemLockManager, whose lock files outlive a killed holder and block every later run, the OS drops a dead
+    holder's lock, so `hold_timeout` is not needed and is ignored."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[str, FileLock]] = {}
+        self._guard = threading.Lock()
+
+    def __deepcopy__(self, memo):  # one manager per process: Prefect copies policies when configuring them
+        return self
+
+    def __reduce__(self):
+        return HomeLockManager, ()
+
+    @staticmethod
+    def _lock(key: str) -> FileLock:
+        folder = settings().path("locks") / "prefect"
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(folder / f"{key.replace('/', '_')}.lock", thread_local=False)
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                     hold_timeout: float | None = None) -> bool:
+        if self.is_lock_holder(key, holder):
+            return True
+        lock = self._lock(key)
+        try:
+            lock.acquire(timeout=-1 if acquire_timeout is None else acquire_timeout)
+        except Timeout:
+            return False
+        with self._guard:
+            self._held[key] = (holder, lock)
+        return True
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
+                            hold_timeout: float | None = None) -> bool:
+        return await anyio.to_thread.run_sync(partial(self.acquire_lock, key, holder, acquire_timeout, hold_timeout))
+
+    def release_lock(self, key: str, holder: str) -> None:
+        with self._guard:
+            if not self.is_lock_holder(key, holder):
+                raise ValueError(f"No lock held by {holder} for transaction with key {key}")
+            _, lock = self._held.pop(key)
+        lock.release()
+
+    def is_locked(self, key: str) -> bool:
+        if key in self._held:
+            return True
+        probe = self._lock(key)
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            return True
+        probe.release()
+        return False
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        held = self._held.get(key)
+        return held is not None and held[0] == holder
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        probe = self._lock(key)
+        try:
+            probe.acquire(timeout=-1 if timeout is None else timeout)
+        except Timeout:
+            return False
+        probe.release()
+        return True
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        return await anyio.to_thread.run_sync(partial(self.wait_for_lock, key, timeout))
+
+
+LOCKS = HomeLockManager()
+
+
+def policy(key_fn) -> CacheKeyFnPolicy:
+    """The task's cache policy: `key_fn` as its key, computed once under the home's lock."""
+    return CacheKeyFnPolicy(cache_key_fn=key_fn).configure(isolation_level="SERIALIZABLE", lock_manager=LOCKS)

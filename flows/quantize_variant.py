@@ -29,20 +29,20 @@ from components.recipes import SchemeDef
 from components.settings import settings
 from components.specs import BaseModelSpec, CalibrationSpec, ServingSpec, VariantSpec
 from components.stores import Published, open_store
-from flows.cache import base_key, calibration_key, evaluate_key, key, quantize_key, serving_key
+from flows.cache import base_key, calibration_key, evaluate_key, key, policy, quantize_key, serving_key
 
 CARD = "README.md"
 
 
 # --- Creation ---------------------------------------------------------------------------------
 
-@task(cache_key_fn=base_key, persist_result=True)
+@task(cache_policy=policy(base_key), persist_result=True)
 def resolve_base(spec: BaseModelSpec) -> ModelRef:
     """Materialise the base model locally (GGUF converted once to bf16 safetensors)."""
     return resolve(spec.source, spec.revision)
 
 
-@task(cache_key_fn=calibration_key, persist_result=True)
+@task(cache_policy=policy(calibration_key), persist_result=True)
 def build_calibration(spec: CalibrationSpec, base: ModelRef) -> CalibSet:
     """Fetch, template, shuffle, select and tokenize the calibration samples."""
     from transformers import AutoTokenizer
@@ -57,7 +57,7 @@ def _artifact_dir(root: str, key_fn) -> Path:
     return settings().path(root) / key_fn(ctx, ctx.parameters)
 
 
-@task(cache_key_fn=quantize_key, persist_result=True)
+@task(cache_policy=policy(quantize_key), persist_result=True)
 def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | None, name: str, how: Settings) -> Checkpoint:
     """llm-compressor oneshot with the scheme's recipe; the compressed checkpoint keeps recipe.yaml.
 
@@ -83,7 +83,7 @@ def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | Non
 
 # --- Evaluation -------------------------------------------------------------------------------
 
-@task(cache_key_fn=evaluate_key, persist_result=True, retries=1)
+@task(cache_policy=policy(evaluate_key), persist_result=True, retries=1)
 def evaluate(model_path: str, model_digest: str, suite_name: str, suite_digest: str, engine: EngineSettings) -> EvalResult:
     """lm_eval in its own process; the baseline's key has no variant in it, so every variant shares it."""
     out = _artifact_dir("evals", evaluate_key)
@@ -100,7 +100,7 @@ def evaluate(model_path: str, model_digest: str, suite_name: str, suite_digest: 
     return result
 
 
-@task(cache_key_fn=serving_key, persist_result=True, retries=1)
+@task(cache_policy=policy(serving_key), persist_result=True, retries=1)
 def measure_serving(model_path: str, model_digest: str, engine: EngineSettings, spec: ServingSpec) -> ServingResult:
     """`vllm serve` + `vllm bench serve` in their own processes; the baseline's result is shared like its evaluation.
 

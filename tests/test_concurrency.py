@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from prefect_states import task_states
 
 from components.specs import VariantSpec
 from components.stores.base import MANIFEST
@@ -64,6 +65,11 @@ def test_two_identical_runs_at_once_share_one_checkpoint_and_one_record(tiny_mod
 
     first, second = (json.loads((tmp_path / f"outcome{i}.json").read_text()) for i in (1, 2))
     assert len((tmp_path / "count").read_text().split()) == 1, "the checkpoint is quantized once"
+    # every step computed by one run; the other waited for it and shows its result as Cached (as the UI does)
+    states = [task_states(o["flow_run_id"]) for o in (first, second)]
+    for step in ("resolve_base", "build_calibration", "quantize_checkpoint", "evaluate"):
+        both = sorted(s for st in states for s in st[step])
+        assert both == ["Cached"] * (len(both) // 2) + ["Completed"] * (len(both) // 2), (step, states)
     assert first["checkpoint"] == second["checkpoint"]
     assert first["published"] == second["published"], "the same manifest, the same revision"
     published = tmp_path / "published" / name
@@ -77,3 +83,33 @@ def test_two_identical_runs_at_once_share_one_checkpoint_and_one_record(tiny_mod
     assert first["mlflow_run_id"] == second["mlflow_run_id"], "one MLflow run"
     versions = MlflowClient(os.environ["QUANTFLOW_MLFLOW_TRACKING_URI"]).search_model_versions(f"name = '{name}'")
     assert len(versions) == 1 and versions[0].run_id == first["mlflow_run_id"], versions
+
+
+HOLD = textwrap.dedent('''
+    import sys, time
+    from flows.cache import LOCKS
+    assert LOCKS.acquire_lock("quantize-abc", holder="other")
+    print("held", flush=True)
+    time.sleep(600)
+''')
+
+
+def test_a_killed_holder_does_not_block_the_next_run(tmp_path, monkeypatch):
+    """Prefect's transaction lock (flows.cache.LOCKS): another holder blocks it, and dies without leaving it held."""
+    from flows.cache import LOCKS
+
+    monkeypatch.setenv("QUANTFLOW_HOME", str(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert LOCKS.is_locked("quantize-abc") and not LOCKS.acquire_lock("quantize-abc", "me", acquire_timeout=0.5)
+        assert not LOCKS.wait_for_lock("quantize-abc", timeout=0.5)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert LOCKS.acquire_lock("quantize-abc", "me", acquire_timeout=10) and LOCKS.is_lock_holder("quantize-abc", "me")
+    with pytest.raises(ValueError, match="No lock held"):
+        LOCKS.release_lock("quantize-abc", "someone else")
+    LOCKS.release_lock("quantize-abc", "me")
+    assert not LOCKS.is_locked("quantize-abc")
