@@ -1,10 +1,10 @@
 """The names lm-eval knows (tasks, groups, tags) and the configs behind them, read without lm-eval.
 
-lm-eval's own index (lm_eval.tasks.TaskManager, 0.4.13) YAML-parses every one of the ~14k files under lm_eval/tasks,
-includes followed, when it is built: ~8 s here, on every preflight and every `quantflow suites`. Validating a suite
-needs only the names and the few configs it uses: a line scan of each file's top-level `task:` / `group:` / `tag:` /
-`include:` keys indexes the names (~1.5 s, cached per process), and only the files a suite names are then parsed,
-with `!function` left unresolved (resolving it imports the task's Python). lm_eval itself is found with
+Preflight validates a suite before any work. lm-eval's own index (lm_eval.tasks.TaskManager, 0.4.13) YAML-parses every
+one of the ~14k files under lm_eval/tasks, includes followed, when it is built: ~8 s on a 2-CPU machine. A suite needs
+only the names and the few configs it uses: a line scan of each file's top-level `task:` / `group:` / `tag:` /
+`include:` keys indexes the names (~1.5 s there, cached per process), and only the files a suite names are then
+parsed, with `!function` left unresolved (resolving it imports the task's Python). lm_eval is located with
 importlib.util.find_spec, never imported.
 """
 from __future__ import annotations
