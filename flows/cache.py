@@ -28,9 +28,9 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     "calibration": ("components.calibration", "components.artifacts"),
     "quantize": ("components.quantize", "components.determinism", "components.recipes", "components.artifacts",
                  "components.memory_plan"),
-    "evaluate": ("components.evaluation.runner", "components.evaluation.command", "components.evaluation.results",
-                 "components.evaluation.sandbox"),
-    "serving": ("components.evaluation.serving", "components.evaluation.command", "components.evaluation.runner"),
+    "evaluate": ("components.evaluation.runner", "components.evaluation.environment", "components.evaluation.command",
+                 "components.evaluation.results", "components.evaluation.humaneval", "components.evaluation.sandbox"),
+    "serving": ("components.evaluation.serving", "components.evaluation.command", "components.evaluation.environment"),
 }
 STEP_LIBRARIES: dict[str, tuple[str, ...]] = {
     "base": ("transformers", "gguf", "torch"),

@@ -8,7 +8,7 @@ import pytest
 
 from components import determinism
 from components.evaluation.command import EngineSettings
-from components.evaluation.runner import engine_env
+from components.evaluation.environment import engine_env
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -346,14 +346,14 @@ def _crashing_python(tmp: Path, fails: int) -> Path:
 
 def test_d_eval_crash_is_retried_in_a_fresh_process_and_never_cached(tiny_model, data_root, tmp_path, monkeypatch):
     from components.digests import digest_dir
-    from components.evaluation import runner
+    from components.evaluation import environment
     from components.preflight import preflight
     from flows.cache import evaluate_key
     from flows.quantize_variant import evaluate, quantize_variant
 
     # Once: the base evaluation's first process dies, the task's retry runs a new one, the flow completes.
     script = _crashing_python(tmp_path, fails=1)
-    monkeypatch.setattr(runner, "python_for", lambda engine: str(script))
+    monkeypatch.setattr(environment, "python_for", lambda engine: str(script))
     spec = drill_spec(tiny_model, tmp_path, "drill-d", eval_seed=2001)  # engine settings no other test uses
     state = quantize_variant(spec, return_state=True)
     assert state.is_completed()

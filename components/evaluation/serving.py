@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from components.evaluation import environment
 from components.evaluation.command import EngineSettings
-from components.evaluation.runner import EvaluationError, engine_env, log_tail, python_for
+from components.evaluation.environment import EvaluationError
 from components.local_stack import free_port, start, stop, wait_http
 from components.specs import ServingSpec
 
@@ -108,8 +108,8 @@ def measure(model_path: str, s: EngineSettings, spec: ServingSpec, out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     serve, bench = serve_command(model_path, s, spec, port), bench_command(model_path, spec, port, str(out_dir))
-    python = python_for("vllm")
-    env = engine_env(s)
+    python = environment.python_for("vllm")
+    env = environment.engine_env(s)
     server_log, bench_log = out_dir / "serve.log", out_dir / "bench.log"
     start_s = time.time()
     log(f"vllm serve ({s.platform}) {model_path}, then vllm bench serve: {spec.num_prompts} prompts, "
@@ -120,12 +120,10 @@ def measure(model_path: str, s: EngineSettings, spec: ServingSpec, out_dir: Path
             try:
                 wait_http(f"http://127.0.0.1:{port}/health", server, server_log, timeout=900)
             except (RuntimeError, TimeoutError) as e:
-                raise EvaluationError(f"vllm serve did not come up (log: {server_log}):\n{log_tail(server_log)}") from e
-            with open(bench_log, "w") as f:
-                proc = subprocess.run([python, "-m", "vllm.entrypoints.cli.main", *bench[1:]], env=env,
-                                      stdout=f, stderr=subprocess.STDOUT)
-            if proc.returncode != 0:
-                raise EvaluationError(f"vllm bench serve exited with {proc.returncode} (log: {bench_log}):\n{log_tail(bench_log)}")
+                raise environment.failed(f"vllm serve did not come up (log: {server_log})", server_log) from e
+            rc = environment.run([python, "-m", "vllm.entrypoints.cli.main", *bench[1:]], bench_log, env)
+            if rc != 0:
+                raise environment.failed(f"vllm bench serve exited with {rc} (log: {bench_log})", bench_log)
     finally:
         stop(server)
     doc = json.loads((out_dir / "serving.json").read_text())

@@ -1,0 +1,65 @@
+"""The evaluation environment: which interpreter runs lm-eval and vLLM, with what environment, and how it fails.
+
+vLLM and lm-eval's vLLM backend live in a second virtual environment (`.venv-eval` beside this one, or
+QUANTFLOW_EVAL_PYTHON), apart from llm-compressor's; lm-eval on hf runs in this interpreter, which loads the
+compressed-tensors checkpoints that the evaluation environment's older copy may not (docs/design.md, "Two
+environments"). Everything that crosses that boundary runs as a subprocess logging to a file; a failure shows the
+log's tail.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+from components import determinism
+from components.evaluation.command import EngineSettings
+from components.settings import settings
+
+
+class EvaluationError(RuntimeError):
+    pass
+
+
+def problems() -> list[str]:
+    """Why vLLM cannot run here, one line each with the fix; empty when the evaluation environment is in place."""
+    python = settings().eval_python
+    if Path(python).exists():
+        return []
+    return [f"evaluation environment not found at {python}: run `make setup` or set QUANTFLOW_EVAL_PYTHON"]
+
+
+def python_for(engine: str) -> str:
+    """The interpreter that runs `engine`: this one for hf, the evaluation environment's for vLLM."""
+    if engine == "hf":
+        return sys.executable
+    missing = problems()
+    if missing:
+        raise EvaluationError(missing[0])
+    return str(settings().eval_python)
+
+
+def engine_env(s: EngineSettings) -> dict[str, str]:
+    """An engine subprocess's environment: this one without PYTHONPATH and VIRTUAL_ENV (they would point the other
+    interpreter at this venv), plus what determinism.engine_env asks for where not already set."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for k, v in determinism.engine_env(s.platform).items():  # same checkpoint, same scores (what is set wins)
+        env.setdefault(k, v)
+    if s.platform == "cpu":
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; NUMA node 0 shows only half the RAM
+    return env
+
+
+def run(argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> int:
+    """Run `argv` to its end, stdout and stderr into `log`; its exit status."""
+    with open(log, "w") as f:
+        return subprocess.run(argv, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+
+
+def failed(message: str, log: Path) -> EvaluationError:
+    """`message`, then the last 15 lines of the subprocess's log."""
+    with open(log, errors="replace") as f:
+        return EvaluationError(f"{message}:\n{''.join(deque(f, maxlen=15))}")
