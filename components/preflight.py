@@ -37,7 +37,6 @@ from components.tracking import safe_uri
 
 GiB = 1 << 30
 MiB = 1 << 20
-WEIGHT_BITS = {"INT4": 4, "INT8": 8, "FP8": 8, "FP4": 4, "NVFP4": 4, "MXFP4": 4}
 
 
 class PreflightError(ValueError):
@@ -54,7 +53,6 @@ class PreflightError(ValueError):
 class Plan:
     """What the flow runs with, once preflight found nothing wrong."""
 
-    spec: VariantSpec
     scheme: SchemeDef
     suite: suites.Suite
     suite_digest: str
@@ -743,11 +741,10 @@ def _suite(c: _Checks) -> suites.Suite | None:
     except Exception as e:  # noqa: BLE001 - YAML errors and unreadable files
         c.problem(f"evaluation.suite {name!r}: cannot be read ({type(e).__name__}: {_first_line(e)})")
         return None
-    try:
-        suites.validate(suite)
-    except suites.SuiteError as e:
-        for line in str(e).splitlines()[1:]:
-            c.problem(f"evaluation.suite {suite.name!r}: {line.strip().removeprefix('- ')}")
+    found = suites.problems(suite)
+    for problem in found:
+        c.problem(f"evaluation.suite {suite.name!r}: {problem}")
+    if found:
         return None
     if any(t.scorer for t in suite.tasks):
         from components.evaluation import humaneval, sandbox
@@ -1040,6 +1037,6 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     c.guard("disk", _disk, c, base, checkpoint)
     if c.problems:
         raise PreflightError(c.problems)
-    return Plan(spec=spec, scheme=scheme, suite=suite, suite_digest=suite_digest(suite), engine=engine, name=name,
+    return Plan(scheme=scheme, suite=suite, suite_digest=suite_digest(suite), engine=engine, name=name,
                 checkpoint_bytes=checkpoint, notes=c.notes, serving=bool(serving), reference=reference,
                 quantization=quantization, memory=memory)

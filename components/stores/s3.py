@@ -22,7 +22,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from s3transfer.utils import ChunksizeAdjuster
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from components.digests import FileStamp, sha256_file
 from components.stores.base import (MANIFEST, CheckpointNotFound, Published, StoreError, manifest, manifest_bytes,
@@ -139,8 +139,6 @@ class S3Store:
                                   "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the credentials block, "
                                   "and that they may read and write this bucket")
             return StoreError(f"{doing}: S3 error {code or status} on {self.where}: {err.get('Message', '')}")
-        if isinstance(e, BotoCoreError):
-            return StoreError(f"{doing}: {type(e).__name__} on {self.where}: {e}")
         return StoreError(f"{doing}: {type(e).__name__} on {self.where}: {e}")
 
     def _ensure_bucket(self) -> None:
