@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
-from components import recipes
+from components import recipes, stores
 from components.calibration import FILE_BUILDERS
 from components.evaluation import references, suites
 from components.evaluation.command import EngineSettings
@@ -32,7 +32,6 @@ from components.recipes import SchemeDef
 from components.settings import settings
 from components.specs import (VariantSpec, check_variant_name, credentials_in_url, did_you_mean, strip_userinfo,
                               validation_problems)
-from components.stores import open_store
 from components.tracking import safe_uri
 
 GiB = 1 << 30
@@ -95,6 +94,11 @@ class _Checks:
         except Exception as e:  # noqa: BLE001 - a check that cannot run is itself a finding
             self.problem(f"{what}: {type(e).__name__}: {_first_line(e)}")
             return None
+
+    def add(self, what: str, fn: Callable, *args) -> None:
+        """Run a component's check and record the problems it returns."""
+        for problem in self.guard(what, fn, *args) or []:
+            self.problem(problem)
 
 
 def _first_line(e: BaseException, limit: int = 400) -> str:
@@ -873,67 +877,6 @@ def _memory(c: _Checks, scheme: SchemeDef, base: _Base) -> tuple[MemoryPlan | No
 
 # --- stores, tracking, disk ---------------------------------------------------------------------
 
-def _stores(c: _Checks, name: str | None) -> None:
-    for i, s in enumerate(c.spec.stores):
-        where = f"stores[{i}] ({s.kind}{' ' + s.uri if s.uri else ''})"
-        if s.kind == "local":  # not LocalStore(): it creates its root
-            root = Path(s.uri).expanduser() if s.uri else settings().home / "published"
-            if root.exists() and not root.is_dir():
-                c.problem(f"{where}: {root} exists and is not a directory")
-            elif name is not None and root.resolve() not in (root / name).resolve().parents:
-                c.problem(f"{where}: checkpoint name {name!r} escapes the store root {root}: set variant_name to a "
-                          "plain name")
-            continue
-        try:
-            store = open_store(s)
-        except Exception as e:  # noqa: BLE001 - bad bucket/repo ids, credential blocks that do not load
-            c.problem(f"{where}: {_first_line(e)}")
-            continue
-        if s.kind == "s3":
-            if name is not None:
-                try:
-                    store._root(name)
-                except ValueError as e:
-                    c.problem(f"{where}: {e}: set variant_name to a plain name")
-            c.guard(where, _s3_reachable, c, s, store, where)
-        elif s.kind == "hub":
-            if name is not None:
-                try:
-                    store.repo_id(name)
-                except ValueError as e:
-                    c.problem(f"{where}: {e}: set variant_name to a plain name")
-            from huggingface_hub import constants
-
-            from components.stores.base import StoreError
-
-            if constants.is_offline_mode():
-                c.problem(f"{where}: HF_HUB_OFFLINE is set: cannot publish to the Hub at {store.endpoint}; unset it "
-                          "or drop this store")
-            try:
-                store._token()
-            except StoreError as e:
-                c.problem(f"{where}: {e}")
-
-
-def _s3_reachable(c: _Checks, s, store, where: str) -> None:
-    """One listing call under the prefix, with short timeouts and no retries: reachable, credentials accepted, bucket there."""
-    from botocore.config import Config
-    from botocore.exceptions import ClientError
-
-    session, kwargs = store._session(s.endpoint_url, s.region)
-    cfg = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 2},
-                 s3={"addressing_style": "path"} if kwargs.get("endpoint_url") else None)
-    client = session.client("s3", config=cfg, **kwargs)
-    try:
-        client.list_objects_v2(Bucket=store.bucket, Prefix=f"{store.prefix}/" if store.prefix else "", MaxKeys=1)
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") == "NoSuchBucket" and s.create_bucket:
-            return
-        c.problem(f"{where}: {store._error(e, 'checking the bucket')}")
-    except Exception as e:  # noqa: BLE001
-        c.problem(f"{where}: {store._error(e, 'checking the bucket')}")
-
-
 def _tracking(c: _Checks) -> None:
     uri = settings().tracking_uri
     if credentials_in_url(uri):
@@ -1031,7 +974,7 @@ def preflight(spec: VariantSpec | dict) -> Plan:
         except ValueError as e:
             c.problem(f"variant_name: the default name, {e}: set variant_name")
             name = None
-    c.guard("stores", _stores, c, name)
+    c.add("stores", stores.problems, spec.stores, name)
     if not home:  # the default tracking store lives under it
         c.guard("tracking", _tracking, c)
     c.guard("disk", _disk, c, base, checkpoint)
