@@ -4,6 +4,10 @@
 weights), tokenizer files, the first rows and the row count of a local calibration file, suite YAML, the evaluation
 environment's path, one listing call per S3 store, the Hub token, the MLflow server's /health, free disk. It raises one
 `PreflightError` listing every problem, each with what to change; nothing under QUANTFLOW_HOME is written.
+
+Each component checks what it owns (models.inspect, recipes.check, calibration.check, stores.problems,
+settings.home_problems, local_stack.tracking_problems); this module gathers their problems and builds the Plan. The
+evaluation checks are still here: they use only components/evaluation's public functions.
 """
 from __future__ import annotations
 
@@ -20,13 +24,13 @@ from components.evaluation import references, suites
 from components.evaluation.command import EngineSettings
 from components.evaluation.engine import batch_size, choose_engine, detect_platform
 from components.evaluation.runner import EvalResult, suite_digest
+from components.local_stack import tracking_problems
 from components.memory_plan import MemoryPlan, Settings
 from components.models import BaseInfo, gguf_path, max_positions
 from components.quantize import CPU
 from components.recipes import SchemeDef
-from components.local_stack import tracking_problems
 from components.settings import existing, home_problems, settings
-from components.specs import (VariantSpec, check_variant_name, did_you_mean, validation_problems)
+from components.specs import VariantSpec, check_variant_name, did_you_mean, first_line, validation_problems
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -73,7 +77,7 @@ class _Checks:
         try:
             return fn(*args)
         except Exception as e:  # noqa: BLE001 - a check that cannot run is itself a finding
-            self.problem(f"{what}: {type(e).__name__}: {_first_line(e)}")
+            self.problem(f"{what}: {type(e).__name__}: {first_line(e)}")
             return None
 
     def found(self, what: str, fn: Callable, *args):
@@ -87,14 +91,6 @@ class _Checks:
         """Run a component's check and record the problems it returns."""
         for problem in self.guard(what, fn, *args) or []:
             self.problem(problem)
-
-
-def _first_line(e: BaseException, limit: int = 400) -> str:
-    """The gist of an exception: a pydantic error's every field and message, else the first line."""
-    if isinstance(e, ValidationError):
-        return f"{e.title}: " + "; ".join(validation_problems(e))[:limit]
-    text = str(e).strip().splitlines()
-    return text[0][:limit] if text else ""
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -111,7 +107,7 @@ def _suite(c: _Checks) -> suites.Suite | None:
                       f"{', '.join(suites.names())}; or give the path of a suite YAML file)")
         return None
     except Exception as e:  # noqa: BLE001 - YAML errors and unreadable files
-        c.problem(f"evaluation.suite {name!r}: cannot be read ({type(e).__name__}: {_first_line(e)})")
+        c.problem(f"evaluation.suite {name!r}: cannot be read ({type(e).__name__}: {first_line(e)})")
         return None
     found = suites.problems(suite)
     for problem in found:
@@ -201,7 +197,7 @@ def _serving(c: _Checks, engine: EngineSettings | None, base: BaseInfo | None) -
     try:
         bad = [i + 1 for i, line in enumerate(rows) if not isinstance(json.loads(line).get("prompt"), str)]
     except (ValueError, AttributeError) as e:
-        c.problem(f"evaluation.serving.prompts: {path} is not JSONL (one JSON object a line): {_first_line(e)}")
+        c.problem(f"evaluation.serving.prompts: {path} is not JSONL (one JSON object a line): {first_line(e)}")
         return False
     if not rows or bad:
         c.problem(f"evaluation.serving.prompts: {path} needs a string `prompt` on every line"
@@ -243,7 +239,7 @@ def _memory(c: _Checks, scheme: SchemeDef, base: BaseInfo) -> tuple[MemoryPlan |
     return memory, mp.settings_for(q, memory, machine)
 
 
-# --- stores, tracking, disk ---------------------------------------------------------------------
+# --- disk: every copy the run writes, against the free space where it lands ------------------------
 
 def _disk(c: _Checks, base: BaseInfo | None, checkpoint: int | None) -> None:
     if base is None:
