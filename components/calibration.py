@@ -1,13 +1,19 @@
-"""Calibration sets: an HF dataset with the chat template applied, or random token ids."""
+"""Calibration sets: an HF dataset with the chat template applied, or random token ids; and their preflight check."""
 from __future__ import annotations
 
+import csv
+import json
+import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 from pydantic import BaseModel
 
 from components.digests import digest_obj
-from components.specs import CalibrationSpec
+from components.models import BaseInfo, looks_like_path, max_positions
+from components.specs import CalibrationSpec, did_you_mean, first_line
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -96,3 +102,226 @@ def save(ds, description: str, spec: CalibrationSpec, root: Path) -> CalibSet:
             finally:
                 artifacts.remove(tmp)
     return calib
+
+
+# --- preflight: every row of the dataset read once, against how it will be used -------------------------------------
+
+@dataclass
+class _Check:
+    spec: CalibrationSpec
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def check(spec: CalibrationSpec, base: BaseInfo | None) -> tuple[list[str], list[str]]:
+    """(notes, problems) of the calibration set before any work: where it is, its column, every row's value for the
+    way it is used, enough rows, chat template or plain text as the model and the data allow, the sequence length
+    the model takes. A bad row otherwise fails minutes later inside `build`. Problems: one line each, with the fix;
+    notes: what is checked only when a Hub dataset is loaded."""
+    c = _Check(spec)
+    try:
+        _check(c, base)
+    except Exception as e:  # noqa: BLE001 - a check that cannot run is itself a finding
+        c.problems.append(f"calibration: {type(e).__name__}: {first_line(e)}")
+    return c.notes, c.problems
+
+
+def _check(c: _Check, base: BaseInfo | None) -> None:
+    spec = c.spec
+    if base is not None and base.config is not None:
+        limit = max_positions(base.config)
+        if limit and spec.max_seq_length > limit:
+            c.problems.append(f"calibration.max_seq_length {spec.max_seq_length} is above {base.name}'s "
+                              f"max_position_embeddings {limit}: set it to {limit} or less")
+    if spec.source == "random":
+        return
+    local = spec.dataset_path
+    if local.is_file():
+        _local_dataset(c, local, base)
+    elif local.is_dir():
+        try:
+            _dataset_dir(c, base)
+        except Exception as e:  # noqa: BLE001 - a check that cannot run is itself a finding
+            c.problems.append(f"calibration.dataset {spec.dataset!r}: {type(e).__name__}: {first_line(e)}")
+    elif looks_like_path(spec.dataset) or Path(spec.dataset).suffix in FILE_BUILDERS:
+        c.problems.append(f"calibration.dataset {spec.dataset!r}: file not found")
+    else:
+        _hub_dataset(c, spec.dataset)
+
+
+def _hub_dataset(c: _Check, dataset: str) -> None:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(dataset)
+    except HFValidationError as e:
+        c.problems.append(f"calibration.dataset {dataset!r}: neither a local file/directory nor a Hub dataset id "
+                          f"({first_line(e)})")
+        return
+    if constants.is_offline_mode() or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        hub_cache = Path(constants.HF_HUB_CACHE) / f"datasets--{dataset.replace('/', '--')}"
+        ds_cache = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets")
+        if not hub_cache.is_dir() and not any(ds_cache.glob(f"{dataset.replace('/', '___')}*")):
+            c.problems.append(f"calibration.dataset {dataset!r}: not in the local cache and offline mode is on "
+                              "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): download it once online, or give a local file")
+        else:
+            c.notes.append(f"calibration.dataset {dataset!r}: Hub dataset served from the cache; rows and columns are "
+                           "checked when it is loaded")
+        return
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        HfApi().dataset_info(dataset)
+    except GatedRepoError:
+        c.problems.append(f"calibration.dataset {dataset!r}: a gated dataset: accept its terms on the Hub and set HF_TOKEN")
+        return
+    except RepositoryNotFoundError:
+        c.problems.append(f"calibration.dataset {dataset!r}: no such dataset on the Hub (or it is private: set HF_TOKEN)")
+        return
+    except Exception as e:  # noqa: BLE001
+        c.problems.append(f"calibration.dataset {dataset!r}: cannot reach the Hub at {constants.ENDPOINT} "
+                          f"({type(e).__name__}): check the network or proxy (HF_ENDPOINT), or set HF_HUB_OFFLINE=1 "
+                          "with the dataset cached, or give a local file")
+        return
+    c.notes.append(f"calibration.dataset {dataset!r}: Hub dataset found; rows and columns are checked when it is loaded")
+
+
+def _rows(path: Path) -> tuple[list[str], Iterator[tuple[int, Any]]]:
+    """(columns, every (row number, row)) of a local json/jsonl/csv/parquet file, read as a stream where the format
+    allows (JSON lines, parquet batches, csv), numbered as a person finds them (line for JSON lines, else from 1)."""
+    suffix = path.suffix
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+
+        def batches():
+            n = 0
+            for batch in pf.iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield n, row
+        return list(pf.schema_arrow.names), batches()
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            columns = next(csv.reader(f), [])
+
+        def lines():
+            with open(path, newline="", encoding="utf-8") as f:
+                yield from enumerate(csv.DictReader(f), 1)
+        return columns, lines()
+    with open(path, encoding="utf-8") as f:
+        head = f.read(1 << 16).lstrip()
+    if head.startswith("["):  # one JSON array of rows
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        first = rows[0] if rows else {}
+        return (list(first) if isinstance(first, dict) else []), enumerate(rows, 1)
+    if suffix == ".json" and head.startswith("{"):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            doc = None  # JSON lines in a .json file
+        if isinstance(doc, dict):
+            if doc and all(isinstance(v, list) for v in doc.values()):  # columns
+                n = len(next(iter(doc.values())))
+                return list(doc), ((i + 1, {k: v[i] if i < len(v) else None for k, v in doc.items()}) for i in range(n))
+            return list(doc), iter([(1, doc)])
+    first = None
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                first = _json_line(i, line)
+                break
+
+    def json_lines():
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    yield i, _json_line(i, line)
+    return (list(first) if isinstance(first, dict) else []), json_lines()
+
+
+def _json_line(i: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError as e:
+        raise ValueError(f"line {i} is not JSON ({e})") from None
+
+
+def _local_dataset(c: _Check, path: Path, base: BaseInfo | None) -> None:
+    spec = c.spec
+    if path.suffix not in FILE_BUILDERS:
+        c.problems.append(f"calibration.dataset {spec.dataset!r}: unsupported file type {path.suffix!r} "
+                          f"(use {', '.join(FILE_BUILDERS)})")
+        return
+    unit = "line" if path.suffix in (".jsonl", ".json") else "row"
+    try:
+        columns, rows = _rows(path)
+        _rows_columns(c, columns, rows, base, unit)
+    except Exception as e:  # noqa: BLE001
+        c.problems.append(f"calibration.dataset {spec.dataset!r}: cannot be read as {path.suffix} "
+                          f"({type(e).__name__}: {first_line(e)})")
+
+
+def _dataset_dir(c: _Check, base: BaseInfo | None) -> None:
+    ds = load_raw(c.spec)
+    _rows_columns(c, list(ds.column_names), enumerate(ds, 1), base, "row")
+
+
+def _row_problem(value: Any, chat: bool) -> str | None:
+    """What is wrong with one calibration value for the way it is used (None: nothing)."""
+    if not chat:
+        return None if isinstance(value, str) and value.strip() else f"text is {_kind(value)}, not a non-empty string"
+    if not isinstance(value, list) or not value:
+        return f"messages are {_kind(value)}, not a non-empty list of {{role, content}}"
+    for j, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), (str, list)):
+            return f"message {j} is {_kind(m) if not isinstance(m, dict) else 'missing a string role or content'}"
+    return None
+
+
+def _kind(value: Any) -> str:
+    return "missing (null)" if value is None else "empty" if value in ("", [], {}) else f"a {type(value).__name__}"
+
+
+def _rows_columns(c: _Check, columns: list[str], rows: Iterator[tuple[int, Any]], base: BaseInfo | None,
+                  unit: str) -> None:
+    """Count every row and check each one's value against how it is used; the first few bad rows are named."""
+    spec = c.spec
+    if spec.column not in columns:
+        c.problems.append(f"calibration.column {spec.column!r} is not in {spec.dataset!r}"
+                          f"{did_you_mean(spec.column, columns)} (columns: {', '.join(columns) or 'none'})")
+        return
+    n, first, bad, shown = 0, None, 0, []
+    for i, row in rows:
+        n += 1
+        value = row.get(spec.column) if isinstance(row, dict) else None
+        first = value if n == 1 else first
+        problem = _row_problem(value, spec.apply_chat_template) if isinstance(row, dict) else f"{_kind(row)}, not an object"
+        if problem:
+            bad += 1
+            if len(shown) < 3:
+                shown.append(f"{unit} {i}: {problem}")
+    if n < spec.num_samples:
+        c.problems.append(f"calibration.dataset {spec.dataset!r} has {n} rows, calibration.num_samples is "
+                          f"{spec.num_samples}: lower num_samples to {n} or less, or use a larger dataset")
+    if spec.apply_chat_template:
+        if isinstance(first, str):
+            c.problems.append(f"calibration.column {spec.column!r} holds plain text, not chat messages: set "
+                              "calibration.apply_chat_template: false, or choose a column of messages")
+            return
+        if base is not None and base.has_chat_template is False:
+            c.problems.append(f"calibration.apply_chat_template is on but {base.name}'s tokenizer has no chat template: "
+                              "set it to false and choose a text column, or use a model (or tokenizer) with a chat "
+                              "template")
+    elif isinstance(first, list):
+        c.problems.append(f"calibration.column {spec.column!r} holds chat messages, not text: set "
+                          "calibration.apply_chat_template: true, or choose a text column")
+        return
+    if bad:
+        c.problems.append(f"calibration.dataset {spec.dataset!r}: {bad} row{'s' if bad != 1 else ''} of column "
+                          f"{spec.column!r} cannot be used ({'; '.join(shown)}{'; ...' if bad > len(shown) else ''}): "
+                          f"fix or drop {'them' if bad != 1 else 'it'}")

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -31,6 +32,51 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120)
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _no_answer(url: str) -> str | None:
+    """Why the server at `url` does not answer /health (None: it answers; sent without user info or query)."""
+    from components.tracking import safe_uri
+
+    try:
+        with urllib.request.urlopen(safe_uri(url).rstrip("/") + "/health", timeout=5):
+            return None
+    except urllib.error.HTTPError as e:
+        if e.code < 500:
+            return None  # it answers; auth or a proxy in front of /health is the server's business
+        return f"HTTP {e.code}"
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+
+
+def prefect_api_problem(url: str) -> str | None:
+    """Whether the Prefect API at `url` answers /health (one line naming it and the fix), before a run starts."""
+    from components.tracking import safe_uri
+
+    reason = _no_answer(url)
+    if reason is None:
+        return None
+    return (f"Prefect API {safe_uri(url)} (PREFECT_API_URL) does not answer ({reason}): start it (`quantflow server "
+            "up`), or unset PREFECT_API_URL to run with a temporary local server")
+
+
+def tracking_problems() -> list[str]:
+    """The MLflow tracking server the run records to: no credentials in its URL (they would be printed and recorded),
+    and, when it is a server, it answers /health; before a run, not after hours of work."""
+    from components.settings import settings
+    from components.specs import credentials_in_url, strip_userinfo
+    from components.tracking import safe_uri
+
+    uri = settings().tracking_uri
+    if credentials_in_url(uri):
+        return [f"QUANTFLOW_MLFLOW_TRACKING_URI {strip_userinfo(uri)!r} carries credentials in the URL (they would be "
+                "printed and recorded with it): remove them and set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"]
+    reason = _no_answer(uri) if uri.startswith(("http://", "https://")) else None
+    if reason is None:
+        return []
+    return [f"MLflow tracking server {safe_uri(uri)} (QUANTFLOW_MLFLOW_TRACKING_URI) does not answer ({reason}): "
+            "start it (`quantflow server up`), or unset the variable to track in a local SQLite store"]
 
 
 def start(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:

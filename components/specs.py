@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from components.models import EMBEDDED_DEFAULT, package_path
 from components.recipes import names as recipe_names
@@ -307,3 +307,11 @@ def validation_problems(e) -> list[str]:
         loc = ".".join(str(x) for x in err["loc"]) or "spec"
         out.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
     return out
+
+
+def first_line(e: BaseException, limit: int = 400) -> str:
+    """An exception as one line of a problem list: a pydantic error's every field and message, else its first line."""
+    if isinstance(e, ValidationError):
+        return f"{e.title}: " + "; ".join(validation_problems(e))[:limit]
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else ""

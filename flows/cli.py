@@ -191,8 +191,8 @@ def _prefect_api():
     terminal reaches the run, not the server."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-    from components.preflight import PreflightError, prefect_api_problem
-
+    from components.local_stack import prefect_api_problem
+    from components.preflight import PreflightError
     from components.settings import settings
 
     url = get_current_settings().api.url
@@ -228,7 +228,8 @@ def _prefect_api():
 @contextmanager
 def _flow_run():
     """Everything a flow run from the command line needs around it (see each context)."""
-    from components.preflight import PreflightError, home_problems
+    from components.preflight import PreflightError
+    from components.settings import home_problems
 
     problems = home_problems()
     if problems:

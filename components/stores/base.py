@@ -91,3 +91,7 @@ class CheckpointStore(Protocol):
 
     def get(self, name: str, dest: Path) -> Path:
         """Fetch a published checkpoint whose manifest is complete."""
+
+    def problems(self, name: str | None) -> list[str]:
+        """What would stop publishing `name` here, one line each with the fix, found before the run and without
+        writing anything (`name` None: the store alone)."""

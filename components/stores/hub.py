@@ -70,6 +70,25 @@ class HubStore:
             raise ValueError(f"checkpoint name {name!r} cannot be a Hub repo name (it has a '/')")
         return validate_repo_id(f"{self.repo}/{name}")
 
+    def problems(self, name: str | None) -> list[str]:
+        """What would stop publishing `name` here (one line each, with the fix), without a request: a name that is no
+        repo name, offline mode, no token."""
+        from huggingface_hub import constants
+
+        out = []
+        if name is not None:
+            try:
+                self.repo_id(name)
+            except ValueError as e:
+                out.append(f"{e}: set variant_name to a plain name")
+        if constants.is_offline_mode():
+            out.append(f"HF_HUB_OFFLINE is set: cannot publish to the Hub at {self.endpoint}; unset it or drop this store")
+        try:
+            self._token()
+        except StoreError as e:
+            out.append(str(e))
+        return out
+
     # --- credentials and errors ----------------------------------------------------------------
 
     def _token(self) -> str:

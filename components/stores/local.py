@@ -24,7 +24,17 @@ class LocalStore:
     kind = "local"
 
     def __init__(self, root: str | None = None):
-        self.root = Path(root) if root else settings().path("published")
+        # Not created here: preflight opens the store to check it and must write nothing; `put` creates it.
+        self.root = Path(root) if root else settings().home.resolve() / "published"
+
+    def problems(self, name: str | None) -> list[str]:
+        """What would stop publishing `name` here (one line each, with the fix), without writing anything."""
+        root = self.root.expanduser()
+        if root.exists() and not root.is_dir():
+            return [f"{root} exists and is not a directory"]
+        if name is not None and root.resolve() not in (root / name).resolve().parents:
+            return [f"checkpoint name {name!r} escapes the store root {root}: set variant_name to a plain name"]
+        return []
 
     def _dir(self, name: str) -> Path:
         target = (self.root / name).resolve()

@@ -22,7 +22,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from s3transfer.utils import ChunksizeAdjuster
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from components.digests import FileStamp, sha256_file
 from components.stores.base import (MANIFEST, CheckpointNotFound, Published, StoreError, manifest, manifest_bytes,
@@ -139,9 +139,30 @@ class S3Store:
                                   "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the credentials block, "
                                   "and that they may read and write this bucket")
             return StoreError(f"{doing}: S3 error {code or status} on {self.where}: {err.get('Message', '')}")
-        if isinstance(e, BotoCoreError):
-            return StoreError(f"{doing}: {type(e).__name__} on {self.where}: {e}")
         return StoreError(f"{doing}: {type(e).__name__} on {self.where}: {e}")
+
+    def problems(self, name: str | None) -> list[str]:
+        """What would stop publishing `name` here (one line each, with the fix): a name that is no plain key, then one
+        listing call under the prefix with short timeouts and no retries (endpoint reachable, credentials accepted,
+        bucket there unless create_bucket). Creates nothing."""
+        out = []
+        if name is not None:
+            try:
+                self._root(name)
+            except ValueError as e:
+                out.append(f"{e}: set variant_name to a plain name")
+        session, kwargs = self._session(self.endpoint_url, self.region)
+        cfg = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 2},
+                     s3={"addressing_style": "path"} if kwargs.get("endpoint_url") else None)
+        client = session.client("s3", config=cfg, **kwargs)
+        try:
+            client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else "", MaxKeys=1)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in MISSING_BUCKET_CODES or not self.create_bucket:
+                out.append(str(self._error(e, "checking the bucket")))
+        except Exception as e:  # noqa: BLE001
+            out.append(str(self._error(e, "checking the bucket")))
+        return out
 
     def _ensure_bucket(self) -> None:
         if self._bucket_checked:
