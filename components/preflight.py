@@ -20,7 +20,7 @@ from typing import Callable
 from pydantic import ValidationError
 
 from components import calibration, models, recipes, stores
-from components.evaluation import references, suites
+from components.evaluation import environment, references, suites
 from components.evaluation.command import EngineSettings
 from components.evaluation.engine import batch_size, choose_engine, detect_platform
 from components.evaluation.runner import EvalResult, suite_digest
@@ -146,10 +146,8 @@ def _engine(c: _Checks, scheme: SchemeDef | None, suite: suites.Suite | None, ba
         c.problem(f"evaluation.engine: {e}")
         return None
     if engine_name == "vllm":
-        python = settings().eval_python
-        if not Path(python).exists():
-            c.problem(f"evaluation.engine: vLLM evaluates this scheme here but its environment is missing: no "
-                      f"{python} (run `make setup`, set QUANTFLOW_EVAL_PYTHON, or use evaluation.engine: hf)")
+        for missing in environment.problems():
+            c.problem(f"evaluation.engine: vLLM evaluates this scheme here: {missing}, or use evaluation.engine: hf")
         limit = max_positions(base.config) if base is not None and base.config is not None else None
         if suite is not None and limit:
             longest = max([t.max_model_len or suite.max_model_len for t in suite.tasks])

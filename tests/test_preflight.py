@@ -358,7 +358,7 @@ def case_engine_cannot_run_scheme(ctx):
 
 def case_eval_python_missing(ctx):
     ctx.mp.setenv("QUANTFLOW_EVAL_PYTHON", str(ctx.tmp / "no-venv-eval" / "bin" / "python"))
-    return good(ctx.tiny, ctx.tmp, evaluation__engine="vllm"), r"vLLM .* environment is missing: no .*no-venv-eval"
+    return good(ctx.tiny, ctx.tmp, evaluation__engine="vllm"), r"vLLM .*: evaluation environment not found at .*no-venv-eval"
 
 
 def case_vllm_context_above_positions(ctx):
@@ -626,7 +626,7 @@ def test_every_problem_reported_at_once(tiny_model, tmp_path, monkeypatch):
     settings.cache_clear()
     found = problems_of(spec)
     expected = ["max_seq_length 8192 is above", "missing.jsonl': file not found", "smok.yaml",
-                "environment is missing", "HF_HUB_OFFLINE is set", "no Hugging Face token", "no AWS credentials"]
+                "evaluation environment not found", "HF_HUB_OFFLINE is set", "no Hugging Face token", "no AWS credentials"]
     for text in expected:
         assert any(text in p for p in found), (text, found)
     assert len(found) == len(expected), found
