@@ -255,7 +255,7 @@ def _disk(c: _Checks, base: BaseInfo | None, checkpoint: int | None) -> None:
         need["Hub download"] = base.to_download_bytes  # lands in the HF cache: counted here when on the same disk
     for i, s in enumerate(c.spec.stores):
         if s.kind == "local":
-            root = existing(Path(s.uri) if s.uri else settings().home / "published")
+            root = existing(Path(s.uri).expanduser() if s.uri else settings().home / "published")
             if root.stat().st_dev == home.stat().st_dev:
                 need[f"stores[{i}] copy"] = ckpt
             else:

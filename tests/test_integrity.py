@@ -229,3 +229,13 @@ def test_local_store_new_revision_keeps_the_old_and_same_content_is_a_no_op(ckpt
     assert json.loads((dest / "config.json").read_text()) == {"a": 2}
     out = store.get("tiny", tmp_path / "old", revision=first.revision)
     assert json.loads((out / "config.json").read_text()) == {"a": 1}
+
+
+def test_local_store_uri_with_a_tilde_is_the_home_directory(ckpt, tmp_path, monkeypatch):
+    """`~/x` is checked, counted and published in the user's home, not in a literal `./~/x`."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.chdir(tmp_path)
+    store = LocalStore("~/published")
+    assert store.problems("tiny") == []
+    store.put(ckpt, "tiny", {})
+    assert (tmp_path / "user" / "published" / "tiny" / MANIFEST).is_file() and not (tmp_path / "~").exists()

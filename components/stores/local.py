@@ -25,11 +25,11 @@ class LocalStore:
 
     def __init__(self, root: str | None = None):
         # Not created here: preflight opens the store to check it and must write nothing; `put` creates it.
-        self.root = Path(root) if root else settings().home.resolve() / "published"
+        self.root = Path(root).expanduser() if root else settings().home.resolve() / "published"
 
     def problems(self, name: str | None) -> list[str]:
         """What would stop publishing `name` here (one line each, with the fix), without writing anything."""
-        root = self.root.expanduser()
+        root = self.root
         if root.exists() and not root.is_dir():
             return [f"{root} exists and is not a directory"]
         if name is not None and root.resolve() not in (root / name).resolve().parents:
