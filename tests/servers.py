@@ -181,14 +181,20 @@ def ensure_bucket(s3, name: str, timeout: float = 30) -> None:
             time.sleep(0.5)
 
 
-def use_only_these_aws_credentials(monkeypatch, s3, tmp_path) -> None:
-    """The AWS environment holds this server's keys and nothing else (no profile, config file or instance metadata)."""
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+def no_aws_environment(monkeypatch, tmp_path) -> None:
+    """No AWS credentials from the caller: no keys, profile, config file, endpoint or instance metadata lookup."""
+    for var in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
+
+
+def use_only_these_aws_credentials(monkeypatch, s3, tmp_path) -> None:
+    """The AWS environment holds this server's keys and nothing else."""
+    no_aws_environment(monkeypatch, tmp_path)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
 

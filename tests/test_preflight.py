@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from servers import no_aws_environment
 
 from components import recipes
 from components.preflight import Plan, PreflightError, preflight
@@ -29,13 +30,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
     """No stray credentials or opt-ins from the caller's environment; settings re-read from the environment."""
-    for var in ("HF_TOKEN", "QUANTFLOW_ALLOW_CODE_EXECUTION", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    for var in ("HF_TOKEN", "QUANTFLOW_ALLOW_CODE_EXECUTION"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    no_aws_environment(monkeypatch, tmp_path)
     settings.cache_clear()
     yield
     settings.cache_clear()

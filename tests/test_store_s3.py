@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import seaweed_s3
+from servers import seaweed_s3, use_only_these_aws_credentials
 
 from components.specs import StoreSpec
 from components.stores import open_store
@@ -31,14 +31,7 @@ def s3(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def aws_env(s3, monkeypatch, tmp_path):
     """Only the test server's credentials: no profile, no config files, no instance metadata lookups."""
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    use_only_these_aws_credentials(monkeypatch, s3, tmp_path)
 
 
 _buckets = iter(range(10_000))
