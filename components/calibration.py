@@ -29,17 +29,23 @@ class CalibSet(BaseModel):
     description: str
 
 
-def load_raw(spec: CalibrationSpec):
-    """The dataset the spec names: a local file, a local dataset dir, or a Hub id via `load_dataset`."""
-    from datasets import load_dataset
-
+def load_args(spec: CalibrationSpec) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The `load_dataset` arguments for the dataset the spec names (a local file, a local dataset dir, or a Hub id
+    with its config): what runs, and what the card's Creation code shows."""
     local = spec.dataset_path
     if local.is_file():
         builder = FILE_BUILDERS.get(local.suffix)
         if builder is None:
             raise ValueError(f"calibration file {local}: unsupported type {local.suffix!r} (use {', '.join(FILE_BUILDERS)})")
-        return load_dataset(builder, data_files=str(local), split="train")
-    return load_dataset(spec.dataset, spec.config_name, split=spec.split)
+        return (builder,), {"data_files": str(local), "split": "train"}
+    return (spec.dataset, *([spec.config_name] if spec.config_name else [])), {"split": spec.split}
+
+
+def load_raw(spec: CalibrationSpec):
+    from datasets import load_dataset
+
+    args, kwargs = load_args(spec)
+    return load_dataset(*args, **kwargs)
 
 
 def build(spec: CalibrationSpec, tokenizer) -> tuple["Dataset", str]:  # noqa: F821

@@ -100,6 +100,16 @@ def test_card_reproduction_is_the_command_that_ran(tmp_path):
     assert "strategy: tensor" in card and "lm_head" in card
 
 
+def test_creation_code_loads_the_dataset_as_the_run_did(tmp_path):
+    """The card's load_dataset call is made from the arguments calibration.load_raw passed (its config included)."""
+    from components.calibration import load_args
+
+    f = facts(tmp_path)
+    f.spec.calibration.config_name = "default"
+    assert load_args(f.spec.calibration) == (("HuggingFaceH4/ultrachat_200k", "default"), {"split": "train_sft"})
+    assert 'load_dataset("HuggingFaceH4/ultrachat_200k", "default", split="train_sft")' in render(f)
+
+
 def test_card_states_the_gate(tmp_path):
     card = render(facts(tmp_path))
     assert "**Gate: INCONCLUSIVE** (each task's 90% interval of recovery against 92% (rtol 0.08)" in card

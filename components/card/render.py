@@ -8,7 +8,7 @@ from pathlib import Path
 import jinja2
 from pydantic import BaseModel
 
-from components.calibration import FILE_BUILDERS, CalibSet
+from components.calibration import CalibSet, load_args
 from components.memory_plan import Settings
 from components.determinism import SEED
 from components.evaluation.command import render as render_command
@@ -207,10 +207,11 @@ def creation_code(f: CardFacts) -> str:
                   f"input_ids = [[random.randint(0, max_token_id) for _ in range({c.max_seq_length})] for _ in range({c.num_samples})]",
                   f"ds = Dataset.from_dict({{\"input_ids\": input_ids, \"attention_mask\": [[1] * {c.max_seq_length}] * {c.num_samples}}})"]
     elif f.calibration:
-        local = c.dataset_path
-        load = (f'load_dataset("{FILE_BUILDERS[local.suffix]}", data_files="{_in_checkout(str(local), local.name)}", split="train")'
-                if local.is_file() else f'load_dataset("{c.dataset}", split="{c.split}")')
-        lines += [f"ds = {load}",
+        args, kwargs = load_args(c)
+        if "data_files" in kwargs:  # a local file: shown inside a quantflow checkout, or by its name
+            kwargs["data_files"] = _in_checkout(kwargs["data_files"], c.dataset_path.name)
+        load = ", ".join([*(json.dumps(a) for a in args), *(f"{k}={json.dumps(v)}" for k, v in kwargs.items())])
+        lines += [f"ds = load_dataset({load})",
                   f"ds = ds.shuffle(seed={c.seed}).select(range({c.num_samples}))",
                   f'ds = ds.map(lambda x: {{"text": tokenizer.apply_chat_template(x["{c.column}"], tokenize=False)}})'
                   if c.apply_chat_template else f'ds = ds.map(lambda x: {{"text": x["{c.column}"]}})',
