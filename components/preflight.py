@@ -6,12 +6,11 @@ environment's path, one listing call per S3 store, the Hub token, the MLflow ser
 `PreflightError` listing every problem, each with what to change; nothing under QUANTFLOW_HOME is written.
 
 Each component checks what it owns (models.inspect, recipes.check, calibration.check, stores.problems,
-settings.home_problems, local_stack.tracking_problems); this module gathers their problems and builds the Plan. The
-evaluation checks are still here: they use only components/evaluation's public functions.
+settings.home_problems, local_stack.tracking_problems, suites.inspect, engine.settings_for, serving.check,
+references.inspect); this module gathers their problems and builds the Plan.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +19,18 @@ from typing import Callable
 from pydantic import ValidationError
 
 from components import calibration, models, recipes, stores
-from components.evaluation import environment, references, suites
+from components.evaluation import references, suites
+from components.evaluation.engine import settings_for as engine_settings
 from components.evaluation.command import EngineSettings
-from components.evaluation.engine import batch_size, choose_engine, detect_platform
 from components.evaluation.runner import EvalResult, suite_digest
+from components.evaluation.serving import check as serving_check
 from components.local_stack import tracking_problems
 from components.memory_plan import MemoryPlan, Settings
 from components.models import BaseInfo, gguf_path, max_positions
 from components.quantize import CPU
 from components.recipes import SchemeDef
 from components.settings import existing, home_problems, settings
-from components.specs import VariantSpec, check_variant_name, did_you_mean, first_line, validation_problems
+from components.specs import VariantSpec, check_variant_name, first_line, validation_problems
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -81,132 +81,18 @@ class _Checks:
             return None
 
     def found(self, what: str, fn: Callable, *args):
-        """Run a component's check that returns (what it found, its problems): record the problems, return the rest."""
-        value, problems = self.guard(what, fn, *args) or (None, [])
+        """Run a component's check that returns (what it found, its problems[, its notes]): record the problems and
+        notes, return what it found."""
+        value, problems, *notes = self.guard(what, fn, *args) or (None, [])
         for problem in problems:
             self.problem(problem)
+        self.notes += notes[0] if notes else []
         return value
 
     def add(self, what: str, fn: Callable, *args) -> None:
         """Run a component's check and record the problems it returns."""
         for problem in self.guard(what, fn, *args) or []:
             self.problem(problem)
-
-
-# --- evaluation ---------------------------------------------------------------------------------
-
-def _suite(c: _Checks) -> suites.Suite | None:
-    name = c.spec.evaluation.suite
-    try:
-        suite = suites.load(name)
-    except ValueError as e:
-        if isinstance(e, ValidationError):
-            c.problem(f"evaluation.suite {name!r}: not a valid suite file: " + "; ".join(validation_problems(e)))
-        else:
-            c.problem(f"evaluation.suite {name!r}: no such suite{did_you_mean(name, suites.names())} (suites: "
-                      f"{', '.join(suites.names())}; or give the path of a suite YAML file)")
-        return None
-    except Exception as e:  # noqa: BLE001 - YAML errors and unreadable files
-        c.problem(f"evaluation.suite {name!r}: cannot be read ({type(e).__name__}: {first_line(e)})")
-        return None
-    found = suites.problems(suite)
-    for problem in found:
-        c.problem(f"evaluation.suite {suite.name!r}: {problem}")
-    if found:
-        return None
-    if any(t.scorer for t in suite.tasks):
-        from components.evaluation import humaneval, sandbox
-
-        try:
-            sandbox.require_opt_in()
-        except sandbox.CodeExecutionNotAllowed as e:
-            c.problem(f"evaluation.suite {suite.name!r}: {e}")
-        for problem in humaneval.problems(t.task for t in suite.tasks):
-            c.problem(f"evaluation.suite {suite.name!r}: {problem}")
-    return suite
-
-
-def _engine(c: _Checks, scheme: SchemeDef | None, suite: suites.Suite | None, base: BaseInfo | None) -> EngineSettings | None:
-    ev = c.spec.evaluation
-    platform = detect_platform()
-    if ev.require_gpu and platform != "cuda":
-        c.problem("evaluation.require_gpu is set but no CUDA GPU is visible here (torch.cuda.is_available() is False): "
-                  "run on a GPU work pool, or unset require_gpu to run on CPU")
-    if platform == "cuda":
-        import torch
-
-        if ev.tensor_parallel_size > torch.cuda.device_count():
-            c.problem(f"evaluation.tensor_parallel_size {ev.tensor_parallel_size} is more than the "
-                      f"{torch.cuda.device_count()} GPU(s) visible here")
-    if scheme is None:
-        return None
-    try:
-        engine_name = choose_engine(ev.engine.value, scheme, platform)
-    except ValueError as e:
-        c.problem(f"evaluation.engine: {e}")
-        return None
-    if engine_name == "vllm":
-        for missing in environment.problems():
-            c.problem(f"evaluation.engine: vLLM evaluates this scheme here: {missing}, or use evaluation.engine: hf")
-        limit = max_positions(base.config) if base is not None and base.config is not None else None
-        if suite is not None and limit:
-            longest = max([t.max_model_len or suite.max_model_len for t in suite.tasks])
-            if longest > limit:
-                c.problem(f"evaluation.suite {suite.name!r}: vLLM would run with max_model_len {longest}, above "
-                          f"{base.name}'s max_position_embeddings {limit} (vLLM refuses it): use engine hf or a suite "
-                          f"with max_model_len <= {limit}")
-    return EngineSettings(engine=engine_name, platform=platform, tensor_parallel_size=ev.tensor_parallel_size,
-                          batch_size=batch_size(ev.batch_size, engine_name, platform), limit=ev.limit, seed=ev.seed,
-                          gpu_memory_utilization=ev.gpu_memory_utilization if engine_name == "vllm" else None)
-
-
-def _reference(c: _Checks, suite: suites.Suite | None, engine: EngineSettings | None, base: BaseInfo | None) -> EvalResult | None:
-    name = c.spec.evaluation.reference_baseline
-    if not name or suite is None or engine is None:
-        return None
-    try:
-        ref = references.load(name)
-    except ValueError as e:
-        c.problem(f"evaluation.reference_baseline: {e}")
-        return None
-    found = references.problems(ref, suite, base.name if base is not None else None)
-    for p in found:
-        c.problem(f"evaluation.reference_baseline {name!r}: {p}")
-    if found:
-        return None
-    c.notes.append(f"baseline: published scores ({ref.source}) stand in for evaluating {ref.model}")
-    return references.as_eval(ref, suite, engine)
-
-
-def _serving(c: _Checks, engine: EngineSettings | None, base: BaseInfo | None) -> bool:
-    """The serving benchmark's prompt file and length; whether it runs (vLLM only)."""
-    sv = c.spec.evaluation.serving
-    if not sv.enabled or engine is None:
-        return False
-    if engine.engine != "vllm":
-        c.notes.append(f"evaluation.serving: not measured: this variant evaluates on {engine.engine} and serving speed "
-                       "is measured with vLLM")
-        return False
-    path = sv.prompts_path
-    if not path.is_file():
-        c.problem(f"evaluation.serving.prompts: no file {path}")
-        return False
-    rows = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    try:
-        bad = [i + 1 for i, line in enumerate(rows) if not isinstance(json.loads(line).get("prompt"), str)]
-    except (ValueError, AttributeError) as e:
-        c.problem(f"evaluation.serving.prompts: {path} is not JSONL (one JSON object a line): {first_line(e)}")
-        return False
-    if not rows or bad:
-        c.problem(f"evaluation.serving.prompts: {path} needs a string `prompt` on every line"
-                  + (f" (missing on lines {bad[:5]})" if bad else " (the file is empty)"))
-        return False
-    limit = max_positions(base.config) if base is not None and base.config is not None else None
-    if limit and sv.max_model_len > limit:
-        c.problem(f"evaluation.serving.max_model_len {sv.max_model_len} is above {base.name}'s "
-                  f"max_position_embeddings {limit} (vLLM refuses it)")
-        return False
-    return True
 
 
 def _memory(c: _Checks, scheme: SchemeDef, base: BaseInfo) -> tuple[MemoryPlan | None, Settings]:
@@ -297,10 +183,16 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     memory, quantization = None, CPU
     if scheme is not None and base is not None and base.config is not None:
         memory, quantization = c.guard("quantization", _memory, c, scheme, base) or (None, CPU)
-    suite = c.guard(f"evaluation.suite {spec.evaluation.suite!r}", _suite, c)
-    engine = c.guard("evaluation.engine", _engine, c, scheme, suite, base)
-    serving = c.guard("evaluation.serving", _serving, c, engine, base)
-    reference = c.guard("evaluation.reference_baseline", _reference, c, suite, engine, base)
+    ev = spec.evaluation
+    base_name = base.name if base is not None else None
+    positions = max_positions(base.config) if base is not None and base.config is not None else None
+    suite = c.found(f"evaluation.suite {ev.suite!r}", suites.inspect, ev.suite)
+    engine = c.found("evaluation.engine", engine_settings, ev, scheme, suite, base_name, positions)
+    serving = c.found("evaluation.serving", serving_check, ev.serving, engine, base_name, positions)
+    reference = None
+    if ev.reference_baseline and suite is not None and engine is not None:
+        reference = c.found("evaluation.reference_baseline", references.inspect, ev.reference_baseline, suite, engine,
+                            base_name)
     name = spec.variant_name or (f"{base.name}-{scheme.suffix}" if base is not None and scheme is not None else None)
     if name is not None and not spec.variant_name:
         try:

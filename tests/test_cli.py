@@ -3,25 +3,31 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
-from typer.testing import CliRunner
-
-from flows.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
+QUANTFLOW = str(Path(sys.executable).parent / "quantflow")
 
 
-def test_deploy_then_status(monkeypatch):
-    monkeypatch.chdir(ROOT)
-    runner = CliRunner()
-    result = runner.invoke(app, ["deploy", "--concurrency-limit", "3"])
-    assert result.exit_code == 0, result.output
+def quantflow(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([QUANTFLOW, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_deploy_then_status():
+    """As a person runs them: separate processes (an in-process CliRunner would leave Prefect's log handler bound to
+    its closed streams)."""
+    result = quantflow("deploy", "--concurrency-limit", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
     with httpx.Client(base_url=os.environ["PREFECT_API_URL"]) as api:
         assert api.get("/work_pools/quantflow-local").json()["concurrency_limit"] == 3  # one variant per GPU
-        assert runner.invoke(app, ["deploy"]).exit_code == 0  # unset: no limit (a redeploy lifts an old one)
+        result = quantflow("deploy")  # unset: no limit (a redeploy lifts an old one)
+        assert result.returncode == 0, result.stdout + result.stderr
         assert api.get("/work_pools/quantflow-local").json()["concurrency_limit"] is None
         for flow, name in (("quantize-variant", "quantize-variant"), ("sweep", "sweep")):
             assert api.get(f"/deployments/name/{flow}/{name}").status_code == 200
@@ -45,22 +51,12 @@ def test_deploy_then_status(monkeypatch):
             assert resp.status_code in (409, 422), resp.text
         runs = api.post("/flow_runs/filter", json={"deployments": {"id": {"any_": [deployment]}}}).json()
         assert all(secret not in json.dumps(r["parameters"]) and "limt" not in json.dumps(r["parameters"]) for r in runs)
-    result = runner.invoke(app, ["status", "--limit", "50"])
-    assert result.exit_code == 0, result.output
-    assert run["name"] in result.output and "quantize-variant" in result.output and "Cancelled" in result.output
+    result = quantflow("status", "--limit", "50")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert run["name"] in result.stdout and "quantize-variant" in result.stdout and "Cancelled" in result.stdout
 
 
 # --- what a person sees when something is wrong: one line per problem, printed once, exit 1 ----------------------
-
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-QUANTFLOW = str(Path(sys.executable).parent / "quantflow")
-
-
-def quantflow(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([QUANTFLOW, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
 
 
 def lines(result: subprocess.CompletedProcess) -> list[str]:

@@ -404,7 +404,7 @@ def case_reference_baseline_for_another_model_and_suite(ctx):
 
 
 def case_gpu_required_but_absent(ctx):
-    ctx.mp.setattr("components.preflight.detect_platform", lambda: "cpu")
+    ctx.mp.setattr("components.evaluation.engine.detect_platform", lambda: "cpu")
     return good(ctx.tiny, ctx.tmp, evaluation__require_gpu=True), r"require_gpu is set but no CUDA GPU is visible"
 
 

@@ -1,7 +1,11 @@
-"""Which engine evaluates a scheme on this platform (pure)."""
+"""Which engine evaluates a scheme on this platform, with what settings."""
 from __future__ import annotations
 
+from components.evaluation import environment
+from components.evaluation.command import EngineSettings
+from components.evaluation.suites import Suite
 from components.recipes import SchemeDef
+from components.specs import EvalSpec
 
 
 def detect_platform() -> str:
@@ -26,3 +30,39 @@ def batch_size(requested: str, engine: str, platform: str) -> str:
     if requested == "auto" and engine == "hf" and platform == "cpu":
         return "4"
     return requested
+
+
+def settings_for(ev: EvalSpec, scheme: SchemeDef | None, suite: Suite | None, base_name: str | None,
+                 max_positions: int | None) -> tuple[EngineSettings | None, list[str]]:
+    """The engine settings the spec asks for on this machine, and why they cannot run here (one line each, with the
+    fix): no GPU where one is required or too few for the tensor parallelism, a scheme vLLM cannot run, vLLM's
+    environment missing, a suite longer than the base model's positions."""
+    problems = []
+    platform = detect_platform()
+    if ev.require_gpu and platform != "cuda":
+        problems.append("evaluation.require_gpu is set but no CUDA GPU is visible here (torch.cuda.is_available() is "
+                        "False): run on a GPU work pool, or unset require_gpu to run on CPU")
+    if platform == "cuda":
+        import torch
+
+        if ev.tensor_parallel_size > torch.cuda.device_count():
+            problems.append(f"evaluation.tensor_parallel_size {ev.tensor_parallel_size} is more than the "
+                            f"{torch.cuda.device_count()} GPU(s) visible here")
+    if scheme is None:
+        return None, problems
+    try:
+        engine = choose_engine(ev.engine.value, scheme, platform)
+    except ValueError as e:
+        return None, [*problems, f"evaluation.engine: {e}"]
+    if engine == "vllm":
+        problems += [f"evaluation.engine: vLLM evaluates this scheme here: {missing}, or use evaluation.engine: hf"
+                     for missing in environment.problems()]
+        if suite is not None and max_positions:
+            longest = max([t.max_model_len or suite.max_model_len for t in suite.tasks])
+            if longest > max_positions:
+                problems.append(f"evaluation.suite {suite.name!r}: vLLM would run with max_model_len {longest}, above "
+                                f"{base_name}'s max_position_embeddings {max_positions} (vLLM refuses it): use engine "
+                                f"hf or a suite with max_model_len <= {max_positions}")
+    return EngineSettings(engine=engine, platform=platform, tensor_parallel_size=ev.tensor_parallel_size,
+                          batch_size=batch_size(ev.batch_size, engine, platform), limit=ev.limit, seed=ev.seed,
+                          gpu_memory_utilization=ev.gpu_memory_utilization if engine == "vllm" else None), problems

@@ -69,3 +69,17 @@ def as_eval(ref: Reference, suite: Suite, settings: EngineSettings) -> EvalResul
                                 higher_is_better=t.higher_is_better, n=ref.docs.get(t.task)) for t in suite.tasks}
     return EvalResult(suite=suite.name, suite_digest=suite_digest(suite), settings=settings, commands=[], scores=scores,
                       wall_s=0.0, output_dir="", date=datetime.date.today().isoformat(), reference=ref.source)
+
+
+def inspect(name: str, suite: Suite, settings: EngineSettings, base_name: str | None
+            ) -> tuple[EvalResult | None, list[str], list[str]]:
+    """The published baseline `name` standing in for evaluating the base, why it cannot (problems), and the note
+    that says it does."""
+    try:
+        ref = load(name)
+    except ValueError as e:
+        return None, [f"evaluation.reference_baseline: {e}"], []
+    found = [f"evaluation.reference_baseline {name!r}: {p}" for p in problems(ref, suite, base_name)]
+    if found:
+        return None, found, []
+    return as_eval(ref, suite, settings), [], [f"baseline: published scores ({ref.source}) stand in for evaluating {ref.model}"]

@@ -183,3 +183,33 @@ def validate(suite: Suite, index: TaskIndex | None = None) -> Suite:
     if found:
         raise SuiteError(f"eval suite {suite.name!r}:\n  - " + "\n  - ".join(found))
     return suite
+
+
+def inspect(name: str) -> tuple[Suite | None, list[str]]:
+    """The suite `name` names (shipped or a YAML path) and why it cannot run here, one line each with the fix: not
+    found, invalid, tasks lm-eval does not know, and what its scored tasks need (code-execution opt-in, evalplus)."""
+    from pydantic import ValidationError
+
+    from components.specs import did_you_mean, first_line, validation_problems
+
+    try:
+        suite = load(name)
+    except ValueError as e:
+        if isinstance(e, ValidationError):
+            return None, [f"evaluation.suite {name!r}: not a valid suite file: " + "; ".join(validation_problems(e))]
+        return None, [f"evaluation.suite {name!r}: no such suite{did_you_mean(name, names())} (suites: "
+                      f"{', '.join(names())}; or give the path of a suite YAML file)"]
+    except Exception as e:  # noqa: BLE001 - YAML errors and unreadable files
+        return None, [f"evaluation.suite {name!r}: cannot be read ({type(e).__name__}: {first_line(e)})"]
+    found = [f"evaluation.suite {suite.name!r}: {p}" for p in problems(suite)]
+    if found:
+        return None, found
+    if any(t.scorer for t in suite.tasks):
+        from components.evaluation import humaneval, sandbox
+
+        try:
+            sandbox.require_opt_in()
+        except sandbox.CodeExecutionNotAllowed as e:
+            found.append(f"evaluation.suite {suite.name!r}: {e}")
+        found += [f"evaluation.suite {suite.name!r}: {p}" for p in humaneval.problems(t.task for t in suite.tasks)]
+    return suite, found
