@@ -139,9 +139,12 @@ HEADLINE = [("metrics", "average_recovery"), ("metrics", "average_recovery_ci_lo
 
 
 def view_state() -> str:
-    """The runs table's columns, headline first, as MLflow's UI reads a shared view (`mlflow.sharedViewState.<key>`:
-    plain JSON); a column no run has logged (serving off) is not drawn."""
-    return json.dumps({"selectedColumns": [f"{kind}.`{name}`" for kind, name in HEADLINE]})
+    """The runs table's columns as MLflow's UI reads a shared view (`mlflow.sharedViewState.<key>`, plain JSON):
+    the headline ones alone, in this order (not alphabetical: low before high), wide enough to read their names;
+    a column no run has logged (serving off) is not drawn."""
+    columns = [f"{kind}.`{name}`" for kind, name in HEADLINE]
+    return json.dumps({"selectedColumns": columns, "columnOrder": columns,
+                       "columnWidths": {c: 60 + 8 * len(name) for c, (_, name) in zip(columns, HEADLINE, strict=True)}})
 
 
 def _experiment(mlflow, base: ModelRef) -> str:

@@ -17,8 +17,12 @@ HEADLINE = ["metrics.`average_recovery`", "metrics.`average_recovery_ci_low`", "
             "tags.`quantflow.gate`", "metrics.`checkpoint_mb`", "metrics.`serving.output_tok_s`"]
 
 
-def _view(experiment_id: str) -> dict:
-    return json.loads(mlflow.MlflowClient().get_experiment(experiment_id).tags["mlflow.sharedViewState.quantflow"])
+def _columns(experiment_id: str) -> list[str]:
+    """The shared view's columns, checked to be drawn in that order and each wide enough for its name."""
+    view = json.loads(mlflow.MlflowClient().get_experiment(experiment_id).tags["mlflow.sharedViewState.quantflow"])
+    assert view["columnOrder"] == view["selectedColumns"] and set(view["columnWidths"]) == set(view["selectedColumns"])
+    assert all(width >= 8 * len(column.split("`")[1]) for column, width in view["columnWidths"].items())
+    return view["selectedColumns"]
 
 
 def test_the_experiment_opens_on_the_headline_columns():
@@ -27,14 +31,14 @@ def test_the_experiment_opens_on_the_headline_columns():
     name = f"tiny-view-{uuid.uuid4().hex[:8]}"
     base = ModelRef(source=f"local/{name}", name=name, path="/nowhere", digest="d" * 64)
     made = tracking._experiment(mlflow, base)
-    assert _view(made) == {"selectedColumns": HEADLINE}
-    assert tracking._experiment(mlflow, base) == made and _view(made) == {"selectedColumns": HEADLINE}
+    assert _columns(made) == HEADLINE
+    assert tracking._experiment(mlflow, base) == made and _columns(made) == HEADLINE
     assert tracking.experiment_url(name) == f"{settings().tracking_uri.rstrip('/')}/#/experiments/{made}/runs" \
                                             "?viewStateShareKey=quantflow"
 
     older = mlflow.create_experiment(f"quantflow/{name}-older")
     assert tracking._experiment(mlflow, base.model_copy(update={"name": f"{name}-older"})) == older
-    assert _view(older) == {"selectedColumns": HEADLINE}
+    assert _columns(older) == HEADLINE
     assert tracking.experiment_url("no-such-base") is None
 
 
