@@ -78,3 +78,16 @@ def test_the_record_digest_is_of_content_only(tmp_path):
     assert record.digest == elsewhere.digest and record.digest.startswith("record-")
     assert variant_record(tmp_path / "a", "tiny", "tiny-w8a8", values=(0.7, 0.27, 21.0)).digest != record.digest
     assert variant_record(tmp_path / "a", "tiny", "tiny-w8a8", speed=False).digest != record.digest
+
+
+def test_compare_prints_the_link_to_the_headline_view(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    base = f"tiny-cmp-{uuid.uuid4().hex[:8]}"
+    tracking.log_variant(variant_record(tmp_path, base, f"{base}-w8a8"))
+    result = CliRunner().invoke(app, ["compare", base])
+    assert result.exit_code == 0, result.output
+    assert f"| {base}-w8a8 | w8a8-int8 |" in result.output
+    assert result.output.rstrip().endswith(tracking.experiment_url(base)), result.output
