@@ -3,19 +3,26 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import os
 import re
 import tempfile
 import warnings
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from components.calibration import CalibSet
+from components.digests import digest_obj
 from components.evaluation.runner import EvalResult
 from components.evaluation.serving import ServingResult, Speed
 from components.gate import GateVerdict
 from components.models import ModelRef
+from components.outcomes import Checkpoint
+from components.recipes import SchemeDef
 from components.recovery import RecoveryTable
 from components.settings import settings
+from components.specs import VariantSpec
 from components.stores.base import Published
 
 PACKAGES = ["quantflow", "llmcompressor", "compressed-tensors", "transformers", "torch", "lm_eval", "prefect", "mlflow"]
@@ -33,6 +40,54 @@ def versions() -> dict[str, str]:
 
 class TrackingError(RuntimeError):
     """MLflow could not record a variant; the message names the tracking URI (without credentials)."""
+
+
+class VariantRecord(BaseModel):
+    """What one finished variant leaves in MLflow, as one value: the flow names its results, this says how MLflow
+    holds them (params, tags, files), and `digest` lets a rerun find the run it already recorded."""
+
+    name: str
+    spec: VariantSpec
+    scheme: SchemeDef
+    base: ModelRef
+    calibration: CalibSet | None
+    checkpoint: Checkpoint
+    base_eval: EvalResult
+    variant_eval: EvalResult
+    table: RecoveryTable
+    verdict: GateVerdict
+    speed: Speed | None
+    published: list[Published]
+    card: Path
+    suite_file: Path | None
+    flow_run_id: str = ""
+    flow_run_url: str = ""
+
+    @property
+    def digest(self) -> str:
+        """Of the content recorded (checkpoint, both evaluations' scores and settings, publications, speed), never of
+        paths or run ids: the same variant made again records nothing new."""
+        evals = [e.model_dump(include={"suite_digest", "settings", "scores"}) for e in (self.base_eval, self.variant_eval)]
+        parts = [self.checkpoint.digest, *evals, [p.manifest_digest for p in self.published],
+                 self.speed.model_dump() if self.speed else None]
+        return f"record-{digest_obj(parts)[:32]}"
+
+    @property
+    def params(self) -> dict:
+        return {"spec": self.spec.model_dump(mode="json"), "scheme.digest": self.scheme.digest,
+                "base.digest": self.base.digest, "checkpoint.digest": self.checkpoint.digest,
+                "engine": self.variant_eval.settings.model_dump()}
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"quantflow.scheme": self.scheme.name, "quantflow.gate": self.verdict.state.value.lower(),
+                "quantflow.prefect_flow_run_id": self.flow_run_id, "quantflow.prefect_flow_run_url": self.flow_run_url,
+                "quantflow.record": self.digest, "quantflow.variant": self.name}
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """Artifact folder -> file or folder logged there as it is (the card is logged apart, see `readable_card`)."""
+        return {"recipe": Path(self.checkpoint.path) / "recipe.yaml", "lm_eval": Path(self.variant_eval.output_dir)}
 
 
 # Keys whose values are never logged, and environment variables whose values never leave the process through MLflow.
@@ -76,23 +131,45 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+VIEW = "quantflow"  # the shared view of every base's experiment: `experiment_url` opens it
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW}"
+HEADLINE = [("metrics", "average_recovery"), ("metrics", "average_recovery_ci_low"),
+            ("metrics", "average_recovery_ci_high"), ("tags", "quantflow.gate"), ("metrics", "checkpoint_mb"),
+            ("metrics", "serving.output_tok_s")]
+
+
+def view_state() -> str:
+    """The runs table's columns as MLflow's UI reads a shared view (`mlflow.sharedViewState.<key>`, plain JSON):
+    the headline ones alone, in this order (not alphabetical: low before high), wide enough to read their names;
+    a column no run has logged (serving off) is not drawn."""
+    columns = [f"{kind}.`{name}`" for kind, name in HEADLINE]
+    return json.dumps({"selectedColumns": columns, "columnOrder": columns,
+                       "columnWidths": {c: 60 + 8 * len(name) for c, (_, name) in zip(columns, HEADLINE, strict=True)}})
+
+
 def _experiment(mlflow, base: ModelRef) -> str:
-    name = f"quantflow/{base.name}"
+    """The base's experiment, with the headline view set on it each time (an experiment made before it gets it)."""
+    name, view = f"quantflow/{base.name}", view_state()
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(VIEW_TAG) != view:
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, VIEW_TAG, view)
         return exp.experiment_id
     artifacts = None if settings().tracking_uri.startswith("http") else settings().path("mlartifacts").as_uri()
     # a model-development experiment: MLflow's UI opens its runs table, not the GenAI traces view
     return mlflow.create_experiment(name, artifact_location=artifacts,
-                                    tags={"mlflow.experimentKind": "custom_model_development"})
+                                    tags={"mlflow.experimentKind": "custom_model_development", VIEW_TAG: view})
 
 
-def _metrics(mlflow, result: EvalResult) -> None:
-    for task, s in result.scores.items():
-        mlflow.log_metric(f"{task}.{s.metric}", s.value)
-        if s.stderr is not None:
-            mlflow.log_metric(f"{task}.{s.metric}_stderr", s.stderr)
-    mlflow.log_metric("eval_wall_s", result.wall_s)
+def _log_metrics(mlflow, metrics: dict[str, float | None]) -> None:
+    """Every metric goes through here: None, NaN and inf are left out (MLflow would store NaN as a number and chart,
+    sort and compare on it; a missing value is honest)."""
+    mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None and math.isfinite(v)})
+
+
+def _eval_metrics(result: EvalResult) -> dict[str, float | None]:
+    return {**{f"{task}.{s.metric}": s.value for task, s in result.scores.items()},
+            **{f"{task}.{s.metric}_stderr": s.stderr for task, s in result.scores.items()}, "eval_wall_s": result.wall_s}
 
 
 def _suite_dataset(result: EvalResult, suite_file: Path):
@@ -110,10 +187,17 @@ def _metric_name(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
-def _serving_metrics(mlflow, r: ServingResult) -> None:
-    mlflow.log_metrics({"serving.output_tok_s": r.output_tok_s, "serving.ttft_median_ms": r.ttft_median_ms,
-                        "serving.tpot_median_ms": r.tpot_median_ms, "serving.engine_peak_mb": r.engine_peak_mb,
-                        "checkpoint_mb": r.checkpoint_mb, **({"serving.weights_gib": r.weights_gib} if r.weights_gib else {})})
+def _serving_metrics(r: ServingResult) -> dict[str, float | None]:
+    return {"serving.output_tok_s": r.output_tok_s, "serving.ttft_median_ms": r.ttft_median_ms,
+            "serving.tpot_median_ms": r.tpot_median_ms, "serving.engine_peak_mb": r.engine_peak_mb,
+            "checkpoint_mb": r.checkpoint_mb, "serving.weights_gib": r.weights_gib or None}
+
+
+def readable_card(card: str) -> str:
+    """The card as MLflow's markdown viewer shows it well: its YAML front matter as a fenced yaml block (left as front
+    matter, it renders as one run-on paragraph). Only MLflow's copy: the published card keeps its front matter."""
+    m = re.match(r"---\n(.*?\n)---\n", card, re.S)
+    return f"```yaml\n{m[1]}```\n{card[m.end():]}" if m else card
 
 
 def _recovery_artifacts(mlflow, table: RecoveryTable, name: str, verdict: GateVerdict) -> None:
@@ -168,81 +252,72 @@ def find_record(mlflow, experiment_id: str, record: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, calibration: CalibSet | None,
-                base_eval: EvalResult, variant_eval: EvalResult, table: RecoveryTable, verdict: GateVerdict, published: list[Published], files: dict[str, Path],
-                tags: dict[str, str], speed: Speed | None = None, suite_file: Path | None = None) -> str:
-    """Record one finished variant once: `record` (a digest of everything recorded) makes reruns no-ops.
+def log_variant(record: VariantRecord) -> str:
+    """Record one finished variant once: its digest makes reruns no-ops.
 
     A rerun after a failure (tracking server down, registration cut short) finds the finished run by its record and
     completes what is missing (the registered version), so a variant is recorded once and registered once.
     """
     uri = settings().tracking_uri
     try:
-        return _log_variant(record=record, run_name=run_name, params=params, base=base, calibration=calibration,
-                            base_eval=base_eval, variant_eval=variant_eval, table=table, verdict=verdict,
-                            published=published, files=files, tags=tags, speed=speed, suite_file=suite_file)
+        return _log_variant(record)
     except Exception as e:  # noqa: BLE001 - every failure here is "MLflow could not record it"
         detail = scrub(str(e).strip().splitlines()[0][:300]) if str(e).strip() else ""
         raise TrackingError(
-            f"MLflow tracking at {safe_uri(uri)} could not record {run_name!r} ({type(e).__name__}: {detail}). "
+            f"MLflow tracking at {safe_uri(uri)} could not record {record.name!r} ({type(e).__name__}: {detail}). "
             "The checkpoint, its evaluations and its publication are kept (cached): rerun the flow once the tracking "
             "server answers, it records the run once (QUANTFLOW_MLFLOW_TRACKING_URI sets the server)") from e
 
 
-def _log_variant(*, record: str, run_name: str, params: dict, base: ModelRef, calibration: CalibSet | None,
-                 base_eval: EvalResult, variant_eval: EvalResult, table: RecoveryTable, verdict: GateVerdict,
-                 published: list[Published], files: dict[str, Path], tags: dict[str, str], speed: Speed | None,
-                 suite_file: Path | None) -> str:
+def _log_variant(r: VariantRecord) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(settings().tracking_uri)
-    experiment_id = _experiment(mlflow, base)
-    tags = {k: scrub(str(v)) for k, v in {**tags, "quantflow.record": record, "quantflow.variant": run_name}.items()}
-    existing = find_record(mlflow, experiment_id, record)
+    experiment_id = _experiment(mlflow, r.base)
+    tags = {k: scrub(str(v)) for k, v in r.tags.items()}
+    existing = find_record(mlflow, experiment_id, r.digest)
     if existing:
-        register(existing, run_name, published, verdict, table, tags)
+        register(existing, r.name, r.published, r.verdict, r.table, tags)
         return existing
     # The experiment names the base: the run is named by what sets it apart (quantized.w8a8, not a long shared prefix
     # the runs table cuts); the registered model keeps the full variant name.
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name.removeprefix(f"{base.name}-") or run_name,
+    with mlflow.start_run(experiment_id=experiment_id, run_name=r.name.removeprefix(f"{r.base.name}-") or r.name,
                           tags=tags) as run:
-        mlflow.log_params(flatten(params))
+        mlflow.log_params(flatten(r.params))
         mlflow.log_params({f"version.{k}": v for k, v in versions().items()})
-        if calibration is not None:
+        if r.calibration is not None:
             from datasets import load_from_disk
 
-            ds = mlflow.data.from_huggingface(load_from_disk(calibration.path), path=calibration.path,
-                                              name=f"calibration-{calibration.digest[:12]}", digest=calibration.digest[:32])
+            ds = mlflow.data.from_huggingface(load_from_disk(r.calibration.path), path=r.calibration.path,
+                                              name=f"calibration-{r.calibration.digest[:12]}",
+                                              digest=r.calibration.digest[:32])
             mlflow.log_input(ds, context="calibration")
-        if suite_file is not None:
-            mlflow.log_input(_suite_dataset(variant_eval, suite_file), context="evaluation")
-        _metrics(mlflow, variant_eval)
-        mlflow.log_metrics(verdict_metrics(table, verdict))
-        mlflow.set_tags(verdict_tags(table, verdict))
-        mlflow.log_dict(verdict.model_dump(mode="json"), "gate.json")
-        for name, path in files.items():
-            if Path(path).is_dir():
+        if r.suite_file is not None:
+            mlflow.log_input(_suite_dataset(r.variant_eval, r.suite_file), context="evaluation")
+        _log_metrics(mlflow, {**_eval_metrics(r.variant_eval), **verdict_metrics(r.table, r.verdict)})
+        mlflow.set_tags(verdict_tags(r.table, r.verdict))
+        mlflow.log_dict(r.verdict.model_dump(mode="json"), "gate.json")
+        mlflow.log_text(readable_card(r.card.read_text()), f"card/{r.card.name}")
+        for name, path in r.files.items():
+            if path.is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=name)
             else:
                 mlflow.log_artifact(str(path), artifact_path=name)
-        _recovery_artifacts(mlflow, table, run_name, verdict)
-        if speed is not None:
-            _serving_metrics(mlflow, speed.variant)
-            for row in speed.rows():
-                if row.ratio is not None:
-                    mlflow.log_metric(f"serving.gain.{_metric_name(row.label)}", row.ratio)
+        _recovery_artifacts(mlflow, r.table, r.name, r.verdict)
+        if r.speed is not None:
+            _log_metrics(mlflow, {**_serving_metrics(r.speed.variant),
+                                  **{f"serving.gain.{_metric_name(row.label)}": row.ratio for row in r.speed.rows()}})
         baseline_tags = {"quantflow.role": "baseline"}
-        if base_eval.reference:
-            baseline_tags["quantflow.baseline_reference"] = base_eval.reference
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"baseline-{base.name}", nested=True,
+        if r.base_eval.reference:
+            baseline_tags["quantflow.baseline_reference"] = r.base_eval.reference
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"baseline-{r.base.name}", nested=True,
                               tags=baseline_tags):
-            mlflow.log_params({"model.source": base.source, "model.digest": base.digest, "suite": base_eval.suite,
-                               "engine": base_eval.settings.engine, "measured": base_eval.reference is None})
-            _metrics(mlflow, base_eval)
-            if speed is not None:
-                _serving_metrics(mlflow, speed.base)
+            mlflow.log_params({"model.source": r.base.source, "model.digest": r.base.digest, "suite": r.base_eval.suite,
+                               "engine": r.base_eval.settings.engine, "measured": r.base_eval.reference is None})
+            _log_metrics(mlflow, {**_eval_metrics(r.base_eval),
+                                  **(_serving_metrics(r.speed.base) if r.speed is not None else {})})
         run_id = run.info.run_id
-    register(run_id, run_name, published, verdict, table, tags)
+    register(run_id, r.name, r.published, r.verdict, r.table, tags)
     return run_id
 
 
@@ -276,6 +351,21 @@ def run_url(run_id: str) -> str | None:
 
     experiment = mlflow.get_run(run_id).info.experiment_id
     return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def experiment_url(base_name: str) -> str | None:
+    """The base's runs table in the MLflow UI, headline columns first (the shared view `_experiment` sets), when
+    tracking goes to a server and the experiment exists."""
+    uri = settings().tracking_uri
+    if not uri.startswith("http"):
+        return None
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(f"quantflow/{base_name}")
+    if experiment is None:
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={VIEW}"
 
 
 def register(run_id: str, name: str, published: list[Published], verdict: GateVerdict, table: RecoveryTable,

@@ -355,10 +355,12 @@ def sweep(
 def compare(base: str = typer.Argument(..., help="Base model name, e.g. SmolLM2-135M-Instruct."),
             png: Optional[Path] = typer.Option(None, help="Also write a bar chart of recovery per task here.")) -> None:
     """The variants of a base model side by side (recovery per task, gate), from MLflow."""
-    from components import comparison
+    from components import comparison, tracking
 
     tasks, rows = comparison.variants(base)
     typer.echo(comparison.markdown(tasks, rows))
+    if url := tracking.experiment_url(base):
+        typer.echo(f"MLflow, headline columns first: {url}")
     if png:
         typer.echo(f"chart: {comparison.chart(tasks, rows, png)}")
 

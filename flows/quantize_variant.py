@@ -6,14 +6,13 @@ import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 
-from components import artifacts, calibration, recovery, tracking
+from components import artifacts, calibration, recovery, report, tracking
 from components.gate import gate
 from components.calibration import CalibSet
-from components.card.render import CardFacts, accuracy_table, gate_markdown, render, serving_table
+from components.card.render import CardFacts, render
 from components.artifacts import IntegrityError
 from components.digests import check_stamps, digest_stamps, stamp_dir
 from components.evaluation import serving, suites
@@ -29,7 +28,8 @@ from components.recipes import SchemeDef
 from components.settings import settings
 from components.specs import BaseModelSpec, CalibrationSpec, ServingSpec, VariantSpec
 from components.stores import Published, open_store
-from flows.cache import base_key, calibration_key, evaluate_key, key, policy, quantize_key, serving_key
+from components.tracking import VariantRecord
+from flows.cache import base_key, calibration_key, evaluate_key, policy, quantize_key, serving_key
 
 CARD = "README.md"
 
@@ -177,10 +177,10 @@ def publish(checkpoint: Checkpoint, spec: VariantSpec, scheme: SchemeDef) -> lis
 
 
 @task
-def track(**kwargs) -> str:
+def track(record: VariantRecord) -> str:
     """Under a lock per variant name: a concurrent identical run waits, then finds the first one's run by its record."""
-    with artifacts.locked(settings().path("locks") / f"mlflow-{kwargs['run_name']}"):
-        return tracking.log_variant(**kwargs)
+    with artifacts.locked(settings().path("locks") / f"mlflow-{record.name}"):
+        return tracking.log_variant(record)
 
 
 @flow(name="quantize-variant", log_prints=True)
@@ -219,34 +219,18 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
         speed = Speed(base=base_speed, variant=variant_speed)
 
     # Card, publication, lineage
-    run_id, run_url = flow_run.get_id(), flow_run.get_flow_run_ui_url()
     facts = CardFacts(name=name, model_id=name, spec=spec, base=base, scheme=scheme, calibration=calib, suite=suite,
                       variant_eval=variant_eval, table=table, gate=verdict, versions=tracking.versions(), speed=speed,
                       baseline_reference=base_eval.reference, quantization=plan.quantization)
     card = write_card(facts, checkpoint)
     # The checkpoint may come from the cache of a variant with another name (its key is content only): publish as this one.
     published = publish(checkpoint.model_copy(update={"name": name}), spec, scheme)
-    mlflow_run = track(
-        record=key("record", checkpoint.digest, *(e.model_dump(include={"suite_digest", "settings", "scores"}) for e in (base_eval, variant_eval)),
-                   [p.manifest_digest for p in published], speed.model_dump() if speed else None),
-        run_name=name, params={"spec": spec.model_dump(mode="json"), "scheme.digest": scheme.digest,
-                               "base.digest": base.digest, "checkpoint.digest": checkpoint.digest, "engine": engine.model_dump()},
-        base=base, calibration=calib, base_eval=base_eval, variant_eval=variant_eval, table=table, verdict=verdict, published=published,
-        speed=speed, suite_file=suite._file, files={"card": Path(card), "recipe": Path(checkpoint.path) / "recipe.yaml", "lm_eval": Path(variant_eval.output_dir)},
-        tags={"quantflow.scheme": scheme.name, "quantflow.gate": verdict.state.value.lower(), "quantflow.prefect_flow_run_id": str(run_id or ""),
-              "quantflow.prefect_flow_run_url": str(run_url or "")})
-
-    markdown = accuracy_table(table, base.name, name, verdict) + "\n\n" + gate_markdown(verdict)
-    if speed:
-        markdown += "\n\n" + serving_table(speed, base.name, name)
-    url = tracking.run_url(mlflow_run)
-    if url:
-        create_link_artifact(key="mlflow-run", link=url, link_text=f"MLflow run of {name}",
-                             description=f"{name} in MLflow: metrics with intervals, card, recipe, lm-eval outputs")
-    where = [f"- card: `{card}`"] + [f"- {p.store}: {p.uri}" + (f" (revision `{p.revision}`)" if p.revision else "")
-                                     for p in published]
-    create_markdown_artifact(key="published", markdown="\n".join(where), description=f"Where {name} was published")
-    create_markdown_artifact(key="recovery-table", markdown=markdown, description=f"{name}: recovery vs {base.name}")
-    logger.info("Recovery of %s (%s engine):\n%s\nCard: %s\nMLflow run: %s", name, engine.engine, markdown, card, url or mlflow_run)
-    return VariantOutcome(name=name, checkpoint=checkpoint.path, card=card, engine=engine.engine, table=table, gate=verdict, speed=speed,
-                          published=published, mlflow_run_id=mlflow_run, flow_run_id=str(run_id))
+    record = VariantRecord(name=name, spec=spec, scheme=scheme, base=base, calibration=calib, checkpoint=checkpoint,
+                           base_eval=base_eval, variant_eval=variant_eval, table=table, verdict=verdict, speed=speed,
+                           published=published, card=card, suite_file=suite._file, flow_run_id=str(flow_run.get_id()),
+                           flow_run_url=str(flow_run.get_flow_run_ui_url() or ""))
+    mlflow_run = track(record)
+    report.variant(record, mlflow_run)
+    return VariantOutcome(name=name, checkpoint=checkpoint.path, card=card, engine=engine.engine, table=table,
+                          gate=verdict, speed=speed, published=published, mlflow_run_id=mlflow_run,
+                          flow_run_id=record.flow_run_id)

@@ -18,7 +18,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from components import recipes, tracking
+from components import recipes, report, tracking
 from components.card.render import average_label, interval, rec
 from components.comparison import chart, chart_row
 from components.models import model_name
@@ -167,5 +167,6 @@ def sweep(spec: SweepSpec = SweepSpec()) -> list[VariantOutcome]:
         outcomes = [quantize_variant(v) for v in variants]
     markdown = comparison(outcomes, variants)
     create_markdown_artifact(key="sweep-recovery", markdown=markdown, description="Recovery of each variant vs the base")
+    report.comparison(_base_name(spec.base.source))
     get_run_logger().info("Sweep recovery:\n%s\nMLflow parent run: %s", markdown, track_sweep(outcomes, variants))
     return outcomes

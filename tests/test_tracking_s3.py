@@ -9,33 +9,15 @@ import boto3
 import pytest
 
 from components import tracking
-from components.evaluation.command import EngineSettings
 from components.evaluation.results import DocScores, TaskScore
-from components.evaluation.runner import EvalResult
-from components.evaluation.serving import ServingResult, Speed
-from components.evaluation.suites import SUITES, load
 from components.gate import gate
 from components.local_stack import mlflow_server, stop
-from components.models import ModelRef
 from components.recovery import table
 from components.settings import settings
+from records import CARD, variant_record
 from servers import seaweed_s3
 
 BUCKET = "mlflow-artifacts"
-
-
-def _eval(values: list[float]) -> EvalResult:
-    suite = load("smoke")
-    scores = {t.task: TaskScore(task=t.task, label=t.label, metric=t.metric, value=v, stderr=0.02,
-                                higher_is_better=t.higher_is_better, n=30) for t, v in zip(suite.tasks, values, strict=True)}
-    return EvalResult(suite="smoke", suite_digest="f" * 64, settings=EngineSettings(engine="vllm", platform="cpu"),
-                      commands=[], scores=scores, wall_s=1.0, output_dir="", date="2026-11-22")
-
-
-def _served(tok_s: float, mb: float) -> ServingResult:
-    return ServingResult(output_tok_s=tok_s, total_tok_s=2 * tok_s, requests_s=1.0, ttft_median_ms=200.0, ttft_p99_ms=250.0,
-                         tpot_median_ms=40.0, completed=16, failed=0, engine_peak_mb=3000.0, weights_gib=None,
-                         checkpoint_mb=mb, commands=[["vllm", "serve", "m"], ["vllm", "bench", "serve"]], wall_s=60.0)
 
 
 @pytest.fixture
@@ -61,17 +43,9 @@ def test_a_variant_lands_in_the_bucket_through_the_server(server_with_s3_artifac
     import mlflow
 
     s3, url = server_with_s3_artifacts
-    (tmp_path / "README.md").write_text("# card\n")
-    (tmp_path / "recipe.yaml").write_text("quant_stage: {}\n")
-    base_eval, variant_eval = _eval([0.8, 0.3, 20.0]), _eval([0.78, 0.27, 21.0])
-    t = table(base_eval.scores, variant_eval.scores)
-    speed = Speed(base=_served(80.0, 260.0), variant=_served(100.0, 140.0))
-    run_id = tracking.log_variant(
-        record="rec-s3-1", run_name="tiny-s3-w8a8", params={"scheme": "w8a8-int8"},
-        base=ModelRef(source="local/tiny-s3", name="tiny-s3", path=str(tmp_path), digest="d" * 64), calibration=None,
-        base_eval=base_eval, variant_eval=variant_eval, table=t, verdict=gate(t), published=[],
-        files={"card": tmp_path / "README.md", "recipe": tmp_path / "recipe.yaml"}, tags={"quantflow.scheme": "w8a8-int8"},
-        speed=speed, suite_file=SUITES / "smoke.yaml")
+    record = variant_record(tmp_path, "tiny-s3", "tiny-s3-w8a8")
+    base_eval, t = record.base_eval, record.table
+    run_id = tracking.log_variant(record)
 
     client = boto3.client("s3", endpoint_url=s3.endpoint_url, aws_access_key_id=s3.access_key,
                           aws_secret_access_key=s3.secret_key, region_name="us-east-1")
@@ -79,7 +53,7 @@ def test_a_variant_lands_in_the_bucket_through_the_server(server_with_s3_artifac
     run = mlflow.MlflowClient(url).get_run(run_id)
     prefix = f"runs/{run.info.experiment_id}/{run_id}/artifacts/"
     assert {prefix + k for k in ("card/README.md", "recipe/recipe.yaml", "recovery.json", "recovery_table.json",
-                                 "recovery.png", "gate.json")} <= keys
+                                 "recovery.png", "gate.json", "lm_eval/results.json")} <= keys
     png = client.get_object(Bucket=BUCKET, Key=prefix + "recovery.png")["Body"].read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     view = json.loads(client.get_object(Bucket=BUCKET, Key=prefix + "recovery_table.json")["Body"].read())
@@ -103,10 +77,12 @@ def test_a_variant_lands_in_the_bucket_through_the_server(server_with_s3_artifac
 
     recorded = json.dumps({**run.data.params, **run.data.tags, **baseline.data.params, **baseline.data.tags})
     assert s3.secret_key not in recorded and s3.access_key not in recorded
-    assert tracking.log_variant(  # the same record again: the same run, nothing new
-        record="rec-s3-1", run_name="tiny-s3-w8a8", params={}, base=ModelRef(source="local/tiny-s3", name="tiny-s3",
-        path=str(tmp_path), digest="d" * 64), calibration=None, base_eval=base_eval, variant_eval=variant_eval, table=t,
-        verdict=gate(t), published=[], files={}, tags={}) == run_id
+    # MLflow's copy of the card reads as markdown: its front matter a yaml block (the published card keeps it as is)
+    shown = client.get_object(Bucket=BUCKET, Key=prefix + "card/README.md")["Body"].read().decode()
+    assert shown == CARD.replace("---\n", "```yaml\n", 1).replace("---\n", "```\n", 1)
+    assert (tmp_path / "README.md").read_text() == CARD
+    moved = record.model_copy(update={"card": tmp_path / "elsewhere.md", "flow_run_id": "another run"})
+    assert tracking.log_variant(moved) == run_id  # the same content again: the same run, nothing new
 
 
 @pytest.mark.parametrize("n,right,lost,state", [(400, 240, 4, "PASSED"), (100, 60, 3, "INCONCLUSIVE"), (400, 240, 30, "FAILED")])

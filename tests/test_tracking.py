@@ -1,0 +1,93 @@
+"""What quantflow records in MLflow, without the flow: the experiment's headline view, finite metrics only, the card as
+MLflow shows it, a record digest of content alone (against the session's MLflow server)."""
+from __future__ import annotations
+
+import json
+import math
+import uuid
+
+import mlflow
+
+from components import tracking
+from components.models import ModelRef
+from components.settings import settings
+from records import CARD, variant_record
+
+HEADLINE = ["metrics.`average_recovery`", "metrics.`average_recovery_ci_low`", "metrics.`average_recovery_ci_high`",
+            "tags.`quantflow.gate`", "metrics.`checkpoint_mb`", "metrics.`serving.output_tok_s`"]
+
+
+def _columns(experiment_id: str) -> list[str]:
+    """The shared view's columns, checked to be drawn in that order and each wide enough for its name."""
+    view = json.loads(mlflow.MlflowClient().get_experiment(experiment_id).tags["mlflow.sharedViewState.quantflow"])
+    assert view["columnOrder"] == view["selectedColumns"] and set(view["columnWidths"]) == set(view["selectedColumns"])
+    assert all(width >= 8 * len(column.split("`")[1]) for column, width in view["columnWidths"].items())
+    return view["selectedColumns"]
+
+
+def test_the_experiment_opens_on_the_headline_columns():
+    """Created or found (made before the view existed), the base's experiment holds the shared view; the URL opens it."""
+    mlflow.set_tracking_uri(settings().tracking_uri)
+    name = f"tiny-view-{uuid.uuid4().hex[:8]}"
+    base = ModelRef(source=f"local/{name}", name=name, path="/nowhere", digest="d" * 64)
+    made = tracking._experiment(mlflow, base)
+    assert _columns(made) == HEADLINE
+    assert tracking._experiment(mlflow, base) == made and _columns(made) == HEADLINE
+    assert tracking.experiment_url(name) == f"{settings().tracking_uri.rstrip('/')}/#/experiments/{made}/runs" \
+                                            "?viewStateShareKey=quantflow"
+
+    older = mlflow.create_experiment(f"quantflow/{name}-older")
+    assert tracking._experiment(mlflow, base.model_copy(update={"name": f"{name}-older"})) == older
+    assert _columns(older) == HEADLINE
+    assert tracking.experiment_url("no-such-base") is None
+
+
+def test_non_finite_metrics_are_never_logged():
+    class Recorder:
+        logged: dict = {}
+
+        def log_metrics(self, metrics):
+            self.logged.update(metrics)
+
+    mlflow_ = Recorder()
+    tracking._log_metrics(mlflow_, {"a.acc": 0.5, "a.acc_stderr": math.nan, "b.recovery": math.inf,
+                                    "b.recovery_ci_low": -math.inf, "serving.weights_gib": None, "gate_passed": 0.0})
+    assert mlflow_.logged == {"a.acc": 0.5, "gate_passed": 0.0}
+
+
+def test_a_nan_score_leaves_no_metric(tmp_path):
+    """An evaluation whose score is NaN (lm-eval's stderr of a constant task, a failed parse): the run has no such metric."""
+    record = variant_record(tmp_path, f"tiny-nan-{uuid.uuid4().hex[:8]}", "tiny-nan-w8a8", values=(0.78, math.nan, 21.0))
+    run = mlflow.MlflowClient(settings().tracking_uri).get_run(tracking.log_variant(record))
+    assert run.data.metrics and all(math.isfinite(v) for v in run.data.metrics.values())
+    assert "qf_facts.acc" in run.data.metrics and "qf_arith.exact_match" not in run.data.metrics, \
+        sorted(run.data.metrics)
+
+
+def test_the_mlflow_card_shows_its_front_matter_as_a_yaml_block():
+    shown = tracking.readable_card(CARD)
+    assert shown.startswith("```yaml\nbase_model: local/tiny\ntags:\n- quantflow\n```\n\n# tiny-w8a8\n")
+    assert tracking.readable_card("# no front matter\n---\n") == "# no front matter\n---\n"
+
+
+def test_the_record_digest_is_of_content_only(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    record = variant_record(tmp_path / "a", "tiny", "tiny-w8a8")
+    elsewhere = variant_record(tmp_path / "b", "tiny", "tiny-w8a8").model_copy(update={"flow_run_id": "other"})
+    assert record.digest == elsewhere.digest and record.digest.startswith("record-")
+    assert variant_record(tmp_path / "a", "tiny", "tiny-w8a8", values=(0.7, 0.27, 21.0)).digest != record.digest
+    assert variant_record(tmp_path / "a", "tiny", "tiny-w8a8", speed=False).digest != record.digest
+
+
+def test_compare_prints_the_link_to_the_headline_view(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    base = f"tiny-cmp-{uuid.uuid4().hex[:8]}"
+    tracking.log_variant(variant_record(tmp_path, base, f"{base}-w8a8"))
+    result = CliRunner().invoke(app, ["compare", base])
+    assert result.exit_code == 0, result.output
+    assert f"| {base}-w8a8 | w8a8-int8 |" in result.output
+    assert result.output.rstrip().endswith(tracking.experiment_url(base)), result.output
