@@ -723,3 +723,42 @@ def test_the_memory_plan_picks_the_placement(tiny_model, tmp_path):
     assert any(n.startswith("memory plan: weights ") for n in plan.notes), plan.notes
     forced = preflight(good(tiny_model, tmp_path, quantization__batch_size=4))
     assert forced.quantization.batch_size == 4
+
+
+def test_a_passing_recipe_check_is_remembered_until_recipe_or_config_changes(tiny_model, tmp_path, monkeypatch):
+    """The recipe-vs-model check (llm-compressor's parse of the recipe, its patterns against the modules) runs once; a
+    rerun reads its memo under QUANTFLOW_HOME/preflight, and an edited recipe or base config is checked again."""
+    monkeypatch.setenv("QUANTFLOW_HOME", str(tmp_path / "home"))
+    settings.cache_clear()
+    parsed = []
+    real = recipes.modifiers
+    monkeypatch.setattr(recipes, "modifiers", lambda scheme: parsed.append(scheme.name) or real(scheme))
+    model = tmp_path / "model"
+    model.mkdir()
+    for p in tiny_model.iterdir():
+        (model / p.name).symlink_to(p) if p.suffix == ".safetensors" else shutil.copy(p, model / p.name)
+    memos = tmp_path / "home" / "preflight"
+
+    first = preflight(good(model, tmp_path)).checkpoint_bytes
+    assert parsed == ["w8a8-int8"] and len(list(memos.glob("*.json"))) == 1
+    assert preflight(good(model, tmp_path)).checkpoint_bytes == first and parsed == ["w8a8-int8"], "read from the memo"
+
+    d = tmp_path / "recipes"
+    shutil.copytree(recipes.RECIPES, d, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    monkeypatch.setattr(recipes, "RECIPES", d)
+    doc = yaml.safe_load((d / "w8a8-int8.yaml").read_text())
+    doc["recipe"]["quant_stage"]["quant_modifiers"]["GPTQModifier"]["ignore"] = ["lm_head", "re:.*down_proj$"]
+    (d / "w8a8-int8.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    widened = preflight(good(model, tmp_path)).checkpoint_bytes
+    assert len(parsed) == 2 and widened > first, "an edited recipe is checked again (down_proj stays bf16)"
+
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
+    preflight(good(model, tmp_path))
+    assert len(parsed) == 3 and len(list(memos.glob("*.json"))) == 3, "an edited base config is checked again"
+
+    doc["recipe"]["quant_stage"]["quant_modifiers"]["GPTQModifier"]["ignore"] = ["lm_heads"]
+    (d / "w8a8-int8.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    for _ in range(2):  # a failing check is not remembered: it is found every time
+        assert any("ignore entry 'lm_heads' matches no module" in p for p in problems_of(good(model, tmp_path)))
+    assert len(parsed) == 5 and len(list(memos.glob("*.json"))) == 3
