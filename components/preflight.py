@@ -3,19 +3,15 @@
 `preflight(spec)` reads only what is cheap to read: config.json (the model skeleton is built on the meta device, no
 weights), tokenizer files, the first rows and the row count of a local calibration file, suite YAML, the evaluation
 environment's path, one listing call per S3 store, the Hub token, the MLflow server's /health, free disk. It raises one
-`PreflightError` listing every problem, each with what to change. The one thing it writes under QUANTFLOW_HOME is the
-memo of a passing recipe-vs-model check (QUANTFLOW_HOME/preflight, `_recipe_vs_model`).
+`PreflightError` listing every problem, each with what to change; nothing under QUANTFLOW_HOME is written.
 
-Each component checks what it owns (models.inspect, recipes.check, recipes.modifiers and recipes.model_problems,
+Each component checks what it owns (models.inspect, recipes.check, recipes.modifiers, recipes.model_problems,
 calibration.check, stores.problems, settings.home_problems, local_stack.tracking_problems, suites.inspect,
 engine.settings_for, serving.check, references.inspect); this module gathers their problems and builds the Plan.
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,7 +22,6 @@ from components import calibration, models, recipes, stores
 from components.evaluation import references, suites
 from components.evaluation.engine import settings_for as engine_settings
 from components.evaluation.command import EngineSettings
-from components.digests import code_digest, digest_obj
 from components.evaluation.runner import EvalResult, suite_digest
 from components.evaluation.serving import check as serving_check
 from components.local_stack import tracking_problems
@@ -128,47 +123,6 @@ def _memory(c: _Checks, scheme: SchemeDef, base: BaseInfo) -> tuple[MemoryPlan |
     return memory, mp.settings_for(q, memory, machine)
 
 
-# --- the recipe against the model, remembered while nothing it depends on changes ------------------------------
-
-def _recipe_vs_model(scheme: SchemeDef, base: BaseInfo) -> tuple[int | None, list[str]]:
-    """recipes.modifiers, then recipes.model_problems: the estimated checkpoint size and every problem. A clean result
-    is remembered under QUANTFLOW_HOME/preflight, keyed by the scheme's content, the base's name and config, the code
-    of the check and of this memo, and the installed llm-compressor, compressed-tensors and transformers: a rerun of an
-    unchanged variant then neither imports llm-compressor nor parses the recipe, and a change to any of those is
-    checked again. A failing check is not remembered: its messages always describe the files as they are now. (The memo
-    lives here, not in components/recipes, whose code is part of every checkpoint's cache key.)"""
-    memo = settings().home.resolve() / "preflight" / f"{_memo_key(scheme, base)}.json"
-    try:
-        return int(json.loads(memo.read_text())["checkpoint_bytes"]), []
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    mods, problems = recipes.modifiers(scheme)
-    if mods is None:
-        return None, problems
-    checkpoint, problems = recipes.model_problems(scheme, mods, base)
-    if not problems:
-        _remember(memo, checkpoint)
-    return checkpoint, problems
-
-
-def _memo_key(scheme: SchemeDef, base: BaseInfo) -> str:
-    return digest_obj({"scheme": scheme.model_dump(mode="json"), "base": base.name, "config": base.config.to_dict(),
-                       "code": code_digest(("components.recipes", "components.preflight"),
-                                           ("llmcompressor", "compressed-tensors", "transformers"))})
-
-
-def _remember(memo: Path, checkpoint: int) -> None:
-    """Written whole (a temporary file, then a rename), so a concurrent preflight reads all of it or nothing; a home
-    that cannot be written is home_problems' finding, not this check's."""
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f"{memo.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps({"checkpoint_bytes": checkpoint}))
-        os.replace(tmp, memo)
-    except OSError:
-        pass
-
-
 # --- disk: every copy the run writes, against the free space where it lands ------------------------
 
 def _disk(c: _Checks, base: BaseInfo | None, checkpoint: int | None) -> None:
@@ -218,13 +172,12 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     for problem in home:
         c.problem(problem)
     scheme = c.found(f"scheme {spec.scheme.value!r}", recipes.check, spec.scheme.value)
+    modifiers = c.found(f"scheme {spec.scheme.value!r}", recipes.modifiers, scheme) if scheme else None
     base = c.found(f"base.source {spec.base.source!r}", models.inspect, spec.base.source, spec.base.revision,
                    spec.calibration.apply_chat_template)
     checkpoint = None
-    if scheme and base is not None and base.skeleton is not None:
-        checkpoint = c.found(f"scheme {scheme.name!r} against {base.name}", _recipe_vs_model, scheme, base)
-    elif scheme:
-        c.found(f"scheme {scheme.name!r}", recipes.modifiers, scheme)
+    if scheme and modifiers and base is not None and base.skeleton is not None:
+        checkpoint = c.found(f"scheme {scheme.name!r} against {base.name}", recipes.model_problems, scheme, modifiers, base)
     if scheme is not None and scheme.needs_calibration:
         c.notes += c.found("calibration", calibration.check, spec.calibration, base) or []
     memory, quantization = None, CPU
