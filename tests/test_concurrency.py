@@ -96,9 +96,18 @@ HOLD = textwrap.dedent('''
 
 def test_a_killed_holder_does_not_block_the_next_run(tmp_path, monkeypatch):
     """Prefect's transaction lock (flows.cache.LOCKS): another holder blocks it, and dies without leaving it held."""
+    from components.settings import settings
     from flows.cache import LOCKS
 
     monkeypatch.setenv("QUANTFLOW_HOME", str(tmp_path))
+    settings.cache_clear()  # this process's lock folder under the same home as the holder's
+    try:
+        _hold_and_kill(LOCKS)
+    finally:
+        settings.cache_clear()  # the next test reads the session's home again (monkeypatch restores the variable)
+
+
+def _hold_and_kill(LOCKS) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     holder = subprocess.Popen([sys.executable, "-c", HOLD], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
