@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import math
 import os
 import re
@@ -288,10 +289,18 @@ def _log_variant(r: VariantRecord) -> str:
         if r.calibration is not None:
             from datasets import load_from_disk
 
-            ds = mlflow.data.from_huggingface(load_from_disk(r.calibration.path), path=r.calibration.path,
-                                              name=f"calibration-{r.calibration.digest[:12]}",
-                                              digest=r.calibration.digest[:32])
-            mlflow.log_input(ds, context="calibration")
+            # MLflow cannot infer a schema for token-id lists and logs the first rows whole while failing: the
+            # dataset is recorded by its digest and profile, without that warning
+            schema_log = logging.getLogger("mlflow.data.huggingface_dataset")
+            level = schema_log.level
+            schema_log.setLevel(logging.ERROR)
+            try:
+                ds = mlflow.data.from_huggingface(load_from_disk(r.calibration.path), path=r.calibration.path,
+                                                  name=f"calibration-{r.calibration.digest[:12]}",
+                                                  digest=r.calibration.digest[:32])
+                mlflow.log_input(ds, context="calibration")
+            finally:
+                schema_log.setLevel(level)
         if r.suite_file is not None:
             mlflow.log_input(_suite_dataset(r.variant_eval, r.suite_file), context="evaluation")
         _log_metrics(mlflow, {**_eval_metrics(r.variant_eval), **verdict_metrics(r.table, r.verdict)})

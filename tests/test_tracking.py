@@ -91,3 +91,31 @@ def test_compare_prints_the_link_to_the_headline_view(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"| {base}-w8a8 | w8a8-int8 |" in result.output
     assert result.output.rstrip().endswith(tracking.experiment_url(base)), result.output
+
+
+def test_a_calibration_set_is_recorded_as_a_dataset_without_flooding_the_log(tmp_path):
+    """MLflow cannot infer a schema for token-id lists and would log the rows it failed on: the calibration set is
+    recorded (name, digest) and that warning is not printed."""
+    import logging
+
+    from datasets import Dataset
+
+    from components.calibration import CalibSet
+
+    Dataset.from_dict({"input_ids": [[1, 2, 3]] * 4, "attention_mask": [[1, 1, 1]] * 4}).save_to_disk(tmp_path / "calib")
+    calib = CalibSet(path=str(tmp_path / "calib"), digest="e" * 64, num_samples=4, max_seq_length=3, num_tokens=12,
+                     description="4 random-token sequences of length 3")
+    record = variant_record(tmp_path, f"tiny-calib-{uuid.uuid4().hex[:8]}", "tiny-calib-w8a8")
+    record = record.model_copy(update={"calibration": calib})
+    warned = []
+    handler = logging.Handler()
+    handler.emit = warned.append
+    logger = logging.getLogger("mlflow.data.huggingface_dataset")
+    logger.addHandler(handler)
+    try:
+        run = mlflow.MlflowClient(settings().tracking_uri).get_run(tracking.log_variant(record))
+    finally:
+        logger.removeHandler(handler)
+    assert [i.dataset.name for i in run.inputs.dataset_inputs if i.dataset.name.startswith("calibration")] == \
+        ["calibration-eeeeeeeeeeee"]
+    assert not [r.getMessage()[:200] for r in warned if r.levelno >= logging.WARNING]
