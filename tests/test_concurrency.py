@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from prefect_states import task_states
+from tiny import tiny_spec
 
 from components.specs import VariantSpec
 from components.stores.base import MANIFEST
@@ -48,11 +49,9 @@ def test_two_identical_runs_at_once_share_one_checkpoint_and_one_record(tiny_mod
 
     name = "concurrent-twins"
     home = tmp_path / "home"
-    spec = VariantSpec.model_validate({
-        "base": {"source": str(tiny_model)}, "scheme": "w8a8-int8", "variant_name": name,
-        "calibration": {"num_samples": 8, "max_seq_length": 64, "seed": 3301},
-        "evaluation": {"engine": "hf", "limit": 2, "seed": 3301},
-        "stores": [{"kind": "local", "uri": str(tmp_path / "published")}]})
+    spec = VariantSpec.model_validate(tiny_spec(tiny_model, variant_name=name, calibration__seed=3301,
+                                                evaluation__seed=3301,
+                                                stores=[{"kind": "local", "uri": str(tmp_path / "published")}]))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "QUANTFLOW_HOME": str(home), "QF_COUNT": str(tmp_path / "count"),
            "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect-results"), "QF_SPEC": spec.model_dump_json()}
     procs = []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tiny import tiny_spec
 
 from components.local_stack import start, stop
 
@@ -50,9 +51,7 @@ def _deployment_id(api, flow: str, name: str) -> str:
 def test_run_button_runs_the_flow_on_the_worker(api, worker, tiny_model, data_root):
     deployment = _deployment_id(api, "quantize-variant", "quantize-variant")
     home = data_root / "deployed-home"
-    spec = {"base": {"source": str(tiny_model)}, "scheme": "w8a8-int8",
-            "calibration": {"num_samples": 8, "max_seq_length": 64},
-            "evaluation": {"engine": "hf", "limit": 4}}
+    spec = tiny_spec(tiny_model, evaluation__limit=4)
     r = api.post(f"/deployments/{deployment}/create_flow_run",
                  json={"parameters": {"spec": spec},
                        "job_variables": {"env": {"QUANTFLOW_HOME": str(home),

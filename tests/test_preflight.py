@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from servers import no_aws_environment
+from tiny import tiny_spec
 
 from components import recipes
 from components.preflight import Plan, PreflightError, preflight
@@ -39,18 +40,8 @@ def isolated(monkeypatch, tmp_path):
 
 
 def good(tiny: Path, tmp: Path, **over) -> dict:
-    """A spec preflight accepts: the tiny model, w8a8-int8, 8 x 64 calibration, hf engine, a local store in tmp."""
-    spec = {"base": {"source": str(tiny)}, "scheme": "w8a8-int8",
-            "calibration": {"num_samples": 8, "max_seq_length": 64},
-            "evaluation": {"engine": "hf", "limit": 2},
-            "stores": [{"kind": "local", "uri": str(tmp / "published")}]}
-    for dotted, value in over.items():
-        node = spec
-        *parents, leaf = dotted.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return spec
+    """A spec preflight accepts: the tests' tiny variant, published to a local store in tmp."""
+    return tiny_spec(tiny, **{"stores": [{"kind": "local", "uri": str(tmp / "published")}], **over})
 
 
 def problems_of(spec) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny import tiny_spec
 
 from components import recovery
 from components.card.render import render
@@ -81,10 +82,8 @@ def test_flow_with_a_published_baseline_evaluates_only_the_variant(tiny_model, t
     ref = tmp_path / "tiny-llama.smoke.yaml"
     ref.write_text("model: local/tiny-llama\nsuite: smoke\nsource: a table published by the test\n"
                    "scores: {qf_facts: 0.5, qf_arith: 0.25, qf_prose: 50.0}\n")
-    spec = VariantSpec.model_validate({
-        "base": {"source": str(tiny_model)}, "scheme": "w8a8-int8", "calibration": {"num_samples": 8, "max_seq_length": 64},
-        "evaluation": {"engine": "hf", "limit": 2, "seed": 4242, "reference_baseline": str(ref)},
-        "stores": [{"kind": "local", "uri": str(tmp_path / "published")}]})
+    spec = VariantSpec.model_validate(tiny_spec(tiny_model, evaluation__seed=4242, evaluation__reference_baseline=str(ref),
+                                                stores=[{"kind": "local", "uri": str(tmp_path / "published")}]))
     state = quantize_variant(spec, return_state=True)
     outcome = state.result()
     assert task_states(state.state_details.flow_run_id)["evaluate"] == ["Completed"]  # the variant only

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from servers import ensure_bucket, seaweed_s3, use_only_these_aws_credentials
+from tiny import tiny_spec
 
 from components.specs import VariantSpec
 
@@ -127,12 +128,10 @@ def test_no_secret_in_anything_a_run_leaves(tiny_model, data_root, tmp_path, mon
         for path in tmp_path.glob("bad-*.yaml"):
             path.unlink()  # the user's own files: not a trace the run left
 
-        spec = VariantSpec.model_validate({
-            "base": {"source": str(tiny_model)}, "scheme": "w8a8-int8", "variant_name": "tiny-secrets-w8a8",
-            "calibration": {"num_samples": 8, "max_seq_length": 64},
-            "evaluation": {"engine": "hf", "limit": 2},
-            "stores": [{"kind": "local", "uri": str(tmp_path / "published")},
-                       {"kind": "s3", "uri": "s3://qf-secrets/checkpoints", "endpoint_url": s3.endpoint_url}]})
+        spec = VariantSpec.model_validate(tiny_spec(
+            tiny_model, variant_name="tiny-secrets-w8a8",
+            stores=[{"kind": "local", "uri": str(tmp_path / "published")},
+                    {"kind": "s3", "uri": "s3://qf-secrets/checkpoints", "endpoint_url": s3.endpoint_url}]))
         state = quantize_variant(spec, return_state=True)
         outcome = state.result()
         flow_run_id = state.state_details.flow_run_id

@@ -1,4 +1,5 @@
-"""A tiny random-initialised Llama with the embedded default's tokenizer: seconds to quantize."""
+"""A tiny random-initialised Llama with the embedded default's tokenizer (seconds to quantize), and the variant spec
+the tests run on it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,3 +24,18 @@ def make_tiny_llama(out: Path, tokenizer_dir: str, seed: int = 0) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def tiny_spec(model: Path, **over) -> dict:
+    """The tests' variant of the tiny model: w8a8-int8, 8 x 64 calibration, hf on 2 documents a task. `over` sets a
+    field by its path, `__` between levels (`evaluation__seed=7`, `stores=[...]`)."""
+    spec = {"base": {"source": str(model)}, "scheme": "w8a8-int8",
+            "calibration": {"num_samples": 8, "max_seq_length": 64},
+            "evaluation": {"engine": "hf", "limit": 2}}
+    for dotted, value in over.items():
+        node = spec
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return spec
