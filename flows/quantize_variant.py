@@ -152,7 +152,7 @@ def checked(step, *args, run_name: str | None = None):
 
 # --- Card, publication, lineage ---------------------------------------------------------------
 
-@task
+@task(task_run_name="write card")
 def write_card(facts: CardFacts, checkpoint: Checkpoint) -> str:
     """Written beside the checkpoint, then renamed in: a concurrent publication never reads half a card."""
     path = Path(checkpoint.path) / CARD
@@ -162,7 +162,7 @@ def write_card(facts: CardFacts, checkpoint: Checkpoint) -> str:
     return str(path)
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(task_run_name="publish", retries=2, retry_delay_seconds=5)
 def publish(checkpoint: Checkpoint, spec: VariantSpec, scheme: SchemeDef) -> list[Published]:
     """Checkpoint and card together, once the checkpoint is checked in full against its record; the manifest lists
     the recorded sha256, each store writes it last and checks what it wrote. One publication of a name at a time."""
@@ -176,7 +176,7 @@ def publish(checkpoint: Checkpoint, spec: VariantSpec, scheme: SchemeDef) -> lis
         return [open_store(s).put(Path(checkpoint.path), checkpoint.name, meta, known) for s in spec.stores]
 
 
-@task
+@task(task_run_name="record in MLflow")
 def track(record: VariantRecord) -> str:
     """Under a lock per variant name: a concurrent identical run waits, then finds the first one's run by its record."""
     with artifacts.locked(settings().path("locks") / f"mlflow-{record.name}"):

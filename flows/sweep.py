@@ -129,7 +129,7 @@ def comparison_rows(outcomes: list[VariantOutcome], specs: list[VariantSpec]) ->
     return cols
 
 
-@task
+@task(task_run_name="record the sweep in MLflow")
 def track_sweep(outcomes: list[VariantOutcome], specs: list[VariantSpec]) -> str:
     """The sweep's parent MLflow run, with the comparison; the variants' runs nest under it."""
     rows = [chart_row(o.name, o.table, o.gate) for o in outcomes]

@@ -70,6 +70,17 @@ def test_run_button_runs_the_flow_on_the_worker(api, worker, tiny_model, data_ro
     [table] = [a for a in artifacts if a["key"] == "recovery-table"]
     assert "| **Average" in table["data"] and "Gate:" in table["data"]
     assert list(home.glob("checkpoints/*/README.md"))
+    # the run's page lists its task runs by what they do, in the cards' order
+    steps = ["resolve base model", "build calibration set", "quantize w8a8-int8", "evaluate base", "evaluate variant",
+             "write card", "publish", "record in MLflow"]
+    deadline = time.time() + 60  # task runs reach the server as events, after the flow run's state
+    while time.time() < deadline:
+        runs = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}},
+                                                   "sort": "EXPECTED_START_TIME_ASC"}).json()
+        if len(runs) >= len(steps):
+            break
+        time.sleep(1)
+    assert [t["name"] for t in runs] == steps
 
 
 def test_invalid_parameters_rejected_by_the_server(api, worker):
