@@ -19,7 +19,8 @@ from typing import Callable
 from pydantic import ValidationError
 
 from components import calibration, models, recipes, stores
-from components.evaluation import references, suites
+from components.evaluation import environment, references, suites
+from components.evaluation.engine import planned as engine_planned
 from components.evaluation.engine import settings_for as engine_settings
 from components.evaluation.command import EngineSettings
 from components.evaluation.runner import EvalResult, suite_digest
@@ -186,7 +187,9 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     ev = spec.evaluation
     base_name = base.name if base is not None else None
     positions = max_positions(base.config) if base is not None and base.config is not None else None
-    suite = c.found(f"evaluation.suite {ev.suite!r}", suites.inspect, ev.suite)
+    planned = engine_planned(ev, scheme)  # the suite is checked against the lm-eval that will run it
+    tasks = c.guard("evaluation.engine", environment.lm_eval_tasks, planned) if planned else None
+    suite = c.found(f"evaluation.suite {ev.suite!r}", suites.inspect, ev.suite, tasks)
     engine = c.found("evaluation.engine", engine_settings, ev, scheme, suite, base_name, positions)
     serving = c.found("evaluation.serving", serving_check, ev.serving, engine, base_name, positions)
     reference = None

@@ -715,3 +715,22 @@ def test_the_memory_plan_picks_the_placement(tiny_model, tmp_path):
     forced = preflight(good(tiny_model, tmp_path, quantization__batch_size=4))
     assert forced.quantization.batch_size == 4
 
+
+
+def test_the_suite_is_checked_against_the_lm_eval_that_runs_it(tiny_model, tmp_path, monkeypatch):
+    """vLLM runs lm-eval in the evaluation environment: the suite's tasks are looked up in that lm-eval's task folder
+    (here one that knows none of them), not in this environment's, which knows them."""
+    from components.evaluation import suites
+
+    tasks = tmp_path / "eval-env" / "lm_eval" / "tasks"
+    tasks.mkdir(parents=True)
+    python = tmp_path / "eval-env" / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text(f"#!/bin/sh\necho {tasks}\n")  # answers the lookup of its lm_eval's folder
+    python.chmod(0o755)
+    monkeypatch.setenv("QUANTFLOW_EVAL_PYTHON", str(python))
+    settings.cache_clear()
+    found = problems_of(good(tiny_model, tmp_path, evaluation__engine="vllm", evaluation__suite="openllm-v1-2024"))
+    assert any(p.startswith("evaluation.suite 'openllm-v1-2024': 'mmlu' (MMLU (5-shot)): unknown lm-eval task")
+               for p in found), found
+    assert suites.inspect("openllm-v1-2024") == (suites.load("openllm-v1-2024"), [])  # this environment's lm-eval

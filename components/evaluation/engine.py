@@ -32,6 +32,14 @@ def batch_size(requested: str, engine: str, platform: str) -> str:
     return requested
 
 
+def planned(ev: EvalSpec, scheme: SchemeDef | None) -> str | None:
+    """The engine that will evaluate `scheme` here, or None where settings_for will say why none can."""
+    try:
+        return choose_engine(ev.engine.value, scheme, detect_platform()) if scheme is not None else None
+    except ValueError:
+        return None
+
+
 def settings_for(ev: EvalSpec, scheme: SchemeDef | None, suite: Suite | None, base_name: str | None,
                  max_positions: int | None) -> tuple[EngineSettings | None, list[str]]:
     """The engine settings the spec asks for on this machine, and why they cannot run here (one line each, with the

@@ -8,6 +8,7 @@ log's tail.
 """
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -29,6 +30,25 @@ def problems() -> list[str]:
     if Path(python).exists():
         return []
     return [f"evaluation environment not found at {python}: run `make setup` or set QUANTFLOW_EVAL_PYTHON"]
+
+
+_FIND_TASKS = ("import importlib.util as u, pathlib as p; s = u.find_spec('lm_eval'); "
+               "print(p.Path(next(iter(s.submodule_search_locations))) / 'tasks' if s else '')")
+
+
+@functools.lru_cache(maxsize=4)
+def _tasks_of(python: str) -> Path | None:
+    found = subprocess.run([python, "-c", _FIND_TASKS], capture_output=True, text=True, timeout=60).stdout.strip()
+    return Path(found) if found and Path(found).is_dir() else None
+
+
+def lm_eval_tasks(engine: str) -> Path | None:
+    """The lm_eval/tasks folder of the lm-eval that runs `engine`, found without importing lm_eval, so that a suite is
+    checked against the tasks that will run it. None: this environment's (hf runs here; a missing evaluation
+    environment is problems()' finding)."""
+    if engine == "hf" or problems():
+        return None
+    return _tasks_of(str(settings().eval_python))
 
 
 def python_for(engine: str) -> str:

@@ -185,9 +185,10 @@ def validate(suite: Suite, index: TaskIndex | None = None) -> Suite:
     return suite
 
 
-def inspect(name: str) -> tuple[Suite | None, list[str]]:
+def inspect(name: str, lm_eval_tasks: Path | None = None) -> tuple[Suite | None, list[str]]:
     """The suite `name` names (shipped or a YAML path) and why it cannot run here, one line each with the fix: not
-    found, invalid, tasks lm-eval does not know, and what its scored tasks need (code-execution opt-in, evalplus)."""
+    found, invalid, tasks that the lm-eval running it (its lm_eval/tasks folder: `lm_eval_tasks`, default this
+    environment's) does not know, and what its scored tasks need (code-execution opt-in, evalplus)."""
     from pydantic import ValidationError
 
     from components.specs import did_you_mean, first_line, validation_problems
@@ -201,7 +202,8 @@ def inspect(name: str) -> tuple[Suite | None, list[str]]:
                       f"{', '.join(names())}; or give the path of a suite YAML file)"]
     except Exception as e:  # noqa: BLE001 - YAML errors and unreadable files
         return None, [f"evaluation.suite {name!r}: cannot be read ({type(e).__name__}: {first_line(e)})"]
-    found = [f"evaluation.suite {suite.name!r}: {p}" for p in problems(suite)]
+    found = [f"evaluation.suite {suite.name!r}: {p}"
+             for p in problems(suite, task_index.load(suite.include_dir, lm_eval_tasks))]
     if found:
         return None, found
     if any(t.scorer for t in suite.tasks):

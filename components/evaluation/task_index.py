@@ -142,9 +142,10 @@ def scan_tasks(root: str) -> TaskIndex:
     return index
 
 
-def load(include_dir: Path | None = None) -> TaskIndex:
-    """The installed lm-eval tasks, overridden by the suite's own task folder."""
-    installed = lm_eval_tasks_dir()
+def load(include_dir: Path | None = None, installed: Path | None = None) -> TaskIndex:
+    """The installed lm-eval tasks (`installed`: another environment's lm_eval/tasks folder; default this one's),
+    overridden by the suite's own task folder."""
+    installed = installed or lm_eval_tasks_dir()
     index = scan_tasks(str(installed)) if installed else TaskIndex()
     if include_dir is not None and Path(include_dir).is_dir():
         index = index.merged(scan_tasks(str(Path(include_dir).resolve())))
