@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from pydantic import BaseModel
 
@@ -78,6 +78,17 @@ def manifest_bytes(m: dict) -> bytes:
 def published(store: str, uri: str, m: dict) -> Published:
     return Published(store=store, uri=uri, manifest_digest=digest_obj(m), files=len(m["files"]),
                      bytes=sum(f["size"] for f in m["files"]))
+
+
+def name_problems(check: Callable[[str], object], name: str | None) -> list[str]:
+    """A checkpoint name the store's own `check` refuses (it raises ValueError), with the fix; none for `name` None."""
+    if name is None:
+        return []
+    try:
+        check(name)
+    except ValueError as e:
+        return [f"{e}: set variant_name to a plain name"]
+    return []
 
 
 class CheckpointStore(Protocol):

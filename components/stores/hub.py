@@ -18,7 +18,7 @@ from pathlib import Path
 
 from components.digests import FileStamp, sha256_file
 from components.stores.base import (MANIFEST, CheckpointNotFound, Published, StoreError, manifest, manifest_bytes,
-                                     published, safe_key_path)
+                                     name_problems, published, safe_key_path)
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,7 @@ class HubStore:
         repo name, offline mode, no token."""
         from huggingface_hub import constants
 
-        out = []
-        if name is not None:
-            try:
-                self.repo_id(name)
-            except ValueError as e:
-                out.append(f"{e}: set variant_name to a plain name")
+        out = name_problems(self.repo_id, name)
         if constants.is_offline_mode():
             out.append(f"HF_HUB_OFFLINE is set: cannot publish to the Hub at {self.endpoint}; unset it or drop this store")
         try:

@@ -26,7 +26,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError, NoCredenti
 
 from components.digests import FileStamp, sha256_file
 from components.stores.base import (MANIFEST, CheckpointNotFound, Published, StoreError, manifest, manifest_bytes,
-                                     published, revision_of, safe_key_path)
+                                     name_problems, published, revision_of,
+                                     safe_key_path)
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +146,7 @@ class S3Store:
         """What would stop publishing `name` here (one line each, with the fix): a name that is no plain key, then one
         listing call under the prefix with short timeouts and no retries (endpoint reachable, credentials accepted,
         bucket there unless create_bucket). Creates nothing."""
-        out = []
-        if name is not None:
-            try:
-                self._root(name)
-            except ValueError as e:
-                out.append(f"{e}: set variant_name to a plain name")
+        out = name_problems(self._root, name)
         session, kwargs = self._session(self.endpoint_url, self.region)
         cfg = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "max_attempts": 2},
                      s3={"addressing_style": "path"} if kwargs.get("endpoint_url") else None)
