@@ -18,7 +18,7 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from components import calibration, models, recipes, stores
+from components import calibration, models, overlap, recipes, stores
 from components.evaluation import environment, references, suites
 from components.evaluation.engine import planned as engine_planned
 from components.evaluation.engine import settings_for as engine_settings
@@ -28,6 +28,7 @@ from components.evaluation.serving import check as serving_check
 from components.local_stack import tracking_problems
 from components.memory_plan import MemoryPlan, Settings
 from components.models import BaseInfo, gguf_path, max_positions
+from components.overlap import Split
 from components.quantize import CPU
 from components.recipes import SchemeDef
 from components.settings import existing, home_problems, settings
@@ -62,6 +63,7 @@ class Plan:
     quantization: Settings = field(default_factory=lambda: CPU)  # where llm-compressor puts model and activations
     memory: MemoryPlan | None = None
     reference: EvalResult | None = None  # published baseline scores standing in for evaluating the base model
+    overlap: Split = field(default_factory=Split)  # the base evaluation beside quantization, and on which GPUs
 
 
 class _Checks:
@@ -122,6 +124,16 @@ def _memory(c: _Checks, scheme: SchemeDef, base: BaseInfo) -> tuple[MemoryPlan |
                   f"{machine.gpu_bytes / 1e9:.1f} GB ({'; '.join(memory.lines()[:1])}): use auto or sequential")
     c.notes.append("memory plan: " + "; ".join(memory.lines()))
     return memory, mp.settings_for(q, memory, machine)
+
+
+def _overlap(spec: VariantSpec, memory: MemoryPlan | None, how: Settings, engine: EngineSettings,
+             base_evaluated: bool) -> tuple[Split, list[str], list[str]]:
+    """evaluation.overlap_base on this machine (components/overlap.py); a note says what was chosen when it overlaps."""
+    from components.memory_plan import machine_now
+
+    split, problems = overlap.resolve(spec.evaluation.overlap_base, memory, how, machine_now(Path.cwd()),
+                                      overlap.evaluation_gpus(engine), base_evaluated)
+    return split, problems, [split.note()] if split.overlap else []
 
 
 # --- disk: every copy the run writes, against the free space where it lands ------------------------
@@ -196,6 +208,10 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     if ev.reference_baseline and suite is not None and engine is not None:
         reference = c.found("evaluation.reference_baseline", references.inspect, ev.reference_baseline, suite, engine,
                             base_name)
+    split = Split()
+    if engine is not None:
+        split = c.found("evaluation.overlap_base", _overlap, spec, memory, quantization, engine,
+                        reference is None) or Split()
     name = spec.variant_name or (f"{base.name}-{scheme.suffix}" if base is not None and scheme is not None else None)
     if name is not None and not spec.variant_name:
         try:
@@ -211,4 +227,4 @@ def preflight(spec: VariantSpec | dict) -> Plan:
         raise PreflightError(c.problems)
     return Plan(scheme=scheme, suite=suite, suite_digest=suite_digest(suite), engine=engine, name=name,
                 checkpoint_bytes=checkpoint, notes=c.notes, serving=bool(serving), reference=reference,
-                quantization=quantization, memory=memory)
+                quantization=quantization, memory=memory, overlap=split)

@@ -10,12 +10,14 @@ CPU = Settings(placement="cpu", activation_offload="cpu", pipeline=None, batch_s
 
 
 def quantize(model_path: str, scheme: SchemeDef, calibration_path: str | None, out: Path,
-             num_samples: int, max_seq_length: int, how: Settings = CPU) -> Path:
+             num_samples: int, max_seq_length: int, how: Settings = CPU, gpus: list[int] | None = None) -> Path:
     """Run `oneshot` with the scheme's recipe; write the checkpoint (with recipe.yaml) to `out`.
 
     `how` (the memory plan's choice, components/memory_plan.py): `gpu` loads the whole model onto the GPU(s);
     `sequential` and `cpu` load it into host RAM and let llm-compressor onload one layer at a time to the main device;
-    calibration activations wait on `how.activation_offload` between layers.
+    calibration activations wait on `how.activation_offload` between layers. `gpus`: the GPUs it keeps to when the
+    base evaluation runs beside it on the others (components/overlap.py; None: every visible GPU); one layer at a time
+    already keeps to cuda:0 (and cuda:1), so only the whole model's device map needs telling.
 
     `out` is a fresh, uniquely named temporary folder (`artifacts.workdir`): the caller holds the checkpoint's lock,
     then installs it whole under its final name with its stamp, so nobody ever sees half a checkpoint.
@@ -29,7 +31,8 @@ def quantize(model_path: str, scheme: SchemeDef, calibration_path: str | None, o
 
     make_deterministic()  # same base, recipe and calibration: same checkpoint digest
     device_map = "auto" if how.placement == "gpu" and torch.cuda.is_available() else None
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto", device_map=device_map)
+    max_memory = {i: torch.cuda.get_device_properties(i).total_memory for i in gpus} if device_map and gpus else None
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto", device_map=device_map, max_memory=max_memory)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dataset = load_from_disk(calibration_path) if calibration_path else None
     kwargs = dict(dataset=dataset, num_calibration_samples=num_samples, max_seq_length=max_seq_length,

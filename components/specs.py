@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, ValidationError, WithJsonSchema, field_validator,
+                      model_validator)
 
 from components.models import EMBEDDED_DEFAULT, package_path
 from components.recipes import names as recipe_names
@@ -212,6 +213,10 @@ class EvalSpec(StrictModel):
                                                              "base model (e.g. Meta-Llama-3.1-70B-Instruct.openllm-v1-2024, a "
                                                              "seed card's baseline column; or a YAML path): marked as such "
                                                              "in the card and MLflow.")
+    overlap_base: Literal["auto"] | StrictBool = Field(
+        "auto", description="Evaluate the base model while the variant is quantized. auto: when the GPUs both need fit "
+                            "this machine (never on CPU only); true: always (on CPU they share the cores; on GPUs "
+                            "preflight refuses it without room); false: one after the other.")
     serving: ServingSpec = ServingSpec()
 
     @field_validator("suite")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
+from typing import Callable
 
 from prefect import flow, get_run_logger, task
 from prefect.context import TaskRunContext
@@ -58,8 +59,10 @@ def _artifact_dir(root: str, key_fn) -> Path:
 
 
 @task(cache_policy=policy(quantize_key), persist_result=True)
-def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | None, name: str, how: Settings) -> Checkpoint:
-    """llm-compressor oneshot with the scheme's recipe; the compressed checkpoint keeps recipe.yaml.
+def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | None, name: str, how: Settings,
+                        gpus: list[int] | None = None) -> Checkpoint:
+    """llm-compressor oneshot with the scheme's recipe; the compressed checkpoint keeps recipe.yaml. `gpus` (not in
+    the key: the checkpoint does not depend on which GPUs made it): the ones it keeps to beside the base evaluation.
 
     Under the checkpoint's lock: a run that waited for another making the same checkpoint takes it (checked whole).
     """
@@ -72,7 +75,7 @@ def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | Non
         tmp = artifacts.workdir(out)
         try:
             quantize(base.path, scheme, calib.path if calib else None, tmp,
-                     calib.num_samples if calib else 0, calib.max_seq_length if calib else 0, how)
+                     calib.num_samples if calib else 0, calib.max_seq_length if calib else 0, how, gpus)
             files = stamp_dir(tmp, exclude=(CARD,))
             checkpoint = Checkpoint(name=name, path=str(out), digest=digest_stamps(files), files=files)
             artifacts.install(tmp, out, checkpoint, exclude=(CARD,), files=files)
@@ -84,15 +87,17 @@ def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | Non
 # --- Evaluation -------------------------------------------------------------------------------
 
 @task(cache_policy=policy(evaluate_key), persist_result=True, retries=1)
-def evaluate(model_path: str, model_digest: str, suite_name: str, suite_digest: str, engine: EngineSettings) -> EvalResult:
-    """lm_eval in its own process; the baseline's key has no variant in it, so every variant shares it."""
+def evaluate(model_path: str, model_digest: str, suite_name: str, suite_digest: str, engine: EngineSettings,
+             gpus: list[int] | None = None) -> EvalResult:
+    """lm_eval in its own process; the baseline's key has no variant in it, so every variant shares it. `gpus` (not
+    in the key: scores do not depend on which GPU): the only ones its process sees, beside quantization."""
     out = _artifact_dir("evals", evaluate_key)
     with artifacts.locked(out):
         if (done := artifacts.reuse(out, EvalResult)) is not None:
             return done
         tmp = artifacts.workdir(out)
         try:
-            result = run_suite(model_path, suites.load(suite_name), engine, tmp, log=get_run_logger().info)
+            result = run_suite(model_path, suites.load(suite_name), engine, tmp, log=get_run_logger().info, gpus=gpus)
             result = result.model_copy(update={"output_dir": str(out)})
             artifacts.install(tmp, out, result)
         finally:
@@ -139,7 +144,19 @@ def checked(step, *args, run_name: str | None = None):
     what was recorded when it was made; on any difference say so and make the step recompute (`refresh_cache`).
     `run_name` is what the Prefect UI calls the task run ("evaluate base")."""
     step = step.with_options(task_run_name=run_name) if run_name else step
-    result = step(*args)
+    return _verified(step, step(*args), args)
+
+
+def started(step, *args, run_name: str | None = None) -> Callable:
+    """`checked`, begun now on the flow's task runner (Prefect's `submit`) to run beside what follows: call the
+    returned function to wait for its result, checked the same way."""
+    step = step.with_options(task_run_name=run_name) if run_name else step
+    future = step.submit(*args)
+    return lambda: _verified(step, future.result(), args)
+
+
+def _verified(step, result, args: tuple):
+    """`result`, once its artifact matches its record; else `step` recomputed (`refresh_cache`), checked again."""
     if problems := _problems(step, result, args):
         get_run_logger().warning("%s: the cached result's artifact is not what was made (%s): recomputing it",
                                  step.name, "; ".join(problems[:3]))
@@ -194,16 +211,19 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     for note in plan.notes:
         logger.warning(note)
 
-    # Creation
+    # Creation; the base evaluation starts beside it where the machine has room for both (plan.overlap)
     base = checked(resolve_base, spec.base, run_name="resolve base model")
     name = spec.variant_name or f"{base.name}-{scheme.suffix}"
     calib = checked(build_calibration, spec.calibration, base, run_name="build calibration set") \
         if scheme.needs_calibration else None
-    checkpoint = checked(quantize_checkpoint, base, scheme, calib, name, plan.quantization, run_name=f"quantize {scheme.name}")
+    base_eval_args = (base.path, base.digest, suite.name, suite_key, engine, plan.overlap.eval_gpus)
+    base_eval_later = started(evaluate, *base_eval_args, run_name="evaluate base") if plan.overlap.overlap else None
+    checkpoint = checked(quantize_checkpoint, base, scheme, calib, name, plan.quantization, plan.overlap.quantize_gpus,
+                         run_name=f"quantize {scheme.name}")
 
     # Evaluation: same engine and settings for base and variant (or published baseline scores, marked as such)
-    base_eval = plan.reference or checked(evaluate, base.path, base.digest, suite.name, suite_key, engine,
-                                          run_name="evaluate base")
+    base_eval = plan.reference or (base_eval_later() if base_eval_later
+                                   else checked(evaluate, *base_eval_args, run_name="evaluate base"))
     variant_eval = checked(evaluate, checkpoint.path, checkpoint.digest, suite.name, suite_key, engine,
                            run_name="evaluate variant")
     table = recovery.table(base_eval.scores, variant_eval.scores)

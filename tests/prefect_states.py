@@ -36,3 +36,21 @@ def task_states(flow_run_id, final: bool = True, settle_s: float = 60) -> dict[s
     for name, state, _ in runs:
         out.setdefault(name.rsplit("-", 1)[0], []).append(state)
     return out
+
+
+def task_spans(flow_run_id, settle_s: float = 60) -> dict:
+    """Task-run name ("evaluate base") -> (start, end) as the server recorded them, once every run has both."""
+    import anyio
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def go():
+        async with get_client() as client:
+            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    deadline = time.time() + settle_s
+    runs = anyio.run(go)
+    while time.time() < deadline and not all(r.start_time and r.end_time for r in runs):
+        time.sleep(1)
+        runs = anyio.run(go)
+    return {r.name: (r.start_time, r.end_time) for r in runs}

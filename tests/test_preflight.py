@@ -716,6 +716,16 @@ def test_the_memory_plan_picks_the_placement(tiny_model, tmp_path):
     assert forced.quantization.batch_size == 4
 
 
+def test_the_base_evaluation_overlaps_quantization_only_when_asked_on_cpu(tiny_model, tmp_path):
+    """No GPU here: auto keeps them in sequence; true overlaps them on the CPU, names no device, and says so."""
+    plan = preflight(good(tiny_model, tmp_path))
+    assert not plan.overlap.overlap and not any("overlap_base" in n for n in plan.notes)
+    plan = preflight(good(tiny_model, tmp_path, evaluation__overlap_base=True))
+    assert plan.overlap.overlap and plan.overlap.quantize_gpus == plan.overlap.eval_gpus == []
+    assert "evaluation.overlap_base: the base evaluation runs while the variant is quantized, sharing the CPU" \
+        in plan.notes, plan.notes
+
+
 
 def test_the_suite_is_checked_against_the_lm_eval_that_runs_it(tiny_model, tmp_path, monkeypatch):
     """vLLM runs lm-eval in the evaluation environment: the suite's tasks are looked up in that lm-eval's task folder

@@ -61,10 +61,20 @@ def python_for(engine: str) -> str:
     return str(settings().eval_python)
 
 
-def engine_env(s: EngineSettings) -> dict[str, str]:
+def visible_devices(gpus: list[int]) -> str:
+    """CUDA_VISIBLE_DEVICES naming these of this process's GPUs (indices into this process's own
+    CUDA_VISIBLE_DEVICES when it has one, as torch counts them)."""
+    mine = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return ",".join(mine[i] if mine else str(i) for i in gpus)
+
+
+def engine_env(s: EngineSettings, gpus: list[int] | None = None) -> dict[str, str]:
     """An engine subprocess's environment: this one without PYTHONPATH and VIRTUAL_ENV (they would point the other
-    interpreter at this venv), plus what determinism.engine_env asks for where not already set."""
+    interpreter at this venv), plus what determinism.engine_env asks for where not already set; `gpus`: the only GPUs
+    it sees (the base evaluation beside quantization, components/overlap.py)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices(gpus)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     for k, v in determinism.engine_env(s.platform).items():  # same checkpoint, same scores (what is set wins)
         env.setdefault(k, v)

@@ -52,8 +52,9 @@ def score_outside_lm_eval(run_dir: Path, suite: Suite, argv: list[str]) -> None:
     results_file.write_text(json.dumps(doc, indent=2))
 
 
-def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, log=print) -> EvalResult:
-    """Evaluate one model: one lm_eval process per group of tasks that share settings."""
+def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, log=print,
+              gpus: list[int] | None = None) -> EvalResult:
+    """Evaluate one model: one lm_eval process per group of tasks that share settings, on `gpus` only when given."""
     out_dir.mkdir(parents=True, exist_ok=True)
     include = suite.include_dir
     commands = build_commands(model_path, suite, s, str(include) if include else None)
@@ -64,7 +65,7 @@ def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, l
         full = [environment.python_for(s.engine), "-m", "lm_eval", *argv[1:], "--output_path", str(run_dir)]
         log(f"lm_eval ({s.engine}, {s.platform}): tasks {argv[argv.index('--tasks') + 1]}")
         log_file = out_dir / f"run{i}.log"
-        rc = environment.run(full, log_file, environment.engine_env(s), cwd=include or out_dir)
+        rc = environment.run(full, log_file, environment.engine_env(s, gpus), cwd=include or out_dir)
         if rc != 0:
             raise environment.failed(f"lm_eval exited with {rc} (log: {log_file}); last lines", log_file)
         score_outside_lm_eval(run_dir, suite, argv)
