@@ -5,16 +5,14 @@ import mlflow
 import pytest
 from prefect_states import task_states
 from pydantic import ValidationError
+from tiny import tiny_sweep
 
 from flows.sweep import SweepSpec, calibration_label, sweep
 
 
 def test_sweep_shares_calibration_and_baseline(tiny_model):
-    spec = SweepSpec.model_validate({
-        "base": {"source": str(tiny_model)}, "schemes": ["w8a8-int8", "w4a16", "fp8-dynamic"],
-        "calibration": {"num_samples": 8, "max_seq_length": 64, "seed": 7},
-        "evaluation": {"engine": "hf", "limit": 4, "seed": 7},
-    })
+    spec = SweepSpec.model_validate(tiny_sweep(tiny_model, ["w8a8-int8", "w4a16", "fp8-dynamic"], calibration__seed=7,
+                                               evaluation__limit=4, evaluation__seed=7))
     outcomes = sweep(spec)
     assert [o.name for o in outcomes] == ["tiny-llama-quantized.w8a8", "tiny-llama-quantized.w4a16", "tiny-llama-FP8-dynamic"]
     states = [task_states(o.flow_run_id) for o in outcomes]
@@ -78,11 +76,8 @@ def test_a_calibration_axis_sweep(tiny_model):
     """Two sample counts of one scheme: two calibration sets and checkpoints, one baseline, the counts in the table."""
     from flows.sweep import comparison
 
-    spec = SweepSpec.model_validate({
-        "base": {"source": str(tiny_model)}, "schemes": ["w8a8-int8"],
-        "calibration": {"max_seq_length": 64, "seed": 5}, "calibrations": [{"num_samples": 4}, {"num_samples": 8}],
-        "evaluation": {"engine": "hf", "limit": 4, "seed": 5},
-    })
+    spec = SweepSpec.model_validate(tiny_sweep(tiny_model, ["w8a8-int8"], calibration__seed=5, evaluation__limit=4,
+                                               evaluation__seed=5, calibrations=[{"num_samples": 4}, {"num_samples": 8}]))
     outcomes = sweep(spec)
     assert [o.name for o in outcomes] == ["tiny-llama-quantized.w8a8-n4-l64", "tiny-llama-quantized.w8a8-n8-l64"]
     assert outcomes[0].checkpoint != outcomes[1].checkpoint

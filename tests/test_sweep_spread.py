@@ -16,6 +16,7 @@ import pytest
 
 from components.local_stack import start, stop
 from servers import ensure_bucket, seaweed_s3, use_only_these_aws_credentials
+from tiny import tiny_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -66,9 +67,8 @@ def test_sweep_spreads_over_two_workers(api, pool, tiny_model, data_root):
     from flows.sweep import SweepSpec, comparison_rows, sweep
 
     home = data_root / "spread-home"  # not the session's: the in-process sweep below computes on its own
-    data = {"base": {"source": str(tiny_model)}, "schemes": ["w8a8-int8", "fp8-dynamic"],
-            "calibration": {"num_samples": 8, "max_seq_length": 64, "seed": 11},
-            "evaluation": {"engine": "hf", "limit": 4, "seed": 11, "serving": {"enabled": False}}}
+    data = tiny_sweep(tiny_model, ["w8a8-int8", "fp8-dynamic"], calibration__seed=11, evaluation__limit=4,
+                      evaluation__seed=11, evaluation__serving={"enabled": False})
     spec = SweepSpec.model_validate({**data, "dispatch": "deployments", "job_variables": {"env": {
         "QUANTFLOW_HOME": str(home), "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect-results"),
         "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": pool}}})

@@ -39,3 +39,10 @@ def tiny_spec(model: Path, **over) -> dict:
             node = node.setdefault(p, {})
         node[leaf] = value
     return spec
+
+
+def tiny_sweep(model: Path, schemes: list[str], **over) -> dict:
+    """The same tiny spec as a sweep over `schemes` (a SweepSpec's data); `over` as in tiny_spec."""
+    spec = tiny_spec(model, **over)
+    del spec["scheme"]
+    return {**spec, "schemes": schemes}
