@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel
 
@@ -160,20 +160,30 @@ class BaseInfo:
 
     name: str
     dir: Path | None = None  # a local HF directory, when there is one already
-    config: Any = None
-    skeleton: Any = None  # the model on the meta device
+    config: Any = None  # transformers' config when read here; on a hit of preflight's memo, config_json
+    config_json: dict | None = None  # the config as transformers reads it (to_json_string), as plain JSON
+    skeleton: Any = None  # the model on the meta device (None on a hit of preflight's memo)
+    params: int | None = None  # the skeleton's parameter count (tied weights once)
     has_chat_template: bool | None = None
     weights_bytes: int | None = None  # on disk now (safetensors), None if unknown
     to_download_bytes: int = 0  # bytes the flow will write before quantizing (GGUF conversion, Hub download)
 
 
-def inspect(source: str, revision: str | None = None, chat_template: bool = False) -> tuple[BaseInfo | None, list[str]]:
+Known = Callable[[bytes], "tuple[dict, int] | None"]
+
+
+def inspect(source: str, revision: str | None = None, chat_template: bool = False,
+            known: Known | None = None) -> tuple[BaseInfo | None, list[str]]:
     """The base model `source` names, read from config.json, tokenizer files and weight-file headers only, and every
     problem with it (one line each, with the fix), so a wrong source fails before any download or conversion; None
-    when it cannot be used. `chat_template`: also read a GGUF's chat template (calibration applies one)."""
+    when it cannot be used. `chat_template`: also read a GGUF's chat template (calibration applies one).
+
+    `known(config.json bytes)`: (config, parameter count) that these checks found for exactly these bytes before
+    (preflight's memo, components/preflight_memo.py), or None; when given, transformers and torch are not imported to
+    read, check and build the model again. Everything else is read afresh."""
     out: list[str] = []
     try:
-        return _inspect(out, source, revision, chat_template), out
+        return _inspect(out, source, revision, chat_template, known), out
     except Exception as e:  # noqa: BLE001 - a check that cannot run is itself a finding
         out.append(f"base.source {source!r}: {type(e).__name__}: {_gist(e)}")
         return None, out
@@ -191,25 +201,34 @@ def looks_like_path(source: str) -> bool:
             or source.endswith((".gguf", ".safetensors", ".json")))
 
 
+_TEXT_CONFIGS = ("text_encoder", "decoder", "generator", "text_config")  # PretrainedConfig.get_text_config's names
+
+
 def max_positions(config) -> int | None:
-    """The longest context the model's config allows (max_position_embeddings), None if it does not say."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    value = getattr(text, "max_position_embeddings", None)
-    return value if isinstance(value, int) and value > 0 else None
+    """The longest context the model's config (a dict, as BaseInfo.config_json, or a transformers config) allows
+    (max_position_embeddings, of its text part when nested as transformers' get_text_config finds it), None if it does
+    not say."""
+    if hasattr(config, "get_text_config"):
+        value = getattr(config.get_text_config(), "max_position_embeddings", None)
+    else:
+        nested = [config[k] for k in _TEXT_CONFIGS if isinstance(config.get(k), dict)]
+        value = (nested[0] if len(nested) == 1 else config).get("max_position_embeddings")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def _inspect(out: list[str], source: str, revision: str | None, chat_template: bool) -> BaseInfo | None:
+def _inspect(out: list[str], source: str, revision: str | None, chat_template: bool,
+             known: Known | None = None) -> BaseInfo | None:
     try:
         gguf = gguf_path(source)
     except FileNotFoundError as e:
         out.append(f"base.source {source!r}: {e}")
         return None
     if gguf is not None:
-        return _gguf_base(out, source, gguf, chat_template)
+        return _gguf_base(out, source, gguf, chat_template, known)
     local = Path(source).expanduser()
     if local.exists() or looks_like_path(source):
-        return _local_base(out, source, local)
-    return _hub_base(out, source, revision)
+        return _local_base(out, source, local, known)
+    return _hub_base(out, source, revision, known)
 
 
 def _dir_bytes(d: Path, patterns=("*.safetensors", "*.bin")) -> int:
@@ -228,7 +247,7 @@ def _chat_template_in_dir(d: Path) -> bool:
     return False
 
 
-def _gguf_base(out: list[str], source: str, gguf: Path, chat_template: bool) -> BaseInfo | None:
+def _gguf_base(out: list[str], source: str, gguf: Path, chat_template: bool, known: Known | None) -> BaseInfo | None:
     if not gguf.is_file():
         out.append(f"base.source {source!r}: GGUF file not found: {gguf}")
         return None
@@ -239,7 +258,7 @@ def _gguf_base(out: list[str], source: str, gguf: Path, chat_template: bool) -> 
                     key=lambda d: d.stat().st_mtime, default=None)
     if converted is not None:
         base.dir = converted
-        _read_config(out, source, base, converted)
+        _read_config(out, source, base, converted, known)
         base.has_chat_template = _chat_template_in_dir(converted)
         base.weights_bytes = _dir_bytes(converted)
         return base
@@ -247,6 +266,7 @@ def _gguf_base(out: list[str], source: str, gguf: Path, chat_template: bool) -> 
 
     try:
         base.config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        base.config_json = _config_dict(base.config)
     except Exception as e:  # noqa: BLE001
         out.append(f"base.source {source!r}: transformers cannot read this GGUF file's metadata "
                    f"({type(e).__name__}: {_gist(e)})")
@@ -262,7 +282,7 @@ def _gguf_base(out: list[str], source: str, gguf: Path, chat_template: bool) -> 
     return base
 
 
-def _local_base(out: list[str], source: str, local: Path) -> BaseInfo | None:
+def _local_base(out: list[str], source: str, local: Path, known: Known | None) -> BaseInfo | None:
     if not local.exists():
         out.append(f"base.source {source!r}: no such directory or file (give a local Hugging Face model directory, "
                    "a GGUF file, pkg:<package>/<file.gguf>, or a Hub id such as org/name)")
@@ -283,12 +303,12 @@ def _local_base(out: list[str], source: str, local: Path) -> BaseInfo | None:
     _path_chars(out, f"base.source {source!r}", local.resolve())
     base.weights_bytes = _dir_bytes(local)
     base.has_chat_template = _chat_template_in_dir(local)
-    if not _read_config(out, source, base, local):
+    if not _read_config(out, source, base, local, known):
         return None
     return base
 
 
-def _hub_base(out: list[str], source: str, revision: str | None) -> BaseInfo | None:
+def _hub_base(out: list[str], source: str, revision: str | None, known: Known | None) -> BaseInfo | None:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HFValidationError,
                                         LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
@@ -331,7 +351,7 @@ def _hub_base(out: list[str], source: str, revision: str | None) -> BaseInfo | N
     _weight_files(out, source, snapshot)
     _path_chars(out, f"base.source {source!r} (Hugging Face cache)", snapshot)
     base = BaseInfo(name=model_name(source), dir=None)
-    if not _read_config(out, source, base, snapshot):
+    if not _read_config(out, source, base, snapshot, known):
         return None
     cached = _dir_bytes(snapshot)
     base.has_chat_template = _chat_template_in_dir(snapshot) or None  # tokenizer files may not be cached yet
@@ -389,16 +409,28 @@ def _path_chars(out: list[str], what: str, path: Path) -> None:
         out.append(f"{what}: path {str(path)!r} {problem}")
 
 
-def _read_config(out: list[str], source: str, base: BaseInfo, d: Path) -> bool:
-    from transformers import AutoConfig
+def _config_dict(config) -> dict:
+    """A transformers config as plain JSON (what BaseInfo holds and preflight's memo keeps)."""
+    return json.loads(config.to_json_string(use_diff=False))
 
+
+def _read_config(out: list[str], source: str, base: BaseInfo, d: Path, known: Known | None = None) -> bool:
     try:
-        json.loads((d / "config.json").read_text())
+        raw = (d / "config.json").read_bytes()
+        json.loads(raw)
     except (ValueError, OSError) as e:
         out.append(f"base.source {source!r}: config.json is unreadable ({type(e).__name__}: {_gist(e)})")
         return False
+    hit = known(raw) if known is not None else None
+    if hit is not None:  # these exact bytes passed every check below before (preflight's memo)
+        base.config_json, base.params = hit
+        base.config = base.config_json
+        return True
+    from transformers import AutoConfig
+
     try:
         base.config = AutoConfig.from_pretrained(d)
+        base.config_json = _config_dict(base.config)
     except Exception as e:  # noqa: BLE001
         out.append(f"base.source {source!r}: transformers cannot read its config.json ({type(e).__name__}: {_gist(e)})")
         return False
@@ -406,6 +438,7 @@ def _read_config(out: list[str], source: str, base: BaseInfo, d: Path) -> bool:
 
 
 def _check_causal_lm(out: list[str], source: str, base: BaseInfo) -> bool:
+    """base.config has a causal-LM head and builds on the meta device: base.skeleton and base.params."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     config = base.config
@@ -429,4 +462,5 @@ def _check_causal_lm(out: list[str], source: str, base: BaseInfo) -> bool:
         out.append(f"base.source {source!r}: AutoModelForCausalLM cannot build this model from its config "
                    f"({type(e).__name__}: {_gist(e)})")
         return False
+    base.params = sum(p.numel() for p in base.skeleton.parameters())
     return True

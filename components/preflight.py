@@ -3,7 +3,13 @@
 `preflight(spec)` reads only what is cheap to read: config.json (the model skeleton is built on the meta device, no
 weights), tokenizer files, the first rows and the row count of a local calibration file, suite YAML, the evaluation
 environment's path, one listing call per S3 store, the Hub token, the MLflow server's /health, free disk. It raises one
-`PreflightError` listing every problem, each with what to change; nothing under QUANTFLOW_HOME is written.
+`PreflightError` listing every problem, each with what to change.
+
+The one thing it writes: when it found no problem, the model-side facts (config read by transformers, causal-LM check,
+meta-device skeleton's size, llm-compressor's reading of the recipe and its match against the model's modules, the
+checkpoint estimate, the GPUs torch counts) go to `$QUANTFLOW_HOME/preflight/<key>.json`, keyed by the content of
+everything those checks read (components/preflight_memo.py). A later preflight with the same key takes them from there
+without importing torch, transformers or llm-compressor; every other check runs again.
 
 Each component checks what it owns (models.inspect, recipes.check, recipes.modifiers, recipes.model_problems,
 calibration.check, stores.problems, settings.home_problems, local_stack.tracking_problems, suites.inspect,
@@ -18,7 +24,7 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from components import calibration, models, overlap, recipes, stores
+from components import calibration, models, overlap, preflight_memo, recipes, stores
 from components.evaluation import environment, references, suites
 from components.evaluation.engine import planned as engine_planned
 from components.evaluation.engine import settings_for as engine_settings
@@ -98,22 +104,23 @@ class _Checks:
             self.problem(problem)
 
 
-def _memory(c: _Checks, scheme: SchemeDef, base: BaseInfo) -> tuple[MemoryPlan | None, Settings]:
-    """The memory plan on this machine: refuse with the numbers when nothing fits, else the placement to use."""
+def _memory(c: _Checks, scheme: SchemeDef, base: BaseInfo, here) -> tuple[MemoryPlan | None, Settings]:
+    """The memory plan on this machine (`here`: memory_plan.Machine): refuse with the numbers when nothing fits, else
+    the placement to use."""
     from components import memory_plan as mp
 
     q = c.spec.quantization
     try:
-        shape = mp.shape_from_config(base.config.to_dict())
+        shape = mp.shape_from_config(base.config_json)
     except (KeyError, TypeError, ValueError) as e:
         c.notes.append(f"quantization: no memory plan for {base.name} (its config has no {e}): llm-compressor's "
                        "defaults unless the spec says otherwise")
-        return None, mp.settings_for(q, None, mp.machine_now(Path.cwd()))
+        return None, mp.settings_for(q, None, here)
     cal = c.spec.calibration if scheme.needs_calibration else None
     calib = mp.Calibration(num_samples=cal.num_samples if cal else 0, seq_len=cal.max_seq_length if cal else 0,
                            batch_size=q.batch_size)
     # free disk is preflight's own check (_disk), against every copy the run writes
-    machine = mp.machine_now(Path.cwd()).model_copy(update={"disk_free_bytes": float("inf")})
+    machine = here.model_copy(update={"disk_free_bytes": float("inf")})
     memory = mp.plan(shape, calib, mp.quantization_of(scheme), machine)
     for problem in memory.problems:
         c.problem(f"quantization: {problem}")
@@ -127,11 +134,12 @@ def _memory(c: _Checks, scheme: SchemeDef, base: BaseInfo) -> tuple[MemoryPlan |
 
 
 def _overlap(spec: VariantSpec, memory: MemoryPlan | None, how: Settings, engine: EngineSettings,
-             base_evaluated: bool) -> tuple[Split, list[str], list[str]]:
-    """evaluation.overlap_base on this machine (components/overlap.py); a note says what was chosen when it overlaps."""
+             base_evaluated: bool, here) -> tuple[Split, list[str], list[str]]:
+    """evaluation.overlap_base on this machine (`here`, as the memory plan saw it; None: counted now) through
+    components/overlap.py; a note says what was chosen when it overlaps."""
     from components.memory_plan import machine_now
 
-    split, problems = overlap.resolve(spec.evaluation.overlap_base, memory, how, machine_now(Path.cwd()),
+    split, problems = overlap.resolve(spec.evaluation.overlap_base, memory, how, here or machine_now(Path.cwd()),
                                       overlap.evaluation_gpus(engine), base_evaluated)
     return split, problems, [split.note()] if split.overlap else []
 
@@ -147,9 +155,8 @@ def _disk(c: _Checks, base: BaseInfo | None, checkpoint: int | None) -> None:
     home = existing(settings().home)
     need = {"checkpoint": ckpt}
     if base.dir is None and gguf_path(c.spec.base.source) is not None:  # GGUF converted to bf16 once
-        params = sum(p.numel() for p in base.skeleton.parameters()) if base.skeleton is not None else 0
-        if params:
-            need["bf16 conversion of the GGUF"] = params * 2
+        if base.params:
+            need["bf16 conversion of the GGUF"] = base.params * 2
     elif base.to_download_bytes:
         need["Hub download"] = base.to_download_bytes  # lands in the HF cache: counted here when on the same disk
     for i, s in enumerate(c.spec.stores):
@@ -185,24 +192,32 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     for problem in home:
         c.problem(problem)
     scheme = c.found(f"scheme {spec.scheme.value!r}", recipes.check, spec.scheme.value)
-    modifiers = c.found(f"scheme {spec.scheme.value!r}", recipes.modifiers, scheme) if scheme else None
+    memo = preflight_memo.Memo(scheme) if scheme is not None else None  # the model-side facts, by content
     base = c.found(f"base.source {spec.base.source!r}", models.inspect, spec.base.source, spec.base.revision,
-                   spec.calibration.apply_chat_template)
+                   spec.calibration.apply_chat_template, memo.known if memo else None)
     checkpoint = None
-    if scheme and modifiers and base is not None and base.skeleton is not None:
-        checkpoint = c.found(f"scheme {scheme.name!r} against {base.name}", recipes.model_problems, scheme, modifiers, base)
+    if memo is not None and memo.facts is not None:  # every check below passed for exactly these inputs
+        checkpoint = memo.facts.checkpoint_bytes
+    elif scheme is not None:
+        modifiers = c.found(f"scheme {scheme.name!r}", recipes.modifiers, scheme)
+        if modifiers and base is not None and base.skeleton is not None:
+            checkpoint = c.found(f"scheme {scheme.name!r} against {base.name}", recipes.model_problems, scheme,
+                                 modifiers, base)
     if scheme is not None and scheme.needs_calibration:
         c.notes += c.found("calibration", calibration.check, spec.calibration, base) or []
-    memory, quantization = None, CPU
-    if scheme is not None and base is not None and base.config is not None:
-        memory, quantization = c.guard("quantization", _memory, c, scheme, base) or (None, CPU)
+    memory, quantization, here = None, CPU, None
+    if scheme is not None and base is not None and base.config_json is not None:
+        here = c.guard("quantization", memo.machine, Path.cwd())
+        if here is not None:
+            memory, quantization = c.guard("quantization", _memory, c, scheme, base, here) or (None, CPU)
     ev = spec.evaluation
     base_name = base.name if base is not None else None
-    positions = max_positions(base.config) if base is not None and base.config is not None else None
-    planned = engine_planned(ev, scheme)  # the suite is checked against the lm-eval that will run it
+    positions = max_positions(base.config_json) if base is not None and base.config_json is not None else None
+    platform, gpus = memo.platform() if memo is not None else (None, None)
+    planned = engine_planned(ev, scheme, platform)  # the suite is checked against the lm-eval that will run it
     tasks = c.guard("evaluation.engine", environment.lm_eval_tasks, planned) if planned else None
     suite = c.found(f"evaluation.suite {ev.suite!r}", suites.inspect, ev.suite, tasks)
-    engine = c.found("evaluation.engine", engine_settings, ev, scheme, suite, base_name, positions)
+    engine = c.found("evaluation.engine", engine_settings, ev, scheme, suite, base_name, positions, platform, gpus)
     serving = c.found("evaluation.serving", serving_check, ev.serving, engine, base_name, positions)
     reference = None
     if ev.reference_baseline and suite is not None and engine is not None:
@@ -211,7 +226,7 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     split = Split()
     if engine is not None:
         split = c.found("evaluation.overlap_base", _overlap, spec, memory, quantization, engine,
-                        reference is None) or Split()
+                        reference is None, here) or Split()
     name = spec.variant_name or (f"{base.name}-{scheme.suffix}" if base is not None and scheme is not None else None)
     if name is not None and not spec.variant_name:
         try:
@@ -225,6 +240,8 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     c.guard("disk", _disk, c, base, checkpoint)
     if c.problems:
         raise PreflightError(c.problems)
+    if memo is not None and base is not None:
+        memo.remember(base.config_json, base.params, checkpoint)
     return Plan(scheme=scheme, suite=suite, suite_digest=suite_digest(suite), engine=engine, name=name,
                 checkpoint_bytes=checkpoint, notes=c.notes, serving=bool(serving), reference=reference,
                 quantization=quantization, memory=memory, overlap=split)

@@ -391,3 +391,67 @@ def test_humaneval_evalplus_samples_as_card_002():
         assert SCORING[task].sanitize and SCORING[task].plus == (task == "qf_humaneval_plus")
     scored = {t.task for name in suites.names() for t in load(name).tasks if t.scorer == "humaneval_sandbox"}
     assert scored <= set(SCORING)  # every sandbox-scored task says how it is scored
+
+
+# ---------------------------------------------------------------- the task index kept on disk
+
+def _fake_lm_eval(site: Path, record: str | None) -> Path:
+    """site/lm_eval/tasks with a template carrying a tag and a task including it; a RECORD beside it unless None."""
+    tasks = site / "lm_eval" / "tasks"
+    (tasks / "fam").mkdir(parents=True)
+    (tasks / "fam" / "_template.yaml").write_text("tag:\n  - fam_tag\noutput_type: loglikelihood\n")
+    (tasks / "fam" / "one.yaml").write_text("include: _template.yaml\ntask: fam_one\n")
+    (tasks / "grp.yaml").write_text("group: fam_group\ntask:\n  - fam_one\n")
+    if record is not None:
+        (site / "lm_eval-0.0.dist-info").mkdir()
+        (site / "lm_eval-0.0.dist-info" / "RECORD").write_text(record)
+    return tasks
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    from components.settings import settings
+
+    monkeypatch.setenv("QUANTFLOW_HOME", str(tmp_path / "home"))
+    settings.cache_clear()
+    task_index.installed_tasks.cache_clear()
+    task_index.scan_tasks.cache_clear()
+    yield tmp_path / "home"
+    settings.cache_clear()
+    task_index.installed_tasks.cache_clear()
+    task_index.scan_tasks.cache_clear()
+
+
+def test_the_installed_task_index_is_kept_by_its_lm_eval_record(home):
+    root = str(task_index.lm_eval_tasks_dir())
+    scanned = task_index.scan_tasks(root)
+    task_index.scan_tasks.cache_clear()
+    first = task_index.installed_tasks(root)
+    assert first == scanned and len(list((home / "task-index").glob("*.json"))) == 1
+    task_index.installed_tasks.cache_clear()
+    task_index.scan_tasks.cache_clear()
+    again = task_index.installed_tasks(root)  # a new process, in effect: read back, not scanned
+    assert again == scanned and task_index.scan_tasks.cache_info().currsize == 0
+    [memo] = (home / "task-index").glob("*.json")
+    memo.write_text('{"key": "')  # corrupt: a miss, scanned and stored again
+    task_index.installed_tasks.cache_clear()
+    assert task_index.installed_tasks(root) == scanned and task_index.scan_tasks.cache_info().currsize == 1
+
+
+def test_another_record_is_another_index(home, tmp_path):
+    tasks = _fake_lm_eval(tmp_path / "site", "lm_eval/tasks/fam/one.yaml,sha256=a,1\n")
+    index = task_index.installed_tasks(str(tasks))
+    assert index.kind("fam_one") == "task" and index.tags == {"fam_tag": ["fam_one"]} and index.kind("fam_group") == "group"
+    (tasks / "fam" / "two.yaml").write_text("include: _template.yaml\ntask: fam_two\n")  # an upgrade: new files,
+    (tmp_path / "site" / "lm_eval-0.0.dist-info" / "RECORD").write_text(  # a new RECORD
+        "lm_eval/tasks/fam/one.yaml,sha256=a,1\nlm_eval/tasks/fam/two.yaml,sha256=b,1\n")
+    task_index.installed_tasks.cache_clear()
+    task_index.scan_tasks.cache_clear()
+    assert task_index.installed_tasks(str(tasks)).tags == {"fam_tag": ["fam_one", "fam_two"]}
+    assert len(list((home / "task-index").glob("*.json"))) == 2
+
+
+def test_a_task_folder_without_a_record_is_scanned_every_time(home, tmp_path):
+    tasks = _fake_lm_eval(tmp_path / "src", None)
+    assert task_index.installed_tasks(str(tasks)).kind("fam_one") == "task"
+    assert not (home / "task-index").exists()

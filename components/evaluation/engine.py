@@ -32,30 +32,35 @@ def batch_size(requested: str, engine: str, platform: str) -> str:
     return requested
 
 
-def planned(ev: EvalSpec, scheme: SchemeDef | None) -> str | None:
-    """The engine that will evaluate `scheme` here, or None where settings_for will say why none can."""
+def planned(ev: EvalSpec, scheme: SchemeDef | None, platform: str | None = None) -> str | None:
+    """The engine that will evaluate `scheme` here (`platform`: detect_platform()'s answer when already known), or None
+    where settings_for will say why none can."""
     try:
-        return choose_engine(ev.engine.value, scheme, detect_platform()) if scheme is not None else None
+        return choose_engine(ev.engine.value, scheme, platform or detect_platform()) if scheme is not None else None
     except ValueError:
         return None
 
 
 def settings_for(ev: EvalSpec, scheme: SchemeDef | None, suite: Suite | None, base_name: str | None,
-                 max_positions: int | None) -> tuple[EngineSettings | None, list[str]]:
+                 max_positions: int | None, platform: str | None = None,
+                 gpus: int | None = None) -> tuple[EngineSettings | None, list[str]]:
     """The engine settings the spec asks for on this machine, and why they cannot run here (one line each, with the
     fix): no GPU where one is required or too few for the tensor parallelism, a scheme vLLM cannot run, vLLM's
-    environment missing, a suite longer than the base model's positions."""
+    environment missing, a suite longer than the base model's positions. `platform`, `gpus`: detect_platform() and
+    torch.cuda.device_count() when already known (preflight's memo), else asked here."""
     problems = []
-    platform = detect_platform()
+    platform = platform or detect_platform()
     if ev.require_gpu and platform != "cuda":
         problems.append("evaluation.require_gpu is set but no CUDA GPU is visible here (torch.cuda.is_available() is "
                         "False): run on a GPU work pool, or unset require_gpu to run on CPU")
     if platform == "cuda":
-        import torch
+        if gpus is None:
+            import torch
 
-        if ev.tensor_parallel_size > torch.cuda.device_count():
+            gpus = torch.cuda.device_count()
+        if ev.tensor_parallel_size > gpus:
             problems.append(f"evaluation.tensor_parallel_size {ev.tensor_parallel_size} is more than the "
-                            f"{torch.cuda.device_count()} GPU(s) visible here")
+                            f"{gpus} GPU(s) visible here")
     if scheme is None:
         return None, problems
     try:

@@ -3,15 +3,24 @@
 Preflight validates a suite before any work. lm-eval's own index (lm_eval.tasks.TaskManager, 0.4.13) YAML-parses every
 one of the ~14k files under lm_eval/tasks, includes followed, when it is built: ~8 s on a 2-CPU machine. A suite needs
 only the names and the few configs it uses: a line scan of each file's top-level `task:` / `group:` / `tag:` /
-`include:` keys indexes the names (~1.5 s there, cached per process), and only the files a suite names are then
-parsed, with `!function` left unresolved (resolving it imports the task's Python). lm_eval is located with
-importlib.util.find_spec, never imported.
+`include:` keys indexes the names (each file read once, ~1 s there, cached per process), and only the files a suite
+names are then parsed, with `!function` left unresolved (resolving it imports the task's Python). lm_eval is located
+with importlib.util.find_spec, never imported.
+
+The index of an installed lm-eval's task folder is also kept on disk (`$QUANTFLOW_HOME/task-index/<key>.json`), keyed by
+the sha256 of that lm-eval's RECORD (every installed file's hash, beside the folder in its site-packages), the folder's
+path and this module's source: the same lm-eval is not scanned again in the next process. A folder without a RECORD
+listing its files (a source checkout, an editable install) is scanned every time; a memo that cannot be read is a miss.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import json
+import os
 import re
+import uuid
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -106,39 +115,108 @@ def _scan_keys(text: str) -> tuple[str | None, str | None, list[str], str | None
     return task, group, tags, include
 
 
-def _inherited_tags(path: Path, include: str | None, depth: int = 0) -> list[str]:
+Keys = tuple[str | None, str | None, list[str], str | None]
+
+
+def _keys_of(path: str, seen: dict[str, Keys | None]) -> Keys | None:
+    """_scan_keys of one file, read once per scan (templates are included by many tasks); None if unreadable."""
+    if path not in seen:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                seen[path] = _scan_keys(f.read())
+        except OSError:
+            seen[path] = None
+    return seen[path]
+
+
+def _inherited_tags(path: str, include: str | None, seen: dict[str, Keys | None], depth: int = 0) -> list[str]:
     """Tags a task inherits from the template it includes (when it sets none itself)."""
     if not include or depth > 8:
         return []
-    target = (path.parent / include).resolve()
-    try:
-        _, _, tags, nxt = _scan_keys(target.read_text(errors="replace"))
-    except OSError:
+    target = os.path.normpath(os.path.join(os.path.dirname(path), include))  # as lm-eval joins it, no stat
+    keys = _keys_of(target, seen)
+    if keys is None:
         return []
-    return tags or _inherited_tags(target, nxt, depth + 1)
+    _, _, tags, nxt = keys
+    return tags or _inherited_tags(target, nxt, seen, depth + 1)
+
+
+def _yaml_files(root: str) -> list[str]:
+    """Every *.yaml under root, sorted by path (as Path.rglob sorted by as_posix), caches and checkpoints skipped."""
+    found = []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if x not in ("__pycache__", ".ipynb_checkpoints")]
+        found += [os.path.join(d, f) for f in files if f.endswith(".yaml")]
+    return sorted(found)
 
 
 @functools.lru_cache(maxsize=8)
 def scan_tasks(root: str) -> TaskIndex:
     """Index every *.yaml under root (as lm-eval does: sorted, first definition of a name wins)."""
     index = TaskIndex()
-    base = Path(root)
-    for path in sorted(base.rglob("*.yaml"), key=lambda p: p.as_posix()):
-        if "__pycache__" in path.parts or ".ipynb_checkpoints" in path.parts:
+    seen: dict[str, Keys | None] = {}
+    for path in _yaml_files(root):
+        keys = _keys_of(path, seen)
+        if keys is None:
             continue
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            continue
-        task, group, tags, include = _scan_keys(text)
+        task, group, tags, include = keys
         if group is not None:  # lm-eval: a config with `group:` is a group, whatever else it has
-            index.groups.setdefault(group, path)
+            index.groups.setdefault(group, Path(path))
         elif task is not None:
             if task in index.tasks:
                 continue
-            index.tasks[task] = path
-            for tag in tags or _inherited_tags(path, include):
+            index.tasks[task] = Path(path)
+            for tag in tags or _inherited_tags(path, include, seen):
                 index.tags.setdefault(tag, []).append(task)
+    return index
+
+
+def _record_key(root: Path) -> str | None:
+    """The memo key of an installed lm_eval/tasks folder: its distribution's RECORD (listing the task files), the
+    folder and this module's source; None when no such RECORD is beside it."""
+    from components.digests import code_digest
+
+    records = list(root.parent.parent.glob("lm_eval-*.dist-info/RECORD"))
+    if root.name != "tasks" or root.parent.name != "lm_eval" or len(records) != 1:
+        return None
+    try:
+        record = records[0].read_bytes()
+    except OSError:
+        return None
+    if b"lm_eval/tasks/" not in record:
+        return None
+    h = hashlib.sha256(record)
+    h.update(b"\0" + str(root).encode() + b"\0" + code_digest((__name__,)).encode())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def installed_tasks(root: str) -> TaskIndex:
+    """scan_tasks of an installed lm-eval's task folder, through the on-disk memo (module docstring)."""
+    from components.settings import settings
+
+    key = _record_key(Path(root))
+    if key is None:
+        return scan_tasks(root)
+    memo = settings().home.expanduser().resolve() / "task-index" / f"{key}.json"
+    try:
+        doc = json.loads(memo.read_bytes())
+        if doc["key"] == key:
+            return TaskIndex({k: Path(root, v) for k, v in doc["tasks"].items()},
+                             {k: Path(root, v) for k, v in doc["groups"].items()},
+                             {k: list(v) for k, v in doc["tags"].items()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    index = scan_tasks(root)
+    doc = {"key": key, "tasks": {k: os.path.relpath(v, root) for k, v in index.tasks.items()},
+           "groups": {k: os.path.relpath(v, root) for k, v in index.groups.items()}, "tags": index.tags}
+    tmp = memo.with_name(f"{memo.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, memo)
+    except OSError:  # only a lost speed-up
+        tmp.unlink(missing_ok=True)
     return index
 
 
@@ -146,7 +224,7 @@ def load(include_dir: Path | None = None, installed: Path | None = None) -> Task
     """The installed lm-eval tasks (`installed`: another environment's lm_eval/tasks folder; default this one's),
     overridden by the suite's own task folder."""
     installed = installed or lm_eval_tasks_dir()
-    index = scan_tasks(str(installed)) if installed else TaskIndex()
+    index = installed_tasks(str(installed)) if installed else TaskIndex()
     if include_dir is not None and Path(include_dir).is_dir():
         index = index.merged(scan_tasks(str(Path(include_dir).resolve())))
     return index
