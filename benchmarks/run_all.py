@@ -337,7 +337,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sections", default="overhead,sweep,engines,upload,memory")  # memory after engines
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--schemes", default=",".join(SCHEMES), help="schemes of the overhead, cache and sweep sections")
     a = ap.parse_args()
+    SCHEMES[:] = a.schemes.split(",")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = Path(tempfile.mkdtemp(prefix="qf-bench-"))
     os.environ["QUANTFLOW_HOME"] = str(home)
@@ -380,7 +382,8 @@ def run_section(section: str, base: Path, repeats: int, done: dict) -> dict:
     else:
         result = globals()[section](base, repeats)
     record = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
-              "command": f"benchmarks/run_all.py --sections {section} --repeats {repeats}", "section_wall_s": time.time() - t}
+              "command": f"benchmarks/run_all.py --sections {section} --repeats {repeats} --schemes {','.join(SCHEMES)}",
+              "section_wall_s": time.time() - t}
     (RESULTS / f"{section}.json").write_text(json.dumps({"result": result, **record}, indent=2))
     if section == "overhead":  # measured in the same runs; the cache goal reads its own file
         (RESULTS / "cache.json").write_text(json.dumps({"result": cached, **record}, indent=2))
