@@ -9,7 +9,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 import yaml
@@ -69,8 +69,10 @@ class _Console(logging.Filter):
     def __init__(self):
         super().__init__()
         self.crashed_in: str | None = None
+        self.last_step: str | None = None  # the task run that logged last: where a signal most likely landed
 
     def filter(self, record: logging.LogRecord) -> bool:
+        self.last_step = getattr(record, "task_run_name", None) or self.last_step
         msg = str(record.msg)
         if msg.startswith("Crash detected!"):
             self.crashed_in = self.crashed_in or getattr(record, "task_run_name", None)
@@ -144,6 +146,12 @@ def _stoppable(console: _Console):
     stopped, exit 130/143 within SIGNAL_EXIT_S. During a flow Prefect's own SIGTERM handler reports the run CRASHED
     first, then hands the signal back here."""
     stopping: list[int] = []
+    said = threading.Lock()  # the "Stopped by" line, once, from whichever path gets there first
+
+    def say(signum: int, where: str) -> None:
+        if said.acquire(blocking=False):
+            typer.echo(f"\nStopped by {signal.Signals(signum).name} during {where}: rerun the same command to "
+                       "resume (finished steps come from the cache).", err=True)
 
     def handler(signum, frame):
         if stopping:
@@ -151,15 +159,20 @@ def _stoppable(console: _Console):
         stopping.append(signum)
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_IGN)
-        watchdog = threading.Timer(SIGNAL_EXIT_S, os._exit, (128 + signum,))
-        watchdog.daemon = True
-        watchdog.start()
-        typer.echo(f"\nStopped by {signal.Signals(signum).name} during {_where(console)}: rerun the same command to "
-                   "resume (finished steps come from the cache).", err=True)
+        say(signum, _where(console))
         _stop_children()
         raise KeyboardInterrupt
 
+    def give_up(signum: int) -> None:
+        """SIGNAL_EXIT_S after the signal arrived, the run is still here (Prefect's own handler, which runs before
+        ours, may wait on a slow API; the main thread may sit in a long C call): stop the children and exit."""
+        say(signum, f"step {console.crashed_in or console.last_step}" if console.crashed_in or console.last_step
+            else "start-up")
+        _stop_children(grace=1)
+        os._exit(128 + signum)
+
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    wakeup = _signal_clock(give_up)
     try:
         yield
     except BaseException:
@@ -170,6 +183,40 @@ def _stoppable(console: _Console):
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        wakeup()
+
+
+def _signal_clock(give_up) -> Callable[[], None]:
+    """Start the exit deadline when SIGINT or SIGTERM *arrives*, not when a Python handler gets to run: the C-level
+    handler writes the signal number to a wakeup fd (`signal.set_wakeup_fd`), a thread reads it and calls
+    `give_up(signum)` SIGNAL_EXIT_S later unless the run has exited by then. Returns the function that undoes it."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread: no clock, the handler's own exit path stands
+        os.close(r)
+        os.close(w)
+        return lambda: None
+
+    def watch() -> None:
+        timer = None
+        try:  # read to the end: a signal that finds the pipe closed would print a traceback
+            while data := os.read(r, 1):
+                if timer is None and data[0] in (signal.SIGINT, signal.SIGTERM):
+                    timer = threading.Timer(SIGNAL_EXIT_S, give_up, (data[0],))
+                    timer.daemon = True
+                    timer.start()
+        finally:
+            os.close(r)
+
+    threading.Thread(target=watch, daemon=True, name="quantflow-signal-clock").start()
+
+    def undo() -> None:
+        signal.set_wakeup_fd(previous)
+        os.close(w)  # the watching thread's read returns empty and it ends
+
+    return undo
 
 
 def _flush_prefect() -> None:

@@ -563,3 +563,31 @@ def test_g_sigterm_stops_the_run_in_seconds(tiny_model, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_g_the_exit_deadline_starts_when_the_signal_arrives():
+    """A Python handler that does not hand the signal back in time (Prefect's, waiting on a slow API) cannot hold the
+    run: the clock started by the signal's arrival calls give_up after SIGNAL_EXIT_S."""
+    from flows.cli import SIGNAL_EXIT_S
+
+    script = textwrap.dedent("""
+        import os, signal, sys, time
+        from flows.cli import _signal_clock
+        signal.signal(signal.SIGTERM, lambda *a: time.sleep(120))  # a handler that never hands back in time
+        _signal_clock(lambda signum: os._exit(100 + signum))
+        print("ready", flush=True)
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        start = time.time()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(SIGNAL_EXIT_S + 10)
+        took = time.time() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 100 + signal.SIGTERM, proc.stdout.read()
+    assert SIGNAL_EXIT_S - 1 < took < SIGNAL_EXIT_S + 3, took
