@@ -69,10 +69,16 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def _write_json(path: Path, text: str) -> None:
+def write_whole(path: Path, text: str) -> None:
+    """Write `path` under a temporary name, then rename it in: a reader sees the old file or the new one, never half
+    of one; a failed write leaves no temporary file."""
     tmp = partial(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def install(tmp: Path, out: Path, result: BaseModel, exclude: tuple[str, ...] = (),
@@ -88,14 +94,14 @@ def install(tmp: Path, out: Path, result: BaseModel, exclude: tuple[str, ...] = 
     Path(tmp).replace(out)
     stamp = Stamp(files=files if files is not None else stamp_dir(out, exclude), exclude=list(exclude),
                   result=result.model_dump(mode="json"))
-    _write_json(stamp_path(out), stamp.model_dump_json())
+    write_whole(stamp_path(out), stamp.model_dump_json())
     return stamp
 
 
 def stamp(out: Path, result: BaseModel) -> Stamp:
     """Stamp an artifact made in place (the caller holds `locked(out)` and removed any earlier stamp first)."""
     made = Stamp(files=stamp_dir(out), result=result.model_dump(mode="json"))
-    _write_json(stamp_path(out), made.model_dump_json())
+    write_whole(stamp_path(out), made.model_dump_json())
     return made
 
 

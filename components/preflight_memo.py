@@ -30,11 +30,11 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from components.artifacts import write_whole
 from components.digests import code_digest, digest_obj
 from components.settings import settings
 
@@ -120,13 +120,11 @@ def load(k: str) -> ModelFacts | None:
 def store(facts: ModelFacts) -> None:
     """Write the facts whole (temporary file, then rename); a memo that cannot be written is only a lost speed-up."""
     path = _path(facts.key)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(facts.model_dump_json())
-        os.replace(tmp, path)
+        write_whole(path, facts.model_dump_json())
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 class Memo:

@@ -137,6 +137,8 @@ def _where(console: _Console) -> str:
         return f"step {console.crashed_in}"
     if flow is not None:
         return f"flow run {flow.flow_run.name} (preflight or between steps)"
+    if console.last_step:  # outside the run's thread (the signal clock): the step that logged last
+        return f"step {console.last_step}"
     return "start-up"
 
 
@@ -166,8 +168,7 @@ def _stoppable(console: _Console):
     def give_up(signum: int) -> None:
         """SIGNAL_EXIT_S after the signal arrived, the run is still here (Prefect's own handler, which runs before
         ours, may wait on a slow API; the main thread may sit in a long C call): stop the children and exit."""
-        say(signum, f"step {console.crashed_in or console.last_step}" if console.crashed_in or console.last_step
-            else "start-up")
+        say(signum, _where(console))
         _stop_children(grace=1)
         os._exit(128 + signum)
 

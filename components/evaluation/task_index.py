@@ -20,7 +20,6 @@ import importlib.util
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -193,6 +192,7 @@ def _record_key(root: Path) -> str | None:
 @functools.lru_cache(maxsize=8)
 def installed_tasks(root: str) -> TaskIndex:
     """scan_tasks of an installed lm-eval's task folder, through the on-disk memo (module docstring)."""
+    from components.artifacts import write_whole
     from components.settings import settings
 
     key = _record_key(Path(root))
@@ -210,13 +210,11 @@ def installed_tasks(root: str) -> TaskIndex:
     index = scan_tasks(root)
     doc = {"key": key, "tasks": {k: os.path.relpath(v, root) for k, v in index.tasks.items()},
            "groups": {k: os.path.relpath(v, root) for k, v in index.groups.items()}, "tags": index.tags}
-    tmp = memo.with_name(f"{memo.name}.{uuid.uuid4().hex}.tmp")
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, memo)
+        write_whole(memo, json.dumps(doc))
     except OSError:  # only a lost speed-up
-        tmp.unlink(missing_ok=True)
+        pass
     return index
 
 
