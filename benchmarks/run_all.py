@@ -200,7 +200,8 @@ def memory(base: Path, engines_result: dict | None, repeats: int) -> dict:
 def machine() -> dict:
     import importlib.metadata as md
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    return {"cpu": model[1].strip() if model else platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": platform.python_version(),
             "versions": {p: md.version(p) for p in ("prefect", "mlflow", "llmcompressor", "lm_eval", "transformers", "torch")}}
@@ -322,7 +323,8 @@ def write_doc() -> None:
         # run_all.json is the run's own record: its numbers at the top level, its command rebuilt from its arguments
         result = record.get("result", record)
         command = record.get("command") or f"benchmarks/run_all.py --sections {record['sections']} --repeats {record['repeats']}"
-        where = f"`{command}` | {m['cores']} cores, {m['mem_gb']} GiB | {record['date']}"
+        cpu = f"{m['cpu']}, " if m.get("cpu") and m["cpu"] != "x86_64" else ""
+        where = f"`{command}` | {cpu}{m['cores']} cores, {m['mem_gb']} GiB | {record['date']}"
         parts += [f"## {heading}", "", f"Python {m['python']}; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.", "",
                   "| figure | value | target | verdict | command | machine | date | repeats |",
                   "|---|---|---|---|---|---|---|---|"]

@@ -126,3 +126,13 @@ def code_digest(modules: tuple[str, ...], packages: tuple[str, ...] = ()) -> str
             version = "absent"
         h.update(f"{name}=={version}\n".encode())
     return h.hexdigest()
+
+
+def library_identity(name: str) -> str:
+    """sha256 of the installed distribution's RECORD (every file's hash), else `<version>` or `absent`."""
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+    record = dist.read_text("RECORD")
+    return hashlib.sha256(record.encode()).hexdigest() if record else f"version {dist.version}"

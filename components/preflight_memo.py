@@ -27,7 +27,6 @@ config.json: its facts are read afresh (that run converts it; the next ones read
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import os
 import shutil
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from components.artifacts import write_whole
-from components.digests import code_digest, digest_obj
+from components.digests import code_digest, digest_obj, library_identity
 from components.settings import settings
 
 VERSION = 1  # what a memo holds; bump when ModelFacts changes meaning
@@ -57,16 +56,6 @@ class ModelFacts(BaseModel):
     gpus: int  # what torch counted (memory_plan.machine_now)
     gpu_bytes: float
     platform: str  # evaluation.engine.detect_platform(): cuda or cpu
-
-
-def library_identity(name: str) -> str:
-    """sha256 of the installed distribution's RECORD (every file's hash), else `<version>` or `absent`."""
-    try:
-        dist = importlib.metadata.distribution(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "absent"
-    record = dist.read_text("RECORD")
-    return hashlib.sha256(record.encode()).hexdigest() if record else f"version {dist.version}"
 
 
 def _read(path: Path) -> str:

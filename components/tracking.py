@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from components import recorded
 from components.calibration import CalibSet
 from components.digests import digest_obj
 from components.evaluation.runner import EvalResult
@@ -132,6 +133,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+# What this process learnt from recording variants: run id and experiment name -> experiment id (for the UI links)
+_experiments: dict[str, str] = {}
 VIEW = "quantflow"  # the shared view of every base's experiment: `experiment_url` opens it
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW}"
 HEADLINE = [("metrics", "average_recovery"), ("metrics", "average_recovery_ci_low"),
@@ -256,21 +259,33 @@ def find_record(mlflow, experiment_id: str, record: str) -> str | None:
 def log_variant(record: VariantRecord) -> str:
     """Record one finished variant once: its digest makes reruns no-ops.
 
-    A rerun after a failure (tracking server down, registration cut short) finds the finished run by its record and
-    completes what is missing (the registered version), so a variant is recorded once and registered once.
+    A rerun whose variant MLflow still holds as it was left is answered from its stamp, checked against MLflow without
+    importing mlflow (components/recorded.py). Otherwise mlflow finds the finished run by its record and completes
+    what is missing (the registered version) after a failure (tracking server down, registration cut short), or
+    records it: a variant is recorded once and registered once.
     """
     uri = settings().tracking_uri
+    key = recorded.key(uri, record.digest, record.name, bool(record.published), record.verdict.passed, view_state())
+    if held := recorded.recall(uri, record.digest, key):
+        _experiments.update({held.run_id: held.experiment_id, f"quantflow/{record.base.name}": held.experiment_id})
+        return held.run_id
     try:
-        return _log_variant(record)
+        run_id, experiment_id, version = _log_variant(record)
     except Exception as e:  # noqa: BLE001 - every failure here is "MLflow could not record it"
         detail = scrub(str(e).strip().splitlines()[0][:300]) if str(e).strip() else ""
         raise TrackingError(
             f"MLflow tracking at {safe_uri(uri)} could not record {record.name!r} ({type(e).__name__}: {detail}). "
             "The checkpoint, its evaluations and its publication are kept (cached): rerun the flow once the tracking "
             "server answers, it records the run once (QUANTFLOW_MLFLOW_TRACKING_URI sets the server)") from e
+    _experiments.update({run_id: experiment_id, f"quantflow/{record.base.name}": experiment_id})
+    recorded.remember(recorded.Recorded(key=key, run_id=run_id, experiment_id=experiment_id,
+                                        model=record.name if version else None, version=version,
+                                        candidate=bool(version) and record.verdict.passed))
+    return run_id
 
 
-def _log_variant(r: VariantRecord) -> str:
+def _log_variant(r: VariantRecord) -> tuple[str, str, str | None]:
+    """(run id, experiment id, registered version or None)."""
     import mlflow
 
     mlflow.set_tracking_uri(settings().tracking_uri)
@@ -278,8 +293,7 @@ def _log_variant(r: VariantRecord) -> str:
     tags = {k: scrub(str(v)) for k, v in r.tags.items()}
     existing = find_record(mlflow, experiment_id, r.digest)
     if existing:
-        register(existing, r.name, r.published, r.verdict, r.table, tags)
-        return existing
+        return existing, experiment_id, register(existing, r.name, r.published, r.verdict, r.table, tags)
     # The experiment names the base: the run is named by what sets it apart (quantized.w8a8, not a long shared prefix
     # the runs table cuts); the registered model keeps the full variant name.
     with mlflow.start_run(experiment_id=experiment_id, run_name=r.name.removeprefix(f"{r.base.name}-") or r.name,
@@ -326,8 +340,7 @@ def _log_variant(r: VariantRecord) -> str:
             _log_metrics(mlflow, {**_eval_metrics(r.base_eval),
                                   **(_serving_metrics(r.speed.base) if r.speed is not None else {})})
         run_id = run.info.run_id
-    register(run_id, r.name, r.published, r.verdict, r.table, tags)
-    return run_id
+    return run_id, experiment_id, register(run_id, r.name, r.published, r.verdict, r.table, tags)
 
 
 def log_sweep(*, record: str, run_name: str, variant_runs: list[str], table_rows: dict[str, list], chart_png: Path,
@@ -356,9 +369,11 @@ def run_url(run_id: str) -> str | None:
     uri = settings().tracking_uri
     if not uri.startswith("http"):
         return None
-    import mlflow
+    experiment = _experiments.get(run_id)
+    if experiment is None:
+        import mlflow
 
-    experiment = mlflow.get_run(run_id).info.experiment_id
+        experiment = mlflow.get_run(run_id).info.experiment_id
     return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
 
@@ -368,18 +383,22 @@ def experiment_url(base_name: str) -> str | None:
     uri = settings().tracking_uri
     if not uri.startswith("http"):
         return None
-    import mlflow
+    experiment_id = _experiments.get(f"quantflow/{base_name}")
+    if experiment_id is None:
+        import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(f"quantflow/{base_name}")
-    if experiment is None:
-        return None
-    return f"{uri.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={VIEW}"
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.get_experiment_by_name(f"quantflow/{base_name}")
+        if experiment is None:
+            return None
+        experiment_id = experiment.experiment_id
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW}"
 
 
 def register(run_id: str, name: str, published: list[Published], verdict: GateVerdict, table: RecoveryTable,
-             tags: dict[str, str]) -> None:
-    """A registered model version per published variant; alias `candidate` only on PASSED (not INCONCLUSIVE).
+             tags: dict[str, str]) -> str | None:
+    """A registered model version per published variant (its number, None when nothing was published); alias
+    `candidate` only on PASSED (not INCONCLUSIVE).
 
     Its source is the first remote store's URI (s3://, https://); a local-only publication points at the run's
     card artifact instead, since the registry accepts local paths only inside the run's artifacts.
@@ -387,7 +406,7 @@ def register(run_id: str, name: str, published: list[Published], verdict: GateVe
     from mlflow import MlflowClient
 
     if not published:
-        return
+        return None
     client = MlflowClient(settings().tracking_uri)
     if client.search_registered_models(filter_string=f"name = '{name}'") == []:
         client.create_registered_model(name, tags={"quantflow.scheme": tags.get("quantflow.scheme", "")})
@@ -395,7 +414,7 @@ def register(run_id: str, name: str, published: list[Published], verdict: GateVe
     if done:  # registered by an earlier attempt: only make sure the alias follows the verdict
         if verdict.passed:
             client.set_registered_model_alias(name, "candidate", done[0].version)
-        return
+        return str(done[0].version)
     version_tags = {**tags, "quantflow.gate": verdict.state.value.lower(), **verdict_tags(table, verdict)}
     version_tags.update({f"quantflow.uri.{p.store}": p.uri for p in published})
     version_tags.update({f"quantflow.revision.{p.store}": p.revision for p in published if p.revision})
@@ -404,3 +423,4 @@ def register(run_id: str, name: str, published: list[Published], verdict: GateVe
     mv = client.create_model_version(name, source=source, run_id=run_id, tags=version_tags)
     if verdict.passed:
         client.set_registered_model_alias(name, "candidate", mv.version)
+    return str(mv.version)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import uuid
 
 import mlflow
+import pytest
 
 from components import tracking
 from components.models import ModelRef
@@ -119,3 +121,64 @@ def test_a_calibration_set_is_recorded_as_a_dataset_without_flooding_the_log(tmp
     assert [i.dataset.name for i in run.inputs.dataset_inputs if i.dataset.name.startswith("calibration")] == \
         ["calibration-eeeeeeeeeeee"]
     assert not [r.getMessage()[:200] for r in warned if r.levelno >= logging.WARNING]
+
+
+# A child process asks for a variant that is already recorded: it must get the run without importing mlflow.
+_RECALL = """
+import json, sys
+from components import tracking
+run = tracking.log_variant(tracking.VariantRecord.model_validate_json(sys.stdin.read()))
+print(json.dumps([run, "mlflow" in sys.modules]))
+"""
+
+
+@pytest.mark.parametrize("where", ["sqlite", "server"])
+def test_a_recorded_variant_is_answered_from_its_stamp_only_while_mlflow_holds_it(tmp_path, monkeypatch, where):
+    """A rerun's MLflow step: the stamp answers while the run, its registered version and the candidate alias are as
+    they were left (checked through MLflow's REST API or its SQLite tables); once any of them is gone, mlflow's own
+    path records or registers again."""
+    import subprocess
+    import sys
+
+    from components import recorded
+    from components.stores.base import Published
+
+    monkeypatch.setenv("QUANTFLOW_HOME", str(tmp_path / "home"))
+    if where == "sqlite":
+        monkeypatch.delenv("QUANTFLOW_MLFLOW_TRACKING_URI", raising=False)
+    settings.cache_clear()
+    try:
+        uri = settings().tracking_uri
+        assert uri.startswith("sqlite:///" if where == "sqlite" else "http://")
+        base = f"tiny-stamp-{uuid.uuid4().hex[:8]}"
+        record = variant_record(tmp_path, base, f"{base}-w8a8").model_copy(update={"published": [Published(
+            store="local", uri=f"file://{tmp_path}/published", manifest_digest="a" * 64, files=3, bytes=10)]})
+        client = mlflow.MlflowClient(uri)
+        run_id = tracking.log_variant(record)
+        [version] = client.search_model_versions(f"name = '{record.name}'")
+
+        child = subprocess.run([sys.executable, "-c", _RECALL], input=record.model_dump_json(), capture_output=True,
+                               text=True, cwd=tracking.Path(__file__).parents[1], env=dict(os.environ), timeout=120)
+        assert child.returncode == 0, child.stderr[-2000:]
+        assert json.loads(child.stdout.splitlines()[-1]) == [run_id, False]
+
+        [stamp_file] = (tmp_path / "home" / "tracked").iterdir()
+        stamp = recorded.Recorded.model_validate_json(stamp_file.read_text())
+        assert (stamp.run_id, stamp.model, stamp.version, stamp.candidate) == (run_id, record.name, str(version.version), False)
+        held = recorded._held_sqlite if where == "sqlite" else recorded._held_rest
+        assert held(uri, stamp, record.digest) and not held(uri, stamp, "record-other")
+        candidate = stamp.model_copy(update={"candidate": True})
+        assert not held(uri, candidate, record.digest)  # no alias yet
+        client.set_registered_model_alias(record.name, "candidate", version.version)
+        assert held(uri, candidate, record.digest)
+
+        client.delete_model_version(record.name, version.version)  # registration undone: registered again
+        assert not held(uri, stamp, record.digest)
+        assert tracking.log_variant(record) == run_id
+        [again] = client.search_model_versions(f"name = '{record.name}'")
+        assert again.run_id == run_id and again.version != version.version
+
+        client.delete_run(run_id)  # the run deleted: recorded again
+        assert tracking.log_variant(record) not in (run_id, None)
+    finally:
+        settings.cache_clear()
