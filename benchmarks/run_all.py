@@ -347,12 +347,14 @@ def main() -> None:
     os.environ["QUANTFLOW_HOME"] = str(home)
     RESULTS.mkdir(parents=True, exist_ok=True)
     base = base_dir()
-    # One standing Prefect server for every quantflow run, as users run it (`quantflow server up`, deployments):
-    # no run pays for starting a temporary one.
-    from components.local_stack import prefect_server, stop
+    # One standing Prefect server and one MLflow server for every quantflow run, as users run them (`quantflow server
+    # up`, deployments): no run pays for starting a temporary Prefect server or creating an MLflow store.
+    from components.local_stack import mlflow_server, prefect_server, stop
 
     (home / "prefect").mkdir()
+    (home / "mlflow").mkdir()
     server, os.environ["PREFECT_API_URL"] = prefect_server(home / "prefect")
+    tracking, os.environ["QUANTFLOW_MLFLOW_TRACKING_URI"] = mlflow_server(home / "mlflow")
     done: dict = {}
     start = time.time()
     try:
@@ -360,6 +362,7 @@ def main() -> None:
             done[section] = run_section(section, base, a.repeats, done)
     finally:
         stop(server)
+        stop(tracking)
     (RESULTS / "run_all.json").write_text(json.dumps({"sections": a.sections, "repeats": a.repeats,
                                                      "total_wall_s": time.time() - start, "machine": machine(),
                                                      "date": time.strftime("%Y-%m-%d %H:%M")}, indent=2))
