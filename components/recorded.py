@@ -55,7 +55,10 @@ def _path(k: str) -> Path:
 
 
 def remember(stamp: Recorded) -> None:
-    write_whole(_path(stamp.key), stamp.model_dump_json())
+    try:
+        write_whole(_path(stamp.key), stamp.model_dump_json())
+    except OSError:  # only a lost speed-up: the next rerun takes mlflow's path
+        pass
 
 
 def recall(uri: str, record: str, k: str) -> Recorded | None:

@@ -24,6 +24,10 @@ SIGNAL_EXIT_S = 8  # after Ctrl-C or SIGTERM, exit by then whatever the run is d
 def _options(verbose: bool = typer.Option(False, "--verbose", help="Tracebacks and Prefect's full failure logs.")) -> None:
     global _verbose
     _verbose = verbose
+    try:
+        _prefect_defaults()
+    except ValueError:  # settings the environment gets wrong: the command that reads them says so, in one line
+        pass
 
 
 def _error_lines(e: BaseException) -> str:
@@ -277,12 +281,12 @@ def _prefect_api():
 def _flow_run():
     """Everything a flow run from the command line needs around it (see each context)."""
     from components.preflight import PreflightError
-    from components.settings import home_problems
+    from components.settings import home_problems, settings
 
     problems = home_problems()
     if problems:
         raise PreflightError(problems)
-    _prefect_defaults()
+    settings().path("logs")  # LLM_COMPRESSOR_LOG_FILE's folder
     import flows.quantize_variant  # noqa: F401 - sets up Prefect's logging, which the console filter adjusts
 
     with _run_console() as console, _stoppable(console), _prefect_api():
@@ -290,14 +294,18 @@ def _flow_run():
 
 
 def _prefect_defaults() -> None:
-    """Keep Prefect's results (the task cache) beside quantflow's data unless told otherwise."""
+    """Keep Prefect's results (the task cache) beside quantflow's data unless told otherwise. Called before any command
+    imports prefect: Prefect reads its settings from the environment once, when it is imported (set later, the results
+    went to ~/.prefect/storage, shared by every QUANTFLOW_HOME). The folders are made by the commands that use them,
+    once the home is checked."""
     from components.settings import settings
 
-    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(settings().path("prefect-results")))
+    home = settings().home.expanduser().resolve()
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(home / "prefect-results"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network at run time
     if not _verbose:  # llm-compressor's per-layer lines (hundreds; its METRIC level is above WARNING) go to a file
         os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
-        os.environ.setdefault("LLM_COMPRESSOR_LOG_FILE", str(settings().path("logs") / "llmcompressor.log"))
+        os.environ.setdefault("LLM_COMPRESSOR_LOG_FILE", str(home / "logs" / "llmcompressor.log"))
 
 
 def _with(data: dict, overrides: dict) -> dict:

@@ -480,8 +480,10 @@ def _cli_run(tiny: Path, tmp: Path, name: str, seed: int) -> tuple[subprocess.Po
         "calibration": {"num_samples": 8, "max_seq_length": 64, "seed": seed},
         "evaluation": {"engine": "hf", "limit": 2, "serving": {"enabled": False}},
         "stores": [{"kind": "local", "uri": str(tmp / "published")}]}))
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    # Nor PREFECT_LOCAL_STORAGE_PATH: quantflow keeps Prefect's results (the task cache) under its own home
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_LOCAL_STORAGE_PATH")}
     env["PREFECT_HOME"] = str(tmp / "prefect-home")
+    env["QUANTFLOW_HOME"] = str(tmp / "home")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "quantflow"), "run", "--spec", str(spec)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     out: list[str] = []
@@ -547,6 +549,9 @@ def test_g_ctrl_c_stops_the_run_in_seconds_and_the_rerun_resumes(tiny_model, tmp
 
     for step in ("resolve base model", "build calibration set"):
         assert re.search(rf"Task run '{step}' - Finished in state Cached", text), (step, text[-4000:])
+    # ... from the results kept under QUANTFLOW_HOME, not Prefect's own folder (which every home would share)
+    kept = {p.name.split("-")[0] for p in (tmp_path / "home" / "prefect-results").iterdir()}
+    assert {"base", "calibration"} <= kept and not (tmp_path / "prefect-home" / "storage").exists(), kept
     assert "Published (local)" in text and "Traceback" not in text
     # A readable log: no bytecode from dataset fingerprinting, the recovery table once (the command prints it).
     assert "LOAD_DEREF" not in text and "COPY_FREE_VARS" not in text, text[-4000:]
