@@ -1,4 +1,6 @@
-"""The reference job as bare scripts, the way the seed cards do it by hand: llm-compressor oneshot, then lm_eval.
+"""The reference job as bare scripts, the way the seed cards do it by hand: llm-compressor oneshot, then lm_eval, with
+the engine environment quantflow gives lm_eval (threads, vLLM's engine core in process on CPU: components/determinism.py),
+so that the two sides do the same work and their ratio is orchestration alone.
 
 python benchmarks/bare_reference.py BASE_DIR SCHEME OUT_DIR [--samples 16] [--seq 512]
 Prints one JSON line: wall seconds of quantization and of each lm_eval command.
@@ -7,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
@@ -51,8 +53,10 @@ def main() -> None:
     times["quantize_s"] = round(time.time() - t, 1)
 
     tasks = ROOT / "components" / "evaluation" / "tasks"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from components.evaluation.command import EngineSettings
+    from components.evaluation.environment import engine_env
+
+    env = engine_env(EngineSettings(engine="vllm", platform="cpu"))
     for label, model_dir in (("base", a.base), ("variant", a.out)):
         t = time.time()
         cmd = [a.eval_python, "-m", "lm_eval", "--model", "vllm",
