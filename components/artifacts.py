@@ -81,6 +81,16 @@ def write_whole(path: Path, text: str) -> None:
         raise
 
 
+def write_memo(path: Path, text: str) -> None:
+    """`write_whole` for what only saves time (preflight facts, the task index, a recorded variant's stamp): its folder
+    made on the way; a memo that cannot be written is only a lost speed-up, never an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_whole(path, text)
+    except OSError:
+        pass
+
+
 def install(tmp: Path, out: Path, result: BaseModel, exclude: tuple[str, ...] = (),
             files: list[FileStamp] | None = None) -> Stamp:
     """Move the finished `tmp` to `out` (replacing what was there) and stamp it; the caller holds `locked(out)`.

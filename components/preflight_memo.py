@@ -33,7 +33,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from components.artifacts import write_whole
+from components.artifacts import write_memo
 from components.digests import code_digest, digest_obj, library_identity
 from components.settings import settings
 
@@ -108,12 +108,7 @@ def load(k: str) -> ModelFacts | None:
 
 def store(facts: ModelFacts) -> None:
     """Write the facts whole (temporary file, then rename); a memo that cannot be written is only a lost speed-up."""
-    path = _path(facts.key)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_whole(path, facts.model_dump_json())
-    except OSError:
-        pass
+    write_memo(_path(facts.key), facts.model_dump_json())
 
 
 class Memo:

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, ValidationError
 
-from components.artifacts import write_whole
+from components.artifacts import write_memo
 from components.digests import code_digest, digest_obj, library_identity
 from components.settings import settings
 
@@ -51,14 +51,11 @@ def key(uri: str, record: str, name: str, published: bool, passed: bool, view: s
 
 
 def _path(k: str) -> Path:
-    return settings().path("tracked") / f"{k}.json"
+    return settings().home.expanduser().resolve() / "tracked" / f"{k}.json"
 
 
 def remember(stamp: Recorded) -> None:
-    try:
-        write_whole(_path(stamp.key), stamp.model_dump_json())
-    except OSError:  # only a lost speed-up: the next rerun takes mlflow's path
-        pass
+    write_memo(_path(stamp.key), stamp.model_dump_json())  # unwritten, the next rerun takes mlflow's path
 
 
 def recall(uri: str, record: str, k: str) -> Recorded | None:

@@ -214,7 +214,7 @@ def _record_key(root: Path) -> str | None:
 @functools.lru_cache(maxsize=8)
 def installed_tasks(root: str) -> TaskIndex:
     """scan_tasks of an installed lm-eval's task folder, through the on-disk memo (module docstring)."""
-    from components.artifacts import write_whole
+    from components.artifacts import write_memo
     from components.settings import settings
 
     key = _record_key(Path(root))
@@ -231,11 +231,7 @@ def installed_tasks(root: str) -> TaskIndex:
     index = scan_tasks(root)
     doc = {"key": key, "tasks": {k: os.path.relpath(v, root) for k, v in index.tasks.items()},
            "groups": {k: os.path.relpath(v, root) for k, v in index.groups.items()}, "tags": index.tags}
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        write_whole(memo, json.dumps(doc))
-    except OSError:  # only a lost speed-up
-        pass
+    write_memo(memo, json.dumps(doc))
     return index
 
 
