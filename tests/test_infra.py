@@ -235,13 +235,14 @@ def test_docker_template_requests_gpus():
     assert config["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
 
 
-def test_deploy_for_real_to_the_session_prefect_server(tmp_path):
-    """`prefect deploy --all` of every file against the test session's server (conftest starts it)."""
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """Every pool created and every prefect.yaml deployed (`prefect deploy --all`) to the test session's server."""
     api = os.environ.get("PREFECT_API_URL")
     if not api:
         pytest.skip("no Prefect server in this session (QUANTFLOW_TEST_SERVERS=0)")
     prefect = str(Path(sys.executable).parent / "prefect")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path)}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home"))}
 
     def cli(*args):
         proc = subprocess.run([prefect, "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -252,8 +253,11 @@ def test_deploy_for_real_to_the_session_prefect_server(tmp_path):
     for pool, kind in POOL_TYPES.items():
         extra = ["--base-job-template", str(TEMPLATES[pool])] if pool in TEMPLATES else []
         cli("work-pool", "create", pool, "--type", kind, "--overwrite", *extra)
-    for path in PREFECT_FILES:
-        out = cli("deploy", "--all", "--prefect-file", str(path.relative_to(ROOT)))
+    return {path: cli("deploy", "--all", "--prefect-file", str(path.relative_to(ROOT))) for path in PREFECT_FILES}
+
+
+def test_deploy_for_real_to_the_session_prefect_server(deployed):
+    for path, out in deployed.items():
         for d in load(path)["deployments"]:
             if (ROOT / d["entrypoint"].split(":")[0]).exists():
                 assert f"/{d['name']}' successfully" in out, out[-2000:]
@@ -267,6 +271,75 @@ def test_deploy_for_real_to_the_session_prefect_server(tmp_path):
         assert dep.global_concurrency_limit.limit == 1
         gpu = client.read_deployment_by_name("quantize-variant/gpu-k8s")
         assert gpu.job_variables["env"]["QUANTFLOW_EVAL_PYTHON"] == EVAL_PYTHON
+
+
+def _rendered_job(deployment: str, job_variables: dict | None = None) -> dict:
+    """The Kubernetes Job that prefect-kubernetes' worker would submit for a new run of `deployment` (with the run's
+    `job_variables`): its own `resolve_for_flow_run` over the pool's base job template, the deployment's and the run's
+    job variables, as read back from the server. No cluster needed."""
+    import asyncio
+
+    from prefect import get_client
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    async def render():
+        async with get_client() as client:
+            dep = await client.read_deployment_by_name(deployment)
+            run = await client.create_flow_run_from_deployment(dep.id, job_variables=job_variables)
+            pool = await client.read_work_pool(dep.work_pool_name)
+            config = await KubernetesWorkerJobConfiguration.resolve_for_flow_run(
+                run, client=client, work_pool=pool, worker_name="render-test", deployment=dep)
+            await client.delete_flow_run(run.id)
+            return config.job_manifest
+
+    return asyncio.run(render())
+
+
+def _pod(job: dict) -> tuple[dict, dict]:
+    spec = job["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    return spec, container
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_the_kubernetes_sweep_pod_holds_no_gpu_and_fans_out_to_the_gpu_deployment(deployed):
+    """sweep/k8s waits in a CPU pod while its variants run as quantize-variant/gpu-k8s pods, concurrently."""
+    from flows.sweep import SweepSpec
+
+    job = _rendered_job("sweep/k8s")
+    spec, container = _pod(job)
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 0
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 0
+    (dep,) = [d for d in load(INFRA / "k8s" / "prefect.yaml")["deployments"] if d["name"] == "k8s"]
+    jv = dep["work_pool"]["job_variables"]
+    assert container["resources"]["limits"]["memory"] == jv["memory_limit"]
+    assert container["resources"]["requests"]["memory"] == jv["memory_request"]
+    assert not spec.get("nodeSelector") and not spec.get("tolerations")
+    sweep = SweepSpec.model_validate(dep["parameters"]["spec"])
+    assert sweep.dispatch == "deployments" and sweep.deployment == "quantize-variant/gpu-k8s"
+    assert job["metadata"]["labels"]["prefect.io/deployment-name"] == "k8s"
+
+
+def test_the_kubernetes_variant_pod_requests_gpus_memory_and_keeps_its_home_on_the_scratch_volume(deployed):
+    """A variant run as a sweep dispatches it (the sweep's job_variables over the deployment's): GPUs requested and
+    limited, memory request and limit, GPU node selector and toleration, QUANTFLOW_HOME on the mounted volume."""
+    job = _rendered_job("quantize-variant/gpu-k8s",
+                        {"gpu_count": 2, "memory_request": "400Gi", "memory_limit": "440Gi", "scratch_size": "800Gi"})
+    spec, container = _pod(job)
+    assert container["resources"]["requests"] == {"memory": "400Gi", "nvidia.com/gpu": 2}
+    assert container["resources"]["limits"] == {"memory": "440Gi", "nvidia.com/gpu": 2}
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    env = _env(container)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert mounts[env["QUANTFLOW_HOME"]] == "scratch" and volumes["scratch"]["emptyDir"]["sizeLimit"] == "800Gi"
+    assert mounts[env["HF_HOME"]] == "hf-cache" and "persistentVolumeClaim" in volumes["hf-cache"]
+    assert env["QUANTFLOW_EVAL_PYTHON"] == EVAL_PYTHON
+    assert job["metadata"]["labels"]["prefect.io/flow-name"] == "quantize-variant"
 
 
 # --- images -----------------------------------------------------------------------------------------------------
@@ -445,6 +518,32 @@ def test_deploy_runs_prefect_deploy_with_secrets_on_push_to_main():
     assert env["PREFECT_API_KEY"] == "${{ secrets.PREFECT_API_KEY }}"
 
 
+def test_deploy_builds_and_pushes_the_image_by_commit_and_the_gpu_pools_use_it():
+    wf = _workflow("deploy.yml")
+    image = wf["jobs"]["image"]
+    assert image["permissions"] == {"contents": "read", "packages": "write"}
+    builds = [s["with"] for s in image["steps"] if s.get("uses", "").startswith("docker/build-push-action@")]
+    assert [b["file"] for b in builds] == ["infra/Dockerfile.eval", "infra/Dockerfile"]
+    assert all(b["push"] is True and b["context"] == "." for b in builds)
+    # the main image is built over the evaluation image just pushed, from the pinned CUDA index, checked on build
+    assert f"eval=docker-image://{builds[0]['tags']}" in builds[1]["build-contexts"]
+    assert re.search(r"TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu\d+", builds[1]["build-args"])
+    assert re.search(r"TORCH_CUDA=\d+\.\d+", builds[1]["build-args"])
+    assert re.search(r"^ARG TORCH_CUDA=cpu$", (INFRA / "Dockerfile").read_text(), re.M)
+    names = "\n".join(s["run"] for s in image["steps"] if s.get("id") == "names")
+    assert "ghcr.io/" in names and "${SHA}" in names and image["outputs"]["image"] == "${{ steps.names.outputs.image }}"
+    assert any(s.get("uses", "").startswith("docker/login-action@") and s["with"]["registry"] == "ghcr.io"
+               for s in image["steps"])
+    deploy = wf["jobs"]["deploy"]
+    assert deploy["needs"] == "image" and deploy["env"]["IMAGE"] == "${{ needs.image.outputs.image }}"
+    for pool, template in (("quantflow-docker-gpu", "infra/docker"), ("quantflow-k8s-gpu", "infra/k8s")):
+        (step,) = [s["run"] for s in deploy["steps"] if f"work-pool update {pool}" in s.get("run", "")]
+        assert f"{template}/base-job-template.json" in step and ".variables.properties.image.default = $image" in step
+        assert step.index("work-pool update") < step.index(f"deploy --all --prefect-file {template}/prefect.yaml")
+    for path in TEMPLATES.values():  # the variable the step sets is the one the job manifest uses
+        assert "image" in json.loads(path.read_text())["variables"]["properties"]
+
+
 def test_quantize_dispatch_inputs_match_schemes_and_deployments():
     wf = _workflow("quantize.yml")
     inputs = wf["on"]["workflow_dispatch"]["inputs"]
@@ -518,6 +617,29 @@ def test_run_deployment_reads_the_flow_runs_recovery_table():
     with get_client(sync_client=True) as client:
         tables = _run_deployment_module().recovery_tables(client, run_id)
     assert list(tables) == ["recovery-table"] and "100.0%" in tables["recovery-table"]
+
+
+def test_run_deployment_stops_waiting_and_leaves_a_long_run_going(tmp_path):
+    """--timeout (the Quantize workflow's wait_hours) ends the wait, not the run: exit 0, and the summary says it goes on."""
+    if not os.environ.get("PREFECT_API_URL"):
+        pytest.skip("no Prefect server in this session")
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    with get_client(sync_client=True) as client:  # a pool no worker polls: the run stays Scheduled
+        client.create_work_pool(WorkPoolCreate(name="qf-no-worker", type="process"), overwrite=True)
+        flow_id = client.create_flow_from_name("qf-long-run")
+        client.create_deployment(flow_id=flow_id, name="waits", work_pool_name="qf-no-worker", parameters={"spec": {}})
+    summary = tmp_path / "summary.md"
+    m = _run_deployment_module()
+    assert m.main(["--deployment", "qf-long-run/waits", "--timeout", "3", "--summary-file", str(summary)]) == 0
+    text = summary.read_text()
+    assert "Still running after 3 s" in text and "goes on" in text and "Completed" not in text
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["waits"])))
+        assert not run.state.is_final()
+        client.delete_flow_run(run.id)
 
 
 # --- mlflow/ ----------------------------------------------------------------------------------------------------
