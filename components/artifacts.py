@@ -122,13 +122,18 @@ def read_stamp(out: Path) -> Stamp | None:
         return None
 
 
-def problems(out: Path, result: BaseModel | None = None, full: bool = False) -> list[str]:
-    """Why `out` is not the artifact recorded in its stamp (and, given `result`, not the one `result` describes)."""
+def problems(out: Path, result: BaseModel | None = None, full: bool = False, fields: set[str] | None = None) -> list[str]:
+    """Why `out` is not the artifact recorded in its stamp (and, given `result`, not the one `result` describes: all
+    of it, or only its `fields`)."""
     stamp = read_stamp(out)
     if stamp is None:
         return [f"{out} has no stamp (never finished, or made before stamps)"]
-    if result is not None and stamp.result != result.model_dump(mode="json"):
-        return [f"{out} now holds another artifact than the cached result describes"]
+    if result is not None:
+        recorded, described = stamp.result, result.model_dump(mode="json")
+        if fields is not None:
+            recorded, described = ({k: d.get(k) for k in fields} for d in (recorded, described))
+        if recorded != described:
+            return [f"{out} now holds another artifact than the cached result describes"]
     return check_stamps(out, stamp.files, full=full, exclude=tuple(stamp.exclude))
 
 

@@ -28,6 +28,12 @@ class CalibSet(BaseModel):
     num_tokens: int
     description: str
 
+    def artifact_problems(self) -> list[str]:
+        """How the saved set differs from its stamp, or the stamp from this result."""
+        from components import artifacts
+
+        return artifacts.problems(Path(self.path), self)
+
 
 def load_args(spec: CalibrationSpec) -> tuple[tuple[str, ...], dict[str, str]]:
     """The `load_dataset` arguments for the dataset the spec names (a local file, a local dataset dir, or a Hub id

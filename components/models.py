@@ -11,7 +11,7 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from components import artifacts
-from components.digests import FileStamp, digest_stamps, sha256_memo, stamp_dir
+from components.digests import FileStamp, check_stamps, digest_stamps, sha256_memo, stamp_dir
 from components.settings import path_chars_problem, settings
 
 PKG_PREFIX = "pkg:"
@@ -27,6 +27,10 @@ class ModelRef(BaseModel):
     path: str
     digest: str  # GGUF: the file's sha256; local directory: its content digest; Hub: `<id>@<commit sha>`
     files: list[FileStamp] = []  # the files at `path` when resolved: a cached ref is checked against them before use
+
+    def artifact_problems(self) -> list[str]:
+        """How the folder differs from the files recorded at resolution (a user's own folder has no stamp beside it)."""
+        return check_stamps(Path(self.path), self.files)
 
 
 def model_name(source: str) -> str:

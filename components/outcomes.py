@@ -6,13 +6,18 @@ and the run that reads it (and a cached checkpoint would fail its integrity chec
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel
 
-from components import recovery
+from components import artifacts, recovery
 from components.digests import FileStamp
 from components.evaluation.serving import Speed
 from components.gate import GateVerdict
 from components.stores import Published
+
+
+CARD = "README.md"  # written into the checkpoint after it is made: in no stamp, digest or cache key
 
 
 class Checkpoint(BaseModel):
@@ -20,6 +25,11 @@ class Checkpoint(BaseModel):
     path: str
     digest: str  # content without the card
     files: list[FileStamp] = []  # as made (without the card): checked before every use; the manifest's sha256
+
+    def artifact_problems(self) -> list[str]:
+        """How the checkpoint differs from its stamp, hashed in full (what is evaluated is what gets published); the
+        stamp must record this content, under any name (a cached checkpoint is published under the variant's)."""
+        return artifacts.problems(Path(self.path), self, full=True, fields={"digest", "files"})
 
 
 class VariantOutcome(BaseModel):

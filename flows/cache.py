@@ -7,6 +7,9 @@ docs/design.md ("Cache keys") lists what enters each key; keep the two in step.
 
 Each policy is SERIALIZABLE (Prefect's transaction isolation): a task run whose key another run is computing waits
 for it, then reads its committed result and shows as Cached.
+
+A hit is used only once its artifact checks out (`checked`, `started`): every cached result type says how its own
+artifact differs from what was recorded when it was made (`artifact_problems()`); on any difference the step runs again.
 """
 from __future__ import annotations
 
@@ -14,12 +17,15 @@ import inspect
 import threading
 from functools import partial
 from pathlib import Path
+from typing import Callable, Protocol, TypeVar
 
 import anyio
 from filelock import FileLock, Timeout
+from prefect import get_run_logger
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.locking.protocol import LockManager
 
+from components.artifacts import IntegrityError
 from components.digests import code_digest, digest_obj, sha256_file
 from components.settings import settings
 
@@ -174,3 +180,40 @@ LOCKS = HomeLockManager()
 def policy(key_fn) -> CacheKeyFnPolicy:
     """The task's cache policy: `key_fn` as its key, computed once under the home's lock."""
     return CacheKeyFnPolicy(cache_key_fn=key_fn).configure(isolation_level="SERIALIZABLE", lock_manager=LOCKS)
+
+
+class Checked(Protocol):
+    """A cached task's result: it knows the artifact it describes and how that differs from its record."""
+
+    def artifact_problems(self) -> list[str]: ...
+
+
+C = TypeVar("C", bound=Checked)
+
+
+def checked(step, *args, run_name: str | None = None) -> Checked:
+    """Run `step` (served from Prefect's cache when its key matches), then check the artifact its result describes
+    against what was recorded when it was made; on any difference say so and make the step recompute
+    (`refresh_cache`). `run_name` is what the Prefect UI calls the task run ("evaluate base")."""
+    step = step.with_options(task_run_name=run_name) if run_name else step
+    return _verified(step, step(*args), args)
+
+
+def started(step, *args, run_name: str | None = None) -> Callable[[], Checked]:
+    """`checked`, begun now on the flow's task runner (Prefect's `submit`) to run beside what follows: call the
+    returned function to wait for its result, checked the same way."""
+    step = step.with_options(task_run_name=run_name) if run_name else step
+    future = step.submit(*args)
+    return lambda: _verified(step, future.result(), args)
+
+
+def _verified(step, result: C, args: tuple) -> C:
+    """`result`, once its artifact matches its record; else `step` recomputed (`refresh_cache`), checked again."""
+    if problems := result.artifact_problems():
+        get_run_logger().warning("%s: the cached result's artifact is not what was made (%s): recomputing it",
+                                 step.name, "; ".join(problems[:3]))
+        result = step.with_options(refresh_cache=True)(*args)
+        if problems := result.artifact_problems():
+            raise IntegrityError(f"{step.name}: recomputed, and its artifact still differs from its record "
+                                 f"({'; '.join(problems[:3])})")
+    return result

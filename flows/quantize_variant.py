@@ -1,10 +1,8 @@
 """One variant, end to end: the seed cards' Creation and Evaluation sections as a Prefect flow."""
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
-from typing import Callable
 
 from prefect import flow, get_run_logger, task
 from prefect.context import TaskRunContext
@@ -15,14 +13,14 @@ from components.gate import gate
 from components.calibration import CalibSet
 from components.card.render import CardFacts, render
 from components.artifacts import IntegrityError
-from components.digests import check_stamps, digest_stamps, stamp_dir
+from components.digests import digest_stamps, stamp_dir
 from components.evaluation import serving, suites
 from components.evaluation.command import EngineSettings
 from components.evaluation.runner import EvalResult, run_suite
 from components.evaluation.serving import ServingResult, Speed
 from components.memory_plan import Settings
 from components.models import ModelRef, resolve
-from components.outcomes import Checkpoint, VariantOutcome
+from components.outcomes import CARD, Checkpoint, VariantOutcome
 from components.preflight import preflight
 from components.quantize import quantize
 from components.recipes import SchemeDef
@@ -30,9 +28,7 @@ from components.settings import settings
 from components.specs import BaseModelSpec, CalibrationSpec, ServingSpec, VariantSpec
 from components.stores import Published, open_store
 from components.tracking import VariantRecord
-from flows.cache import base_key, calibration_key, evaluate_key, policy, quantize_key, serving_key
-
-CARD = "README.md"
+from flows.cache import base_key, calibration_key, checked, evaluate_key, policy, quantize_key, serving_key, started
 
 
 # --- Creation ---------------------------------------------------------------------------------
@@ -123,50 +119,6 @@ def measure_serving(model_path: str, model_digest: str, engine: EngineSettings, 
     return result
 
 
-def _problems(step, result, args: tuple) -> list[str]:
-    """How the artifact a (cached) result describes differs from what was recorded when it was made."""
-    if isinstance(result, ModelRef):
-        return check_stamps(Path(result.path), result.files)
-    if isinstance(result, CalibSet):
-        return artifacts.problems(Path(result.path))
-    if isinstance(result, Checkpoint):  # in full: what is evaluated is what gets published
-        return check_stamps(Path(result.path), result.files, full=True, exclude=(CARD,))
-    if isinstance(result, EvalResult):
-        return artifacts.problems(Path(result.output_dir), result)
-    if isinstance(result, ServingResult):
-        params = inspect.signature(step.fn).bind(*args).arguments
-        return artifacts.problems(settings().path("serving") / serving_key(step, params), result)
-    raise TypeError(f"no integrity check for {type(result).__name__}")
-
-
-def checked(step, *args, run_name: str | None = None):
-    """Run `step` (served from Prefect's cache when its key matches), then check the artifact it returns against
-    what was recorded when it was made; on any difference say so and make the step recompute (`refresh_cache`).
-    `run_name` is what the Prefect UI calls the task run ("evaluate base")."""
-    step = step.with_options(task_run_name=run_name) if run_name else step
-    return _verified(step, step(*args), args)
-
-
-def started(step, *args, run_name: str | None = None) -> Callable:
-    """`checked`, begun now on the flow's task runner (Prefect's `submit`) to run beside what follows: call the
-    returned function to wait for its result, checked the same way."""
-    step = step.with_options(task_run_name=run_name) if run_name else step
-    future = step.submit(*args)
-    return lambda: _verified(step, future.result(), args)
-
-
-def _verified(step, result, args: tuple):
-    """`result`, once its artifact matches its record; else `step` recomputed (`refresh_cache`), checked again."""
-    if problems := _problems(step, result, args):
-        get_run_logger().warning("%s: the cached result's artifact is not what was made (%s): recomputing it",
-                                 step.name, "; ".join(problems[:3]))
-        result = step.with_options(refresh_cache=True)(*args)
-        if problems := _problems(step, result, args):
-            raise IntegrityError(f"{step.name}: recomputed, and its artifact still differs from its record "
-                                 f"({'; '.join(problems[:3])})")
-    return result
-
-
 # --- Card, publication, lineage ---------------------------------------------------------------
 
 @task(task_run_name="write card")
@@ -183,7 +135,7 @@ def write_card(facts: CardFacts, checkpoint: Checkpoint) -> str:
 def publish(checkpoint: Checkpoint, spec: VariantSpec, scheme: SchemeDef) -> list[Published]:
     """Checkpoint and card together, once the checkpoint is checked in full against its record; the manifest lists
     the recorded sha256, each store writes it last and checks what it wrote. One publication of a name at a time."""
-    if problems := check_stamps(Path(checkpoint.path), checkpoint.files, full=True, exclude=(CARD,)):
+    if problems := checkpoint.artifact_problems():
         raise IntegrityError(f"not publishing {checkpoint.path}: it changed since it was made ({'; '.join(problems[:3])}); "
                              "rerun: it is recomputed")
     meta = {"recipe": scheme.recipe, "recipe_digest": scheme.digest, "checkpoint_digest": checkpoint.digest,

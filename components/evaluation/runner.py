@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from components import artifacts
 from components.digests import digest_dir, sha256_file
 from components.evaluation import environment
 from components.evaluation.command import EngineSettings, build_commands
@@ -26,6 +27,10 @@ class EvalResult(BaseModel):
     output_dir: str
     date: str  # when the evaluation finished (ISO date): the card's release date, stable across cached reruns
     reference: str | None = None  # set when published scores stand in for a measured baseline: where they come from
+
+    def artifact_problems(self) -> list[str]:
+        """How lm-eval's outputs (results and logged samples) differ from their stamp, or the stamp from this result."""
+        return artifacts.problems(Path(self.output_dir), self)
 
 
 def suite_digest(suite: Suite) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from components import artifacts
 from components.evaluation import environment
 from components.evaluation.command import EngineSettings
 from components.evaluation.environment import EvaluationError
@@ -37,6 +38,11 @@ class ServingResult(BaseModel):
     checkpoint_mb: float
     commands: list[list[str]]  # [serve argv, bench argv], as the card prints them
     wall_s: float
+    output_dir: str = ""  # the server's and the benchmark's logs and results, stamped
+
+    def artifact_problems(self) -> list[str]:
+        """How the benchmark's folder differs from its stamp, or the stamp from this result."""
+        return artifacts.problems(Path(self.output_dir), self)
 
 
 def checkpoint_mb(model_dir: str | Path) -> float:
@@ -163,7 +169,8 @@ def measure(model_path: str, s: EngineSettings, spec: ServingSpec, out_dir: Path
         requests_s=doc["request_throughput"], ttft_median_ms=doc["median_ttft_ms"], ttft_p99_ms=doc["p99_ttft_ms"],
         tpot_median_ms=doc["median_tpot_ms"], completed=doc["completed"], failed=doc.get("failed", 0),
         engine_peak_mb=memory.peak / 2**20, weights_gib=float(loaded.group(1)) if loaded else None,
-        checkpoint_mb=checkpoint_mb(model_path), commands=[serve, bench], wall_s=round(time.time() - start_s, 1))
+        checkpoint_mb=checkpoint_mb(model_path), commands=[serve, bench], wall_s=round(time.time() - start_s, 1),
+        output_dir=str(out_dir))
 
 
 class ServingRow(BaseModel):
