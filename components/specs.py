@@ -80,9 +80,9 @@ def _any_case(word: str) -> str:
 
 
 _WORD = "(?:" + "|".join(_any_case(w) for w in sorted(SECRET_PARAM_WORDS, key=len, reverse=True)) + ")"
-_PARAM = rf"(?:[^=&#;]*[^A-Za-z0-9=&#;])?{_WORD}(?:[^A-Za-z0-9=&#;][^=&#;]*)?"  # a parameter name holding one
+_PARAM = rf"(?:[^=&#;\s]*[^A-Za-z0-9=&#;\s])?{_WORD}(?:[^A-Za-z0-9=&#;\s][^=&#;\s]*)?"  # a parameter name holding one
 _USERINFO = r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
-SECRET_PARAM_RE = re.compile(rf"([?&#;]{_PARAM}=)[^&#;]*")
+SECRET_PARAM_RE = re.compile(rf"([?&#;]{_PARAM}=)[^&#;\s'\"]*")
 # JSON-schema twin of `credentials_in_url` for the Prefect form and API (the server enforces it before storing a run):
 # the same expressions, in the syntax JSON schema (ECMA-262) and Python share.
 NO_URL_CREDENTIALS = rf"^(?!{_USERINFO})(?![\s\S]*[?&#;]{_PARAM}=)"
