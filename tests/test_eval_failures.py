@@ -34,3 +34,12 @@ def test_a_failed_subprocess_keeps_its_log_and_shows_its_tail(tmp_path, monkeypa
     assert tail == [f"line {i}" for i in range(26, 40)] + ["ValueError: config and weights differ"], tail
     assert kept.read_text().splitlines()[0] == "line 0", "the whole log is kept"
     assert not tmp.exists()
+
+
+def test_the_command_line_prints_the_whole_error():
+    """The terminal gets the log's path and its tail, not just the first line and a pointer to --verbose."""
+    from components.evaluation.environment import EvaluationError
+    from flows.cli import _error_lines
+
+    text = "lm_eval exited with 1 (log: /x/run0.log); its last lines:\nline 1\nValueError: shapes differ\n"
+    assert _error_lines(EvaluationError(text)) == text
