@@ -3,6 +3,7 @@ whole, and stamped (per file: size, mtime, sha256, plus the result that describe
 a cache hit or a concurrent run that waited for the lock, can check they are still what was made."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -21,6 +22,28 @@ R = TypeVar("R", bound=BaseModel)
 
 class IntegrityError(RuntimeError):
     """An artifact is not what was recorded when it was made."""
+
+
+class DiskFullError(OSError):
+    """A write that ran out of disk: names the path and the free space left there."""
+
+
+@contextmanager
+def disk_named(path: Path, what: str) -> Iterator[None]:
+    """A full disk while writing `what` to `path` (OSError ENOSPC, or a library's wrapped 'os error 28', as
+    safetensors raises) becomes one DiskFullError naming the path, the free space there and the fix."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - only a full disk is translated; anything else goes on as it was
+        if not (isinstance(e, OSError) and e.errno == errno.ENOSPC) and not (
+                "No space left on device" in str(e) or "os error 28" in str(e)):
+            raise
+        from components.settings import existing
+
+        free = shutil.disk_usage(existing(Path(path))).free
+        raise DiskFullError(errno.ENOSPC, f"no space left on device while writing {what} to {path} "
+                                          f"({free / (1 << 30):.2f} GiB free there now): free some space, or set "
+                                          "QUANTFLOW_HOME to a larger disk") from e
 
 
 class Stamp(BaseModel):

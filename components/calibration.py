@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import random
@@ -67,6 +68,9 @@ def build(spec: CalibrationSpec, tokenizer) -> tuple["Dataset", str]:  # noqa: F
         return ds, f"{spec.num_samples} random-token sequences of length {spec.max_seq_length} (seed {spec.seed})"
 
     raw = load_raw(spec)
+    if len(raw) == 0:
+        raise ValueError(f"calibration dataset {spec.dataset} is empty (no rows): give one with at least "
+                         f"{spec.num_samples} rows (calibration.num_samples)")
     if spec.column not in raw.column_names:
         raise ValueError(f"calibration dataset {spec.dataset} has no column {spec.column!r} (columns: {raw.column_names})")
     if len(raw) < spec.num_samples:
@@ -273,9 +277,23 @@ def _local_dataset(c: _Check, path: Path, base: BaseInfo | None) -> None:
     try:
         columns, rows = _rows(path)
         _rows_columns(c, columns, rows, base, unit)
+    except UnicodeDecodeError:
+        c.problems.append(f"calibration.dataset {spec.dataset!r}: not UTF-8 text ({_first_non_utf8(path)}): "
+                          "save it as UTF-8")
     except Exception as e:  # noqa: BLE001
         c.problems.append(f"calibration.dataset {spec.dataset!r}: cannot be read as {path.suffix} "
                           f"({type(e).__name__}: {first_line(e)})")
+
+
+def _first_non_utf8(path: Path) -> str:
+    """Where the first byte that is not UTF-8 sits: 'line N, column C (byte 0x..)'."""
+    with open(path, "rb") as f:
+        for i, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"line {i}, column {e.start + 1} (byte 0x{line[e.start]:02x})"
+    return "a multi-byte character cut at the end"
 
 
 def _dataset_dir(c: _Check, base: BaseInfo | None) -> None:
@@ -303,6 +321,13 @@ def _rows_columns(c: _Check, columns: list[str], rows: Iterator[tuple[int, Any]]
                   unit: str) -> None:
     """Count every row and check each one's value against how it is used; the first few bad rows are named."""
     spec = c.spec
+    rows = iter(rows)
+    head = next(rows, None)
+    if head is None:
+        c.problems.append(f"calibration.dataset {spec.dataset!r} is empty (no rows): give one with at least "
+                          f"{spec.num_samples} rows (calibration.num_samples)")
+        return
+    rows = itertools.chain([head], rows)
     if spec.column not in columns:
         c.problems.append(f"calibration.column {spec.column!r} is not in {spec.dataset!r}"
                           f"{did_you_mean(spec.column, columns)} (columns: {', '.join(columns) or 'none'})")

@@ -64,12 +64,12 @@ def tracking_problems() -> list[str]:
     """The MLflow tracking server the run records to: no credentials in its URL (they would be printed and recorded),
     and, when it is a server, it answers /health; before a run, not after hours of work."""
     from components.settings import settings
-    from components.specs import credentials_in_url, strip_userinfo
+    from components.specs import credentials_in_url, redact_url
     from components.tracking import safe_uri
 
     uri = settings().tracking_uri
     if credentials_in_url(uri):
-        return [f"QUANTFLOW_MLFLOW_TRACKING_URI {strip_userinfo(uri)!r} carries credentials in the URL (they would be "
+        return [f"QUANTFLOW_MLFLOW_TRACKING_URI {redact_url(uri)!r} carries credentials in the URL (they would be "
                 "printed and recorded with it): remove them and set MLFLOW_TRACKING_USERNAME and "
                 "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"]
     reason = _no_answer(uri) if uri.startswith(("http://", "https://")) else None

@@ -1,9 +1,12 @@
 """Base-model resolution (Hub id, local HF directory, GGUF file) and digests, and its preflight inspection."""
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -230,7 +233,7 @@ def _inspect(out: list[str], source: str, revision: str | None, chat_template: b
     if gguf is not None:
         return _gguf_base(out, source, gguf, chat_template, known)
     local = Path(source).expanduser()
-    if local.exists() or looks_like_path(source):
+    if os.path.lexists(local) or looks_like_path(source):
         return _local_base(out, source, local, known)
     return _hub_base(out, source, revision, known)
 
@@ -287,9 +290,9 @@ def _gguf_base(out: list[str], source: str, gguf: Path, chat_template: bool, kno
 
 
 def _local_base(out: list[str], source: str, local: Path, known: Known | None) -> BaseInfo | None:
-    if not local.exists():
-        out.append(f"base.source {source!r}: no such directory or file (give a local Hugging Face model directory, "
-                   "a GGUF file, pkg:<package>/<file.gguf>, or a Hub id such as org/name)")
+    problem = _stat_problem(local)
+    if problem:
+        out.append(f"base.source {source!r}: {problem}")
         return None
     if not local.is_dir():
         out.append(f"base.source {source!r}: a file, not a model directory (only .gguf files are accepted as files)")
@@ -298,18 +301,46 @@ def _local_base(out: list[str], source: str, local: Path, known: Known | None) -
         out.append(f"base.source {source!r}: the directory is not readable")
         return None
     base = BaseInfo(name=model_name(str(local.resolve())), dir=local.resolve())
-    if not (local / "config.json").is_file():
+    config = local / "config.json"
+    if not os.path.lexists(config):
         out.append(f"base.source {source!r}: no config.json: not a Hugging Face model directory")
+        return None
+    problem = _stat_problem(config, regular=True)
+    if problem:
+        out.append(f"base.source {source!r}: config.json {problem}")
         return None
     if not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
         out.append(f"base.source {source!r}: no weights (*.safetensors or *.bin) next to config.json")
-    _weight_files(out, source, local)
+    headers = _weight_files(out, source, local)
     _path_chars(out, f"base.source {source!r}", local.resolve())
     base.weights_bytes = _dir_bytes(local)
     base.has_chat_template = _chat_template_in_dir(local)
     if not _read_config(out, source, base, local, known):
         return None
+    _config_against_weights(out, source, base, headers)
     return base
+
+
+def _stat_problem(path: Path, regular: bool = False) -> str | None:
+    """Why `path` cannot be used, in words (a symlink loop, a dangling link, not a regular file...), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return ("is a symlink loop (a link that leads back to itself, ELOOP): point it, or base.source, at the "
+                    "real file or directory")
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            return f"is a symlink to {os.readlink(path)!r}, which does not exist: fix the link or give the real path"
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return ("no such directory or file (give a local Hugging Face model directory, a GGUF file, "
+                    "pkg:<package>/<file.gguf>, or a Hub id such as org/name)")
+        return f"cannot be read ({e.strerror})"
+    if regular and not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a special file")
+        return f"is not a regular file but {kind}: replace it with the model's own file"
+    return None
 
 
 def _hub_base(out: list[str], source: str, revision: str | None, known: Known | None) -> BaseInfo | None:
@@ -352,11 +383,12 @@ def _hub_base(out: list[str], source: str, revision: str | None, known: Known | 
         out.append(f"base.source {source!r}: cannot fetch config.json from the Hub ({type(e).__name__}: {_gist(e)})")
         return None
     snapshot = config_path.parent
-    _weight_files(out, source, snapshot)
+    headers = _weight_files(out, source, snapshot)
     _path_chars(out, f"base.source {source!r} (Hugging Face cache)", snapshot)
     base = BaseInfo(name=model_name(source), dir=None)
     if not _read_config(out, source, base, snapshot, known):
         return None
+    _config_against_weights(out, source, base, headers)
     cached = _dir_bytes(snapshot)
     base.has_chat_template = _chat_template_in_dir(snapshot) or None  # tokenizer files may not be cached yet
     if cached:
@@ -373,38 +405,132 @@ def _hub_base(out: list[str], source: str, revision: str | None, known: Known | 
     return base
 
 
-def _weight_files(out: list[str], source: str, d: Path) -> None:
+def _weight_files(out: list[str], source: str, d: Path) -> dict[str, dict] | None:
     """Each *.safetensors file against its own header: a truncated or foreign file is named here, not deep inside
-    quantization (reads 8 bytes and the JSON header of each file, no tensor data)."""
+    quantization (reads 8 bytes and the JSON header of each file, no tensor data). Every tensor's header entry
+    (dtype, shape) by name; None when a file could not be read, or a shard the index lists is missing."""
+    tensors: dict[str, dict] | None = {}
     for f in sorted(d.glob("*.safetensors")):
-        problem = safetensors_problem(f)
+        header, problem = safetensors_header(f)
         if problem:
             out.append(f"base.source {source!r}: weight file {f.name} {problem}: download or copy it again")
+            tensors = None
+        elif tensors is not None:
+            tensors.update({k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)})
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (ValueError, OSError, AttributeError):
+            shards = set()
+        missing = sorted(s for s in shards if not (d / s).is_file())
+        if missing:
+            out.append(f"base.source {source!r}: weight files {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+                       f" listed in {index.name} are missing ({len(missing)} of {len(shards)}): download it again")
+            tensors = None
+    return tensors
 
 
 def safetensors_problem(path: Path) -> str | None:
     """What is wrong with a safetensors file's framing (header length, JSON header, data size), or None."""
+    return safetensors_header(path)[1]
+
+
+def safetensors_header(path: Path) -> tuple[dict | None, str | None]:
+    """(the JSON header, None) of a safetensors file whose framing is sound, else (None, what is wrong)."""
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            return None, "is not a regular file"  # a FIFO would block the read
+        size = st.st_size
         with open(path, "rb") as f:
             raw = f.read(8)
             if len(raw) < 8:
-                return f"is {size} bytes: too short for a safetensors header"
+                return None, f"is {size} bytes: too short for a safetensors header"
             n = int.from_bytes(raw, "little")
             if n > min(size - 8, 100 * MiB):
-                return f"declares a {n}-byte header but the file is {size} bytes: truncated or not safetensors"
+                return None, f"declares a {n}-byte header but the file is {size} bytes: truncated or not safetensors"
             header = json.loads(f.read(n))
     except OSError as e:
-        return f"cannot be read ({e.strerror})"
+        return None, f"cannot be read ({e.strerror})"
     except (ValueError, UnicodeDecodeError):
-        return "has no valid JSON header: not a safetensors file"
+        return None, "has no valid JSON header: not a safetensors file"
+    if not isinstance(header, dict):
+        return None, "has no valid JSON header: not a safetensors file"
     ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
             and "data_offsets" in t]
     expected = 8 + n + max(ends, default=0)
     if size != expected:
-        return (f"is {size} bytes but its header describes {expected}: "
-                + ("truncated" if size < expected else "trailing bytes"))
-    return None
+        return None, (f"is {size} bytes but its header describes {expected}: "
+                      + ("truncated" if size < expected else "trailing bytes"))
+    return header, None
+
+
+# --- config.json against the weights' headers: a config that belongs to another model fails here, not ~95 s into
+# evaluating a checkpoint quantized with the wrong layer count ------------------------------------------------------
+
+# The decoder's layers (not a vision or audio tower's): `model.layers.N.`, `transformer.h.N.`, `gpt_neox.layers.N.`...
+_LAYER_RE = re.compile(r"^(?:(?:model|transformer|gpt_neox|language_model|decoder)\.)*(?:layers|h|blocks)\.(\d+)\.")
+_EMBED_RE = re.compile(r"^(?:(?:model|transformer|gpt_neox|language_model|decoder)\.)*(?:embed_tokens|wte|word_embeddings|"
+                       r"embed_in)\.weight$")
+_HEAD_RE = re.compile(r"^(?:(?:model|language_model)\.)*(?:lm_head|embed_out)\.weight$")
+_FLOAT = ("F16", "BF16", "F32", "F64")  # packed or quantized tensors have other shapes by design
+
+
+def _first(config: dict, *keys: str):
+    return next((config[k] for k in keys if isinstance(config.get(k), int) and not isinstance(config[k], bool)), None)
+
+
+def weights_mismatches(config: dict, tensors: dict[str, dict], expected: dict[str, tuple] | None = None) -> list[str]:
+    """Where config.json (as plain JSON) and the weights' tensors (name -> safetensors header entry) disagree: layer
+    count, hidden size, vocabulary, and (`expected`: name -> shape of the model built from the config) each shared
+    tensor's shape; a few at most, most telling first."""
+    nested = [config[k] for k in _TEXT_CONFIGS if isinstance(config.get(k), dict)]
+    text = nested[0] if len(nested) == 1 else config
+    out = []
+    layers = _first(text, "num_hidden_layers", "n_layer", "num_layers")
+    found = sorted({int(m.group(1)) for name in tensors if (m := _LAYER_RE.match(name))})
+    if layers is not None and found:
+        extra = _first(text, "num_nextn_predict_layers", "mtp_num_hidden_layers") or 0  # multi-token-prediction layers
+        if found[-1] + 1 < layers or found[-1] + 1 > layers + extra:
+            out.append(f"num_hidden_layers is {layers} but the weights hold {found[-1] + 1} layers (0-{found[-1]})")
+        elif len(found) < found[-1] + 1:
+            gaps = sorted(set(range(found[-1] + 1)) - set(found))
+            out.append(f"the weights lack layer{'s' if len(gaps) > 1 else ''} {', '.join(map(str, gaps[:5]))}")
+    hidden, vocab = _first(text, "hidden_size", "n_embd", "d_model"), _first(text, "vocab_size")
+    for name, t in sorted(tensors.items()):
+        shape = t.get("shape")
+        if not ((_EMBED_RE.match(name) or _HEAD_RE.match(name)) and t.get("dtype") in _FLOAT and len(shape or ()) == 2):
+            continue
+        if vocab is not None and shape[0] != vocab:
+            out.append(f"vocab_size is {vocab} but {name} has {shape[0]} rows")
+        if hidden is not None and shape[1] != hidden:
+            out.append(f"hidden_size is {hidden} but {name} is {shape[1]} wide")
+    if expected and not out:
+        for name, t in sorted(tensors.items(), key=lambda kv: _natural(kv[0])):
+            shape = expected.get(name)
+            if shape is not None and t.get("dtype") in _FLOAT and list(shape) != list(t.get("shape") or ()):
+                out.append(f"{name} is {list(t['shape'])} in the weights but {list(shape)} from config.json")
+                if len(out) == 2:
+                    break
+    return out
+
+
+def _natural(name: str) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _config_against_weights(out: list[str], source: str, base: BaseInfo, tensors: dict[str, dict] | None) -> None:
+    if not tensors or base.config_json is None:
+        return
+    expected = None
+    if base.skeleton is not None:  # the model transformers builds from this config (meta device: shapes only)
+        expected = {k: tuple(v.shape) for k, v in base.skeleton.state_dict().items()}
+    found = weights_mismatches(base.config_json, tensors, expected)
+    if found:
+        out.append(f"base.source {source!r}: config.json does not match its weights ({'; '.join(found[:3])}): use the "
+                   "config.json that came with these weights (or the weights that go with it), e.g. download the "
+                   "model again")
 
 
 def _path_chars(out: list[str], what: str, path: Path) -> None:

@@ -43,6 +43,14 @@ def quantize(model_path: str, scheme: SchemeDef, calibration_path: str | None, o
 
     if out.exists():
         raise FileExistsError(f"{out} exists: quantize writes only into a fresh temporary folder")
-    model.save_pretrained(out, save_compressed=True)
-    tokenizer.save_pretrained(out)
+    save(model, tokenizer, out)
     return out
+
+
+def save(model, tokenizer, out: Path) -> None:
+    """Write the compressed checkpoint and its tokenizer to `out`; a full disk says where and how much is free."""
+    from components.artifacts import disk_named
+
+    with disk_named(out, "the compressed checkpoint"):
+        model.save_pretrained(out, save_compressed=True)
+        tokenizer.save_pretrained(out)

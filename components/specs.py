@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, ValidationError, WithJsonSchema, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, WithJsonSchema,
+                      field_validator, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from components.models import EMBEDDED_DEFAULT, package_path
 from components.recipes import names as recipe_names
@@ -66,24 +67,41 @@ CREDENTIALS_HINT = {
     "hub": "give the token as HF_TOKEN or a Prefect Secret block named in `credentials`",
     None: "give credentials through the environment (AWS chain, HF_TOKEN) or a Prefect AwsCredentials/Secret block",
 }
-# JSON-schema twin of `credentials_in_url` for the Prefect form and API (the server enforces it before storing a run).
-NO_USERINFO = r"^(?![A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@)"
+# Credentials travel in a URL as user info (`scheme://user:secret@host`) or as query/fragment parameters (presigned
+# S3/GCS URLs: X-Amz-Security-Token, X-Amz-Signature, X-Amz-Credential; SAS `sig`; OAuth `access_token`; `key`, ...).
+# A parameter is one when a word of its name (split at non-alphanumerics, any case) is one of these.
+SECRET_PARAM_WORDS = ("token", "sig", "signature", "key", "apikey", "secret", "password", "passwd", "pwd", "credential",
+                      "credentials", "auth", "authorization", "accesstoken", "accesskey", "secretkey", "sessiontoken",
+                      "securitytoken", "clientsecret", "privatekey", "idtoken", "refreshtoken")
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+_WORD = "(?:" + "|".join(_any_case(w) for w in sorted(SECRET_PARAM_WORDS, key=len, reverse=True)) + ")"
+_PARAM = rf"(?:[^=&#;\s]*[^A-Za-z0-9=&#;\s])?{_WORD}(?:[^A-Za-z0-9=&#;\s][^=&#;\s]*)?"  # a parameter name holding one
+_USERINFO = r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
+SECRET_PARAM_RE = re.compile(rf"([?&#;]{_PARAM}=)[^&#;\s'\"]*")
+# JSON-schema twin of `credentials_in_url` for the Prefect form and API (the server enforces it before storing a run):
+# the same expressions, in the syntax JSON schema (ECMA-262) and Python share.
+NO_URL_CREDENTIALS = rf"^(?!{_USERINFO})(?![\s\S]*[?&#;]{_PARAM}=)"
 
 
 def credentials_in_url(value: str) -> bool:
-    """Whether `value` is a URL carrying user info (`scheme://user:secret@host`): specs are stored and published."""
-    if "://" not in value:
-        return False
-    try:
-        parts = urlsplit(value.strip())
-    except ValueError:
-        return "@" in value.split("://", 1)[1].split("/", 1)[0]
-    return bool(parts.scheme) and "@" in parts.netloc
+    """Whether `value` carries credentials as a URL does (user info, or a secret-named query or fragment parameter):
+    specs are stored and published."""
+    return re.fullmatch(NO_URL_CREDENTIALS + r"[\s\S]*", value.strip()) is None
 
 
-def strip_userinfo(value: str) -> str:
-    """The URL with its user info replaced by '***', safe to print."""
-    return re.sub(r"(?<=://)[^/?#]*@", "***@", value)
+def redact_url(value: str) -> str:
+    """`value` (a URL, or text holding URLs) with user info replaced by '***@' and secret parameters' values by '***',
+    safe to print."""
+    return SECRET_PARAM_RE.sub(r"\1***", re.sub(r"(?<=://)[^/?#\s]*@", "***@", value))
+
+
+def _error(loc: tuple, msg: str) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError("spec", "{msg}", {"msg": msg}), loc=loc, input=None)
 
 
 class StrictModel(BaseModel):
@@ -92,24 +110,30 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _known_fields_and_no_credentials(cls, data):
+    def _known_fields_and_no_credentials(cls, data, handler):
         if not isinstance(data, dict):
-            return data
+            return handler(data)
         fields = list(cls.model_fields)
-        unknown = [k for k in data if k not in cls.model_fields]
-        if unknown:
-            raise ValueError("; ".join(f"unknown field {k!r}" + (did_you_mean(str(k), fields)
-                                                                 or f" (fields: {', '.join(fields)})")
-                                       for k in unknown))
         for k, v in data.items():
             if isinstance(v, str) and credentials_in_url(v):
                 kind = data.get("kind") if "kind" in cls.model_fields else None  # a store: its own mechanism
-                raise ValueError(f"{k} {strip_userinfo(v)!r} carries credentials in the URL, which would be stored "
+                raise ValueError(f"{k} {redact_url(v)!r} carries credentials in the URL, which would be stored "
                                  f"with the spec (Prefect database, manifest, MLflow): remove them and "
                                  f"{CREDENTIALS_HINT.get(kind, CREDENTIALS_HINT[None])}")
-        return data
+        unknown = [k for k in data if k not in cls.model_fields]
+        if not unknown:
+            return handler(data)
+        # Each unknown field is one problem, and the known fields are still validated: every problem at once.
+        errors = [_error((), f"unknown field {k!r}" + (did_you_mean(str(k), fields) or f" (fields: {', '.join(fields)})"))
+                  for k in unknown]
+        try:
+            handler({k: v for k, v in data.items() if k in cls.model_fields})
+        except ValidationError as e:
+            errors += [_error(err["loc"], err["msg"].removeprefix("Value error, "))
+                       for err in e.errors(include_input=False, include_url=False)]
+        raise ValidationError.from_exception_data(cls.__name__, errors)
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema, handler):
@@ -119,7 +143,7 @@ class StrictModel(BaseModel):
         for prop in target.get("properties", {}).values():
             if "enum" not in prop and (prop.get("type") == "string"
                                        or any(a.get("type") == "string" for a in prop.get("anyOf", []))):
-                prop.setdefault("pattern", NO_USERINFO)
+                prop.setdefault("pattern", NO_URL_CREDENTIALS)
         return schema
 
 
@@ -134,6 +158,14 @@ class Engine(str, Enum):
 class BaseModelSpec(StrictModel):
     source: str = Field(EMBEDDED_DEFAULT, description="Hub id, local HF directory, GGUF file, or `pkg:<package>/<file.gguf>`.")
     revision: str | None = Field(None, description="Hub revision (Hub ids only).")
+
+    @field_validator("source")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():  # else "" reads as the current directory
+            raise ValueError("base.source is empty: give a Hub id (org/name), a local Hugging Face model directory, "
+                             "a GGUF file, or pkg:<package>/<file.gguf> (or leave it out for the embedded default)")
+        return value
 
 
 class CalibrationSpec(StrictModel):
@@ -252,6 +284,17 @@ class StoreSpec(StrictModel):
         return self
 
 
+def _some_store(stores: list[StoreSpec]) -> list[StoreSpec]:
+    if not stores:  # no silent "published nowhere" (and an MLflow run without a registered version)
+        raise ValueError("stores is empty: the variant would be published nowhere; give at least one, e.g. "
+                         "`stores: [{kind: local}]` (a folder under QUANTFLOW_HOME), or leave stores out for that default")
+    return stores
+
+
+# Where a variant goes: at least one store (the Prefect form says so too).
+Stores = Annotated[list[StoreSpec], AfterValidator(_some_store), Field(json_schema_extra={"minItems": 1})]
+
+
 class VariantSpec(StrictModel):
     """One quantized variant of one base model: everything the flow needs."""
 
@@ -260,7 +303,7 @@ class VariantSpec(StrictModel):
     calibration: CalibrationSpec = CalibrationSpec()
     quantization: QuantizationSpec = QuantizationSpec()
     evaluation: EvalSpec = EvalSpec()
-    stores: list[StoreSpec] = Field(default_factory=lambda: [StoreSpec()])
+    stores: Stores = Field(default_factory=lambda: [StoreSpec()])
     variant_name: str | None = Field(None, description="Published name; default `<base>-<scheme suffix>`. One plain name: "
                                                        "letters, digits, '-', '_', '.' (at most 96).")
 
@@ -282,6 +325,37 @@ class SpecFileError(ValueError):
     """A spec file that is not a mapping of spec fields: named, with the problem, in one line."""
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, first: int, second: int):
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+@functools.cache
+def _unique_key_loader():
+    """yaml's SafeLoader, refusing a key given twice in one mapping (it would silently keep the last)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        if key in seen:
+                            raise _DuplicateKey(key, seen[key], line)
+                        seen[key] = line
+                    except TypeError:  # an unhashable key: yaml names it below
+                        pass
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
 def load_spec_file(path: Path) -> dict:
     """The mapping a YAML or JSON spec file holds (empty, a list, a scalar or broken YAML: SpecFileError)."""
     import yaml
@@ -291,7 +365,10 @@ def load_spec_file(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise SpecFileError(f"spec file {path}: cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())
+    except _DuplicateKey as e:
+        raise SpecFileError(f"spec file {path}: key {e.key!r} is given twice, at line {e.first} and line {e.second} "
+                            "(YAML would keep only the last): merge them into one") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

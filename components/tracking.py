@@ -24,8 +24,17 @@ from components.outcomes import Checkpoint
 from components.recipes import SchemeDef
 from components.recovery import RecoveryTable
 from components.settings import settings
-from components.specs import VariantSpec
+from components.specs import VariantSpec, redact_url
 from components.stores.base import Published
+
+# MLflow's client retries a server that does not answer for ~4 minutes (7 retries, backoff factor 2, 120 s per request):
+# a tracking server that dies mid-run fails our calls in seconds instead (a refused connection: 3 tries, 1 + 2 s apart;
+# a server that hangs: at most 3 x 10 s + 3 s), then TrackingError names the URL. mlflow reads these per request; what
+# the environment sets wins.
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+for _name, _value in HTTP_SETTINGS.items():
+    os.environ.setdefault(_name, _value)
 
 PACKAGES = ["quantflow", "llmcompressor", "compressed-tensors", "transformers", "torch", "lm_eval", "prefect", "mlflow"]
 
@@ -110,10 +119,11 @@ def _secret_values() -> list[str]:
 
 
 def scrub(text: str) -> str:
-    """`text` with every secret held in the environment replaced by '***', and user:password@ dropped from URLs."""
+    """`text` with every secret held in the environment replaced by '***', and the credentials in its URLs (user
+    info, secret query parameters) too."""
     for value in _secret_values():
         text = text.replace(value, "***")
-    return re.sub(r"(?<=://)[^/@\s:]+:[^/@\s]+@", "***@", text)
+    return redact_url(text)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

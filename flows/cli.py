@@ -34,13 +34,14 @@ def _error_lines(e: BaseException) -> str:
     """A known error as one line per problem; anything else as one line pointing at --verbose."""
     from pydantic import ValidationError
 
+    from components.evaluation.environment import EvaluationError
     from components.preflight import PreflightError
     from components.specs import validation_problems
 
     if isinstance(e, ValidationError):
         problems = validation_problems(e)
         return f"invalid spec ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n  - " + "\n  - ".join(problems)
-    if isinstance(e, (PreflightError, ValueError, OSError)):
+    if isinstance(e, (PreflightError, ValueError, OSError, EvaluationError)):  # an engine's failure: its log's tail
         return str(e)
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''} (rerun with --verbose for the traceback)"

@@ -22,7 +22,7 @@ from components import recipes, report, tracking
 from components.card.render import average_label, interval, rec
 from components.comparison import chart, chart_row
 from components.models import model_name
-from components.specs import (BaseModelSpec, CalibrationSpec, EvalSpec, QuantizationSpec, Scheme, StoreSpec,
+from components.specs import (BaseModelSpec, CalibrationSpec, EvalSpec, QuantizationSpec, Scheme, Stores, StoreSpec,
                               StrictModel, VariantSpec)
 from flows.cache import key
 from components.outcomes import VariantOutcome
@@ -48,7 +48,7 @@ class SweepSpec(StrictModel):
                                           "`<base>-<suffix>-n<samples>-l<length>[-<dataset>]`; empty: `calibration` only.")
     quantization: QuantizationSpec = QuantizationSpec()
     evaluation: EvalSpec = EvalSpec()
-    stores: list[StoreSpec] = Field(default_factory=lambda: [StoreSpec()])
+    stores: Stores = Field(default_factory=lambda: [StoreSpec()])
     dispatch: Literal["local", "deployments"] = Field(
         "local", description="local: the variants one after another in this flow run's process; deployments: each a "
                              "run of `deployment` on its work pool, concurrently (needs a Prefect server and workers).")

@@ -198,6 +198,65 @@ def case_base_config_unreadable(ctx):
     return good(d, ctx.tmp), r"config.json is unreadable \(JSONDecodeError"
 
 
+def case_base_symlink_loop(ctx):
+    loop = ctx.tmp / "loop"
+    loop.symlink_to(loop)
+    return good(loop, ctx.tmp), r"'.*/loop': is a symlink loop \(a link that leads back to itself, ELOOP\): point it"
+
+
+def case_base_dangling_symlink(ctx):
+    link = ctx.tmp / "model-link"
+    link.symlink_to(ctx.tmp / "gone")
+    return good(link, ctx.tmp), r"model-link': is a symlink to '.*/gone', which does not exist: fix the link"
+
+
+def case_base_config_is_a_fifo(ctx):
+    d = _model_copy(ctx)
+    (d / "config.json").unlink()
+    os.mkfifo(d / "config.json")  # reading it would block preflight for ever
+    return good(d, ctx.tmp), r"config.json is not a regular file but a FIFO \(named pipe\): replace it"
+
+
+def case_weights_file_is_a_fifo(ctx):
+    d = _model_copy(ctx)
+    (d / "model.safetensors").unlink()
+    os.mkfifo(d / "model.safetensors")
+    return good(d, ctx.tmp), r"weight file model.safetensors is not a regular file: download or copy it again"
+
+
+def _config_edit(ctx, **changes) -> Path:
+    d = _model_copy(ctx)
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, **changes}))
+    return d
+
+
+def case_config_fewer_layers_than_the_weights(ctx):
+    """A 1-layer config over 2-layer weights: quantization would make a 1-layer checkpoint, evaluation fail later."""
+    return good(_config_edit(ctx, num_hidden_layers=1), ctx.tmp), \
+        r"config.json does not match its weights \(num_hidden_layers is 1 but the weights hold 2 layers \(0-1\)\): " \
+        r"use the config.json that came with these weights"
+
+
+def case_config_more_layers_than_the_weights(ctx):
+    return good(_config_edit(ctx, num_hidden_layers=3), ctx.tmp), \
+        r"config.json does not match its weights \(num_hidden_layers is 3 but the weights hold 2 layers"
+
+
+def case_config_other_vocabulary(ctx):
+    vocab = json.loads((ctx.tiny / "config.json").read_text())["vocab_size"]
+    return good(_config_edit(ctx, vocab_size=vocab + 64), ctx.tmp), \
+        rf"config.json does not match its weights \(vocab_size is {vocab + 64} but model.embed_tokens.weight has " \
+        rf"{vocab} rows"
+
+
+def case_config_other_tensor_shape(ctx):
+    """A shape only the model built from config.json shows (intermediate_size): named with both shapes."""
+    return good(_config_edit(ctx, intermediate_size=512), ctx.tmp), \
+        r"config.json does not match its weights \(model.layers.0.mlp.down_proj.weight is \[128, 256\] in the weights " \
+        r"but \[128, 512\] from config.json; "
+
+
 def case_base_without_weights(ctx):
     d = _model_copy(ctx)
     (d / "model.safetensors").unlink()
@@ -418,9 +477,36 @@ def case_s3_bad_bucket_name(ctx):
     return good(ctx.tiny, ctx.tmp, stores=[{"kind": "s3", "uri": "s3://Bad_Bucket/x"}]), r"invalid S3 bucket name 'Bad_Bucket'"
 
 
+def _answers_once_access_denied() -> str:
+    """An endpoint that answers (one request, 403 AccessDenied, as S3 answers an unsigned one), then closes."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Denied(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+            self.send_response(403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Denied)
+    server.timeout = 60
+
+    def once():
+        server.handle_request()
+        server.server_close()
+    threading.Thread(target=once, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}"
+
+
 def case_s3_no_credentials(ctx):
-    return good(ctx.tiny, ctx.tmp, stores=[{"kind": "s3", "uri": "s3://qf-bucket/x", "endpoint_url": "http://127.0.0.1:9"}]), \
-        r"no AWS credentials found for bucket 'qf-bucket'"
+    """The endpoint answers: only the missing credentials are the problem."""
+    store = {"kind": "s3", "uri": "s3://qf-bucket/x", "endpoint_url": _answers_once_access_denied()}
+    return good(ctx.tiny, ctx.tmp, stores=[store]), r"checking the bucket: no AWS credentials found for bucket 'qf-bucket'"
 
 
 def case_s3_unreachable(ctx):
@@ -454,9 +540,15 @@ def case_mlflow_unreachable(ctx):
     from servers import free_ports
 
     [port] = free_ports(1)
-    ctx.mp.setenv("QUANTFLOW_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}/?token=qf-not-shown")
+    ctx.mp.setenv("QUANTFLOW_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}/?view=qf-not-shown")
     return good(ctx.tiny, ctx.tmp), \
         rf"MLflow tracking server http://127.0.0.1:{port}/ \(QUANTFLOW_MLFLOW_TRACKING_URI\) does not answer"
+
+
+def case_mlflow_uri_with_a_token_in_its_query(ctx):
+    ctx.mp.setenv("QUANTFLOW_MLFLOW_TRACKING_URI", "http://127.0.0.1:9/?view=runs&access_token=qf-not-shown")
+    return good(ctx.tiny, ctx.tmp), \
+        r"'http://127.0.0.1:9/\?view=runs&access_token=\*\*\*' carries credentials in the URL.*MLFLOW_TRACKING_USERNAME"
 
 
 def case_mlflow_uri_with_credentials(ctx):
@@ -484,6 +576,31 @@ def case_calibration_bad_rows_named(ctx):
     return good(ctx.tiny, ctx.tmp, calibration__dataset=_jsonl(ctx, rows)), \
         r"4 rows .*\(line 10: messages are empty, .*; line 20: message 0 is missing a string role or content; " \
         r"line 30: messages are missing \(null\), [^;]*; \.\.\.\): fix or drop them"
+
+
+def case_calibration_empty_file(ctx):
+    return good(ctx.tiny, ctx.tmp, calibration__dataset=_jsonl(ctx, [])), \
+        r"calibration.dataset '.*calib.jsonl' is empty \(no rows\): give one with at least \d+ rows"
+
+
+def case_calibration_empty_parquet(ctx):
+    """Columns but no rows: empty, not 'column messages is missing'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = ctx.tmp / "calib.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), path)
+    return good(ctx.tiny, ctx.tmp, calibration__dataset=str(path), calibration__column="text",
+                calibration__apply_chat_template=False), r"calib.parquet' is empty \(no rows\)"
+
+
+def case_calibration_not_utf8(ctx):
+    path = Path(_jsonl(ctx, [{"messages": MESSAGES}] * 40))
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[6] = lines[6].replace(b"Hello!", b"Hell\xe9!")  # Latin-1, as a spreadsheet export may write
+    path.write_bytes(b"".join(lines))
+    return good(ctx.tiny, ctx.tmp, calibration__dataset=str(path)), \
+        r"calib.jsonl': not UTF-8 text \(line 7, column \d+ \(byte 0xe9\)\): save it as UTF-8"
 
 
 def case_calibration_later_line_not_json(ctx):
@@ -562,6 +679,17 @@ def case_hub_unreachable_not_offline(ctx):
     ctx.mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
     return good("qf-test-org/never-downloaded-model", ctx.tmp), \
         rf"cannot reach the Hub at {dead} \(\w+\) and the model is not in the local cache"
+
+
+def case_s3_dead_endpoint_without_credentials(ctx):
+    """boto3 refuses to sign without credentials before it sends anything: the dead endpoint is named too."""
+    from servers import free_ports
+
+    [port] = free_ports(1)
+    store = {"kind": "s3", "uri": "s3://qf-b/x", "endpoint_url": f"http://127.0.0.1:{port}"}
+    return good(ctx.tiny, ctx.tmp, stores=[store]), \
+        rf"cannot reach bucket 'qf-b' at http://127.0.0.1:{port} \(EndpointConnectionError\): check endpoint_url and " \
+        r"that the server runs; no AWS credentials were found either"
 
 
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]

@@ -7,8 +7,9 @@ Prefect and MLflow servers' databases and artifact stores), the MLflow runs (par
 downloaded), the registered model version, the Prefect flow run (parameters, logs, artifacts, task runs), and every
 object and its metadata in the bucket. None may hold any secret, raw, base64 or URL-encoded.
 
-Before that run, the same credentials are offered the way users put them where they do not belong, inside URLs (the
-S3 endpoint, the store URI, the Hub endpoint) through `quantflow run --spec`: refused before anything runs. The scan
+Before that run, the same credentials (and an AWS session token) are offered the way users put them where they do not
+belong, inside URLs (the S3 endpoint, the store URI, the Hub endpoint; as user info and as query parameters, e.g. a
+presigned URL's X-Amz-Security-Token) through `quantflow run --spec`: refused before any flow run exists. The scan
 then also reads what the command printed, the published manifests by name, every flow run's parameters in the
 Prefect database (through the API), every log record of every flow run, and every log file under the data dir.
 """
@@ -107,6 +108,7 @@ def test_no_secret_in_anything_a_run_leaves(tiny_model, data_root, tmp_path, mon
         ensure_bucket(s3, "qf-secrets")
         hf_token = "hf_" + secrets.token_hex(17)
         api_key = "pnu_" + secrets.token_hex(18)
+        sts_token = "FwoGZXIvYXdzE" + secrets.token_hex(24)  # the shape of an AWS session token
         use_only_these_aws_credentials(monkeypatch, s3, tmp_path)
         monkeypatch.setenv("HF_TOKEN", hf_token)
         monkeypatch.setenv("QUANTFLOW_FAKE_PREFECT_API_KEY", api_key)  # the shape of a Prefect Cloud key, in the env
@@ -119,7 +121,11 @@ def test_no_secret_in_anything_a_run_leaves(tiny_model, data_root, tmp_path, mon
                 {"kind": "s3", "uri": "s3://qf-secrets/checkpoints",
                  "endpoint_url": s3.endpoint_url.replace("://", f"://{s3.access_key}:{s3.secret_key}@")},
                 {"kind": "s3", "uri": f"s3://{s3.access_key}:{s3.secret_key}@qf-secrets/checkpoints"},
-                {"kind": "hub", "uri": "qf-org/x", "endpoint_url": f"https://{hf_token}@hub.example"}]):
+                {"kind": "hub", "uri": "qf-org/x", "endpoint_url": f"https://{hf_token}@hub.example"},
+                # and in the query string: a presigned URL's session token, a Hub token as a parameter
+                {"kind": "s3", "uri": "s3://qf-secrets/checkpoints",
+                 "endpoint_url": f"{s3.endpoint_url}/?X-Amz-Date=20261204T000000Z&X-Amz-Security-Token={sts_token}"},
+                {"kind": "hub", "uri": "qf-org/x", "endpoint_url": f"https://hub.example/?token={hf_token}"}]):
             bad = tmp_path / f"bad-{i}.yaml"
             bad.write_text(json.dumps({"base": {"source": str(tiny_model)}, "stores": [store]}))
             r = subprocess.run([cli, "run", "--spec", str(bad)], capture_output=True, text=True, timeout=120)
@@ -136,7 +142,8 @@ def test_no_secret_in_anything_a_run_leaves(tiny_model, data_root, tmp_path, mon
         outcome = state.result()
         flow_run_id = state.state_details.flow_run_id
 
-        scan = Scanner({"AWS secret key": s3.secret_key, "HF token": hf_token, "Prefect API key": api_key})
+        scan = Scanner({"AWS secret key": s3.secret_key, "HF token": hf_token, "Prefect API key": api_key,
+                        "AWS session token": sts_token})
 
         # 1. Files: QUANTFLOW_HOME, the servers' stores, the published folder.
         scan.tree("session data dir", data_root)
@@ -207,5 +214,5 @@ def test_no_secret_in_anything_a_run_leaves(tiny_model, data_root, tmp_path, mon
                   "Prefect logs (all runs)", "log files"):
         assert scan.seen.get(where), f"nothing read in {where}"
     assert scan.seen["bucket objects"] >= 5 and scan.seen["Prefect logs"] >= 5, scan.seen
-    assert scan.seen["published manifest"] >= 2 and scan.seen["CLI output"] == 3, scan.seen
+    assert scan.seen["published manifest"] >= 2 and scan.seen["CLI output"] == 5, scan.seen
     print({k: v for k, v in scan.seen.items()})

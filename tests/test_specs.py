@@ -4,6 +4,7 @@ from pydantic import ValidationError
 from components import recipes
 from components.evaluation.engine import choose_engine
 from components.specs import CalibrationSpec, VariantSpec
+from flows.sweep import SweepSpec
 
 
 def test_default_spec_is_the_embedded_default():
@@ -106,9 +107,33 @@ def test_credentials_in_any_url_are_refused_without_echoing_them(data, mechanism
     assert "carries credentials in the URL" in text and mechanism in text and "***@" in text
 
 
+@pytest.mark.parametrize("data, param", [
+    ({"stores": [{"kind": "s3", "uri": "s3://b/p",
+                  "endpoint_url": f"http://127.0.0.1:8333/?X-Amz-Date=20261204&X-Amz-Security-Token={SECRET}"}]},
+     "X-Amz-Security-Token"),
+    ({"stores": [{"kind": "s3", "uri": f"s3://b/p?X-Amz-Signature={SECRET}"}]}, "X-Amz-Signature"),
+    ({"stores": [{"kind": "s3", "uri": "s3://b/p", "endpoint_url": f"http://h:1/?X-Amz-Credential={SECRET}"}]},
+     "X-Amz-Credential"),
+    ({"stores": [{"kind": "hub", "uri": "org/x", "endpoint_url": f"https://hub.example/?token={SECRET}"}]}, "token"),
+    ({"calibration": {"dataset": f"https://blob.example/d.jsonl?sv=2024&sig={SECRET}"}}, "sig"),
+    ({"base": {"source": f"https://example.com/m?apiKey={SECRET}"}}, "apiKey"),
+    ({"evaluation": {"serving": {"prompts": f"https://example.com/p.jsonl#access_token={SECRET}"}}}, "access_token"),
+    ({"calibration": {"dataset": f"https://example.com/d.jsonl?user=me&password={SECRET}"}}, "password"),
+])
+def test_credentials_in_a_urls_query_are_refused_without_echoing_them(data, param):
+    """Presigned URLs, SAS and OAuth tokens, API keys: refused at the spec, before any flow run (and its stored
+    parameters) exists; the refusal names the parameter, never its value."""
+    with pytest.raises(ValidationError) as ei:
+        VariantSpec.model_validate(data)
+    text = str(ei.value) + "\n".join(validation_problems(ei.value)) + repr([e["msg"] for e in ei.value.errors()])
+    assert SECRET not in text, text
+    assert "carries credentials in the URL" in text and f"{param}=***" in text, text
+
+
 def test_urls_without_credentials_and_plain_at_signs_pass():
     StoreSpec(kind="s3", uri="s3://bucket/team@2024/x", endpoint_url="http://127.0.0.1:8333")
     StoreSpec(kind="hub", uri="org/name", endpoint_url="https://hub.example/path?x=a@b")
+    StoreSpec(kind="hub", uri="org/name", endpoint_url="https://hub.example/?design=1&keyword=2&X-Amz-Date=3")
     VariantSpec.model_validate({"calibration": {"dataset": "/data/me@host/chat.jsonl"}})
 
 
@@ -120,7 +145,9 @@ def test_json_schema_refuses_what_validation_refuses():
     validator = jsonschema.Draft202012Validator(schema)
     assert not list(validator.iter_errors(VariantSpec().model_dump(mode="json")))
     for bad in ({"evaluation": {"limt": 5}}, {"calibraton": {}},
-                {"stores": [{"kind": "s3", "uri": "s3://b/p", "endpoint_url": f"http://K:{SECRET}@h:1"}]}):
+                {"stores": [{"kind": "s3", "uri": "s3://b/p", "endpoint_url": f"http://K:{SECRET}@h:1"}]},
+                {"stores": [{"kind": "s3", "uri": "s3://b/p", "endpoint_url": f"http://h:1/?X-Amz-Signature={SECRET}"}]},
+                {"calibration": {"dataset": f"https://h/d.jsonl?sig={SECRET}"}}, {"stores": []}):
         assert list(validator.iter_errors(bad)), bad
 
 
@@ -132,6 +159,10 @@ def test_json_schema_refuses_what_validation_refuses():
     ("scheme: [unclosed\n", "not valid YAML or JSON at line 2, column 1"),
     ('{"scheme": "w8a8-int8"\n', "not valid YAML or JSON"),
     ("a: b\n\tc: d\n", "not valid YAML or JSON at line 2"),
+    ("calibration:\n  num_samples: 8\nscheme: fp8-dynamic\ncalibration:\n  num_samples: 16\n",
+     "key 'calibration' is given twice, at line 1 and line 4 (YAML would keep only the last): merge them into one"),
+    ("calibration:\n  num_samples: 8\n  seed: 1\n  num_samples: 16\n", "key 'num_samples' is given twice, at line 2 and line 4"),
+    ('{"scheme": "fp8-dynamic", "scheme": "w4a16"}', "key 'scheme' is given twice, at line 1 and line 1"),
 ])
 def test_spec_file_shapes_are_named_in_one_line(tmp_path, text, message):
     path = tmp_path / "spec.yaml"
@@ -140,6 +171,46 @@ def test_spec_file_shapes_are_named_in_one_line(tmp_path, text, message):
         load_spec_file(path)
     line = str(ei.value)
     assert line.startswith(f"spec file {path}: ") and message in line and "\n" not in line, line
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("calibration: &c {num_samples: 8, seed: 1}\nevaluation:\n  limit: 2\n")
+    assert load_spec_file(path)["calibration"] == {"num_samples": 8, "seed": 1}
+    path.write_text("x: &c {a: 1}\ny:\n  <<: *c\n  a: 2\n")  # an explicit key overriding a merged one
+    assert load_spec_file(path)["y"] == {"a": 2}
+
+
+def test_every_misspelt_field_is_one_problem():
+    """Three misspelt fields in two sections, beside a bad value: four problems, each named, none hiding another."""
+    with pytest.raises(ValidationError) as ei:
+        VariantSpec.model_validate({"evaluation": {"limt": 5, "sead": 1, "engine": "tensorrt"},
+                                    "calibration": {"num_sample": 4}})
+    found = validation_problems(ei.value)
+    assert sorted(found) == sorted([
+        "calibration: unknown field 'num_sample': did you mean 'num_samples'?",
+        "evaluation: unknown field 'limt': did you mean 'limit'?",
+        "evaluation: unknown field 'sead': did you mean 'seed'?",
+        "evaluation.engine: Input should be 'auto', 'vllm' or 'hf'"]), found
+
+
+def test_no_stores_is_an_error_with_the_fix():
+    """`stores: []` would publish nowhere without a word (and register no MLflow version)."""
+    for cls, data in ((VariantSpec, {"stores": []}), (SweepSpec, {"stores": []})):
+        with pytest.raises(ValidationError) as ei:
+            cls.model_validate(data)
+        [problem] = validation_problems(ei.value)
+        assert problem.startswith("stores: stores is empty") and "stores: [{kind: local}]" in problem, problem
+    assert VariantSpec.model_validate({"stores": [{"kind": "local"}]}).stores[0].kind == "local"
+
+
+@pytest.mark.parametrize("source", ["", "  "])
+def test_an_empty_model_is_named_as_empty(source):
+    """`--model ""` is an empty model id, not "the current directory has no config.json"."""
+    with pytest.raises(ValidationError) as ei:
+        VariantSpec.model_validate({"base": {"source": source}})
+    [problem] = validation_problems(ei.value)
+    assert problem.startswith("base.source: base.source is empty: give a Hub id"), problem
 
 
 def test_spec_file_missing_or_binary(tmp_path):

@@ -182,3 +182,27 @@ def test_a_recorded_variant_is_answered_from_its_stamp_only_while_mlflow_holds_i
         assert tracking.log_variant(record) not in (run_id, None)
     finally:
         settings.cache_clear()
+
+
+def test_a_dead_tracking_server_fails_in_seconds_naming_it(tmp_path, monkeypatch):
+    """A tracking server that is gone (here: a port nobody listens on) fails the MLflow step within seconds with its
+    URL, not after MLflow's own ~4 min of retries (7, backoff factor 2); the HTTP settings are ours unless set."""
+    import time
+
+    from servers import free_ports
+
+    [port] = free_ports(1)
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("QUANTFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("QUANTFLOW_MLFLOW_TRACKING_URI", url)
+    settings.cache_clear()
+    try:
+        record = variant_record(tmp_path, "tiny-dead", "tiny-dead-w8a8")
+        start = time.monotonic()
+        with pytest.raises(tracking.TrackingError) as ei:
+            tracking.log_variant(record)
+        took = time.monotonic() - start
+    finally:
+        settings.cache_clear()
+    assert f"MLflow tracking at {url} could not record 'tiny-dead-w8a8'" in str(ei.value), ei.value
+    assert took < 60, f"{took:.0f} s before the failure"

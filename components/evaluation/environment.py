@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import subprocess
 import sys
+import time
+import uuid
 from collections import deque
 from pathlib import Path
 
@@ -90,6 +93,24 @@ def run(argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None
 
 
 def failed(message: str, log: Path) -> EvaluationError:
-    """`message`, then the last 15 lines of the subprocess's log."""
-    with open(log, errors="replace") as f:
-        return EvaluationError(f"{message}:\n{''.join(deque(f, maxlen=15))}")
+    """`message`, where the subprocess's log is kept, then its last 15 lines. The log is moved first to
+    `$QUANTFLOW_HOME/logs/failed/`: it was written in the step's temporary folder, which goes when the step fails."""
+    kept = keep_log(log)
+    try:
+        with open(kept, errors="replace") as f:
+            tail = "".join(deque(f, maxlen=15))
+    except OSError as e:
+        tail = f"(the log cannot be read: {e.strerror})\n"
+    return EvaluationError(f"{message} (log: {kept}); its last lines:\n{tail}")
+
+
+def keep_log(log: Path) -> Path:
+    """`log` moved out of its (temporary) folder to `$QUANTFLOW_HOME/logs/failed/<time>-<folder>-<id>-<name>`; where
+    it is now (left in place when it cannot move)."""
+    folder = log.parent.name.split(".partial-")[0][:40]
+    dest = settings().path("logs", "failed") / f"{time.strftime('%Y%m%d-%H%M%S')}-{folder}-{uuid.uuid4().hex[:6]}-{log.name}"
+    try:
+        shutil.move(log, dest)
+    except OSError:
+        return log
+    return dest

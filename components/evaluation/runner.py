@@ -72,7 +72,7 @@ def run_suite(model_path: str, suite: Suite, s: EngineSettings, out_dir: Path, l
         log_file = out_dir / f"run{i}.log"
         rc = environment.run(full, log_file, environment.engine_env(s, gpus), cwd=include or out_dir)
         if rc != 0:
-            raise environment.failed(f"lm_eval exited with {rc} (log: {log_file}); last lines", log_file)
+            raise environment.failed(f"lm_eval exited with {rc}", log_file)
         score_outside_lm_eval(run_dir, suite, argv)
         scores.update(parse_dir(run_dir, suite))
     missing = [t.task for t in suite.tasks if t.task not in scores]

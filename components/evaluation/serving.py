@@ -154,15 +154,15 @@ def measure(model_path: str, s: EngineSettings, spec: ServingSpec, out_dir: Path
             try:
                 wait_http(f"http://127.0.0.1:{port}/health", server, server_log, timeout=900)
             except (RuntimeError, TimeoutError) as e:
-                raise environment.failed(f"vllm serve did not come up (log: {server_log})", server_log) from e
+                raise environment.failed("vllm serve did not come up", server_log) from e
             rc = environment.run([python, "-m", "vllm.entrypoints.cli.main", *bench[1:]], bench_log, env)
             if rc != 0:
-                raise environment.failed(f"vllm bench serve exited with {rc} (log: {bench_log})", bench_log)
+                raise environment.failed(f"vllm bench serve exited with {rc}", bench_log)
     finally:
         stop(server)
     doc = json.loads((out_dir / "serving.json").read_text())
     if doc["completed"] == 0:
-        raise EvaluationError(f"vllm bench serve completed no request (log: {bench_log})")
+        raise environment.failed("vllm bench serve completed no request", bench_log)
     loaded = re.search(r"Model loading took ([\d.]+) ?GiB", server_log.read_text(errors="replace"))
     return ServingResult(
         output_tok_s=doc["output_throughput"], total_tok_s=doc["total_token_throughput"],

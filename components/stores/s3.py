@@ -156,9 +156,28 @@ class S3Store:
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") not in MISSING_BUCKET_CODES or not self.create_bucket:
                 out.append(str(self._error(e, "checking the bucket")))
+        except NoCredentialsError as e:  # boto3 stops before sending: is the endpoint there at all?
+            unreachable = self._unreachable(session, kwargs, cfg)
+            out.append(f"checking the bucket: cannot reach {self.where} ({unreachable}): check endpoint_url and that "
+                       "the server runs; no AWS credentials were found either (set AWS_ACCESS_KEY_ID/"
+                       "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or a credentials block)" if unreachable
+                       else str(self._error(e, "checking the bucket")))
         except Exception as e:  # noqa: BLE001
             out.append(str(self._error(e, "checking the bucket")))
         return out
+
+    def _unreachable(self, session, kwargs: dict, cfg: Config) -> str | None:
+        """Why the endpoint does not answer an unsigned request (any S3 answer, even AccessDenied, is an answer)."""
+        from botocore import UNSIGNED
+
+        client = session.client("s3", config=cfg.merge(Config(signature_version=UNSIGNED)), **kwargs)
+        try:
+            client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+        except ClientError:
+            return None
+        except Exception as e:  # noqa: BLE001 - no answer: the reason, by its type
+            return type(e).__name__
+        return None
 
     def _ensure_bucket(self) -> None:
         if self._bucket_checked:
