@@ -130,6 +130,7 @@ def _memory(c: _Checks, scheme: SchemeDef, base: BaseInfo, here) -> tuple[Memory
         c.problem(f"quantization.placement 'gpu': the whole model does not fit on {machine.gpus} GPU(s) of "
                   f"{machine.gpu_bytes / 1e9:.1f} GB ({'; '.join(memory.lines()[:1])}): use auto or sequential")
     c.notes.append("memory plan: " + "; ".join(memory.lines()))
+    c.notes += mp.advice(shape, calib, mp.quantization_of(scheme), memory)
     return memory, mp.settings_for(q, memory, machine)
 
 
