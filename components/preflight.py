@@ -25,7 +25,7 @@ from typing import Callable
 from pydantic import ValidationError
 
 from components import calibration, models, overlap, preflight_memo, recipes, stores
-from components.evaluation import environment, references, suites
+from components.evaluation import environment, fit, references, suites
 from components.evaluation.engine import planned as engine_planned
 from components.evaluation.engine import settings_for as engine_settings
 from components.evaluation.command import EngineSettings
@@ -218,6 +218,8 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     planned = engine_planned(ev, scheme, platform)  # the suite is checked against the lm-eval that will run it
     tasks = c.guard("evaluation.engine", environment.lm_eval_tasks, planned) if planned else None
     suite = c.found(f"evaluation.suite {ev.suite!r}", suites.inspect, ev.suite, tasks)
+    ev = c.found("evaluation.tensor_parallel_size", fit.check, ev, base.config_json if base is not None else None,
+                 scheme, suite, here, platform, planned) or fit.concrete(ev)  # base and variant fit vLLM's GPUs
     engine = c.found("evaluation.engine", engine_settings, ev, scheme, suite, base_name, positions, platform, gpus)
     serving = c.found("evaluation.serving", serving_check, ev.serving, engine, base_name, positions)
     reference = None
