@@ -89,3 +89,33 @@ def test_each_vllm_worker_gets_its_share_of_the_cores(monkeypatch):
     assert engine_env(EngineSettings(engine="vllm", platform="cuda", tensor_parallel_size=4))["OMP_NUM_THREADS"] == "4"
     assert engine_env(EngineSettings(engine="vllm", platform="cuda", tensor_parallel_size=1))["OMP_NUM_THREADS"] == "16"
     assert engine_env(EngineSettings(engine="vllm", platform="cpu"))["OMP_NUM_THREADS"] == "16"
+
+
+def test_preflight_refuses_a_base_that_does_not_fit_before_any_quantization(tmp_path, monkeypatch):
+    """A 70B (config.json and a tokenizer: preflight reads no weights) on one H200, as torch would count it: the
+    evaluation fit is one of preflight's problems, so the flow stops before quantizing (it runs preflight first)."""
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from components import memory_plan as mp
+    from components.evaluation import engine, environment
+    from components.preflight import PreflightError, preflight
+
+    base = tmp_path / "llama-70b"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps(CONFIG))
+    vocab = {f"t{i}": i for i in range(CONFIG["vocab_size"])}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), unk_token="t0",
+                            eos_token="t1", bos_token="t2").save_pretrained(base)
+    monkeypatch.setattr(mp, "machine_now", lambda disk: machine(1, H200))
+    monkeypatch.setattr(engine, "detect_platform", lambda: "cuda")
+    monkeypatch.setattr(environment, "problems", lambda: [])  # vLLM's environment, as on a GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(PreflightError) as e:
+        preflight({"base": {"source": str(base)}, "scheme": "fp8-static",
+                   "calibration": {"source": "random", "num_samples": 8, "max_seq_length": 64},
+                   "evaluation": {"engine": "vllm", "suite": "openllm-v1-2024"},
+                   "stores": [{"kind": "local", "uri": str(tmp_path / "published")}]})
+    assert any(p.startswith("evaluation: the base model does not fit vLLM at tensor_parallel_size 1: 141.1 GB")
+               for p in e.value.problems), e.value.problems

@@ -259,11 +259,12 @@ def g1(run: Run, scheme_name: str, samples: int, seq_len: int) -> dict:
     if how.activation_offload == "cuda":
         layer_gpu += plan2.activation_cache_bytes
     measured_gpu = max(peaks.values()) if peaks else None
-    cache_ok = abs(_err(sum(planned.values()), measured_total) or 1) <= TOLERANCE
+    cache_error = _err(sum(planned.values()), measured_total)
+    cache_ok = cache_error is not None and abs(cache_error) <= TOLERANCE
     gpu_ok = measured_gpu is None or abs(_err(layer_gpu, measured_gpu)) <= TOLERANCE
     return {"placement": how.placement, "activation_offload": how.activation_offload, "wall_s": round(wall, 1),
             "cache_measured": dict(cache), "cache_planned": {k: int(v) for k, v in planned.items()},
-            "cache_error": _err(sum(planned.values()), measured_total),
+            "cache_error": cache_error,
             "gpu_per_layer_measured": {str(k): v for k, v in peaks.items()}, "gpu_per_layer_planned": int(layer_gpu),
             "gpu_error": _err(layer_gpu, measured_gpu) if measured_gpu else None,
             "host_rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
