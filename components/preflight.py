@@ -142,7 +142,7 @@ def _overlap(spec: VariantSpec, memory: MemoryPlan | None, how: Settings, engine
 
     split, problems = overlap.resolve(spec.evaluation.overlap_base, memory, how, here or machine_now(Path.cwd()),
                                       overlap.evaluation_gpus(engine), base_evaluated)
-    return split, problems, [split.note()] if split.overlap else []
+    return split, problems, [split.note()] if split.overlap or split.base_first else []
 
 
 # --- disk: every copy the run writes, against the free space where it lands ------------------------

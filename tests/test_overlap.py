@@ -43,9 +43,15 @@ def test_without_a_gpu_auto_keeps_them_in_sequence_and_true_shares_the_cpu():
 
 
 def test_one_h200_has_no_room_for_both():
-    """Seed sizes on one H200: quantization takes the card (one layer at a time on cuda:0), the evaluation needs one."""
+    """Seed sizes on one H200: quantization takes the card (one layer at a time on cuda:0), the evaluation needs one:
+    in sequence, the base evaluation first, so that it fails (if it does) before hours of quantization."""
     for seed in (SEED_000, SEED_002):
-        assert decide("auto", seed, H200, 1) == (Split(), [])
+        assert decide("auto", seed, H200, 1) == (Split(base_first=True), [])
+        assert decide(False, seed, H200, 1) == (Split(base_first=True), [])
+    assert Split(base_first=True).note() == ("evaluation.overlap_base: the base model is evaluated first, then the "
+                                             "variant quantized (no GPUs for both at once)")
+    # a published baseline: no base evaluation to put first
+    assert decide("auto", SEED_000, H200, 1, base_evaluated=False) == (Split(), [])
 
 
 def test_eight_h100s_quantize_on_the_first_and_evaluate_on_the_next():
@@ -56,7 +62,7 @@ def test_eight_h100s_quantize_on_the_first_and_evaluate_on_the_next():
     assert not set(split.quantize_gpus) & set(split.eval_gpus)
     # seed 002's 279 GB cache waits in host RAM: quantization keeps to cuda:0 and the evaluation takes the next TP
     assert decide("auto", SEED_002, H100x8, 4)[0].eval_gpus == [1, 2, 3, 4]
-    assert decide("auto", SEED_002, H100x8, 8) == (Split(), [])  # 1 + 8 of 8: in sequence
+    assert decide("auto", SEED_002, H100x8, 8) == (Split(base_first=True), [])  # 1 + 8 of 8: in sequence, base first
     # a published baseline stands in for the base evaluation: nothing to overlap, whatever the spec says
     assert decide(True, SEED_000, H100x8, 4, base_evaluated=False) == (Split(), [])
 
