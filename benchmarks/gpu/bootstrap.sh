@@ -1,7 +1,8 @@
 #!/bin/sh
 # Carried wheels for the GPU check (benchmarks/gpu/README.md).
 #   bootstrap.sh download [DIR]        here, where a package index is reachable: the wheels into DIR
-#                                      (default benchmarks/gpu/wheels, git-ignored), for Python 3.11 and 3.12 (the pins need 3.11 or later)
+#                                      (default benchmarks/gpu/wheels, git-ignored), for Python 3.11 and 3.12
+#                                      (PY_VERSIONS; the pins need 3.11 or later)
 #   bootstrap.sh install VENV [DIR]    on the lent machine, offline: a venv that keeps the machine's torch and
 #                                      transformers (--system-site-packages) plus the carried wheels, then an import check
 # REQUIREMENTS overrides the list (benchmarks/gpu/requirements.txt); PYTHON the interpreter (default python3);
