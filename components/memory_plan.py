@@ -1,11 +1,13 @@
-"""Memory plan for quantizing a model on a machine: what has to fit where, and the placement that makes it fit (pure).
+"""Memory plan for quantizing a model on a machine: what each device holds, and the placement that fits (pure).
 
-llm-compressor calibrates layer by layer (its sequential pipeline): the current decoder layer, the cached inputs of
-every calibration sample to that layer, one batch's forward workspace and, for GPTQ, one fp32 Hessian per linear input
-must be on the GPU at once; the rest of the model can wait in host RAM (`set_onload_device`: the model is loaded on the
-CPU and each layer onloaded in turn) and the activation cache can be offloaded (`sequential_offload_device`). The plan
-sizes each of these from config.json and the calibration size, picks the fastest placement that fits, and refuses with
-the numbers when none does. Figures are arithmetic, not measurements: docs/scaling.md puts them beside measured ones.
+llm-compressor calibrates layer by layer (its sequential pipeline) on its main device, cuda:0: the current decoder
+layer, one batch's inputs and forward workspace and, for GPTQ, one fp32 Hessian per linear input; the rest of the model
+can wait in host RAM (`set_onload_device`: the model is loaded on the CPU and each layer onloaded in turn) and the cache
+of every sample's inputs to the next layer (hidden states, and with the eager attention calibration forces, the causal
+mask and rotary cos/sin: `cache_parts`) on cuda:1, cuda:0 or the CPU (`sequential_offload_device`). The plan sizes
+each of these from config.json and the calibration size, picks the fastest placement that fits each device, and
+refuses with the numbers when none does. The cache figure is measured against llm-compressor on CPU
+(tests/test_memory_plan_cache.py); the rest is arithmetic: docs/scaling.md says which is which.
 """
 from __future__ import annotations
 
