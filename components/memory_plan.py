@@ -209,7 +209,7 @@ def hours(shape: ModelShape, calib: Calibration, q: Quantization) -> float:
 
 def advice(shape: ModelShape, calib: Calibration, q: Quantization, memory: "MemoryPlan") -> list[str]:
     """A warning when the calibration is larger than llm-compressor's maintainers advise, with what it costs here."""
-    if calib.num_samples * calib.seq_len <= ADVISED_SAMPLES * ADVISED_SEQ_LEN:
+    if calib.num_samples <= ADVISED_SAMPLES and calib.seq_len <= ADVISED_SEQ_LEN:
         return []
     return [f"calibration {calib.num_samples} x {calib.seq_len} tokens is more than llm-compressor's maintainers "
             f"advise (256-{ADVISED_SAMPLES} samples x {ADVISED_SEQ_LEN}): the cache between layers holds "

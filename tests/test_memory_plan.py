@@ -77,6 +77,9 @@ def test_a_calibration_larger_than_advised_is_warned_with_its_cost():
                        "calibration takes ~14.2 H200-hours (arithmetic); fewer or shorter samples cost less")
     advised = (Calibration(num_samples=512, seq_len=2048), SEED_000[1])
     assert advice(seventy, *advised, plan(seventy, *advised, H200)) == []
+    for n, s in ((1024, 512), (256, 4096)):  # more samples, or longer ones, than advised: warned whatever the product
+        calib = (Calibration(num_samples=n, seq_len=s), SEED_000[1])
+        assert advice(seventy, *calib, plan(seventy, *calib, H200))[0].startswith(f"calibration {n} x {s} tokens")
 
 
 def test_a_model_that_fits_goes_whole_onto_the_gpu():
