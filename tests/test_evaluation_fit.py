@@ -69,6 +69,11 @@ def test_an_explicit_tp_is_checked_and_cpu_or_hf_are_not_sized():
     assert (ev.tensor_parallel_size, problems) == (1, [])
     ev, problems, _ = fit.check(EvalSpec(), CONFIG, recipes.load("fp8-static"), SUITE, machine(1, H200), "cuda", "hf")
     assert (ev.tensor_parallel_size, problems) == (1, [])
+    # a config the plan cannot read is not a problem of the spec: no check, TP 1, and a note saying so
+    odd = {k: v for k, v in CONFIG.items() if k != "hidden_size"}
+    ev, problems, notes = fit.check(EvalSpec(), odd, recipes.load("fp8-static"), SUITE, machine(1, H200), "cuda", "vllm")
+    assert (ev.tensor_parallel_size, problems, notes) == (1, [], ["evaluation: no GPU fit check (the base's config has "
+                                                                  "no 'hidden_size')"])
 
 
 def test_the_spec_takes_auto_or_a_positive_number():

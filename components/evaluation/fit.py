@@ -122,7 +122,10 @@ def check(ev, config: dict | None, scheme, suite, machine, platform: str | None,
     platform = platform or detect_platform()
     if engine != "vllm" or platform != "cuda" or config is None or machine is None or scheme is None or suite is None:
         return concrete(ev), [], []
-    shape = mp.shape_from_config(config)
+    try:
+        shape = mp.shape_from_config(config)
+    except (KeyError, TypeError, ValueError) as e:  # not a Llama-style config: vLLM finds out for itself
+        return concrete(ev), [], [f"evaluation: no GPU fit check (the base's config has no {e})"]
     size = mp.sizes(shape, mp.Calibration(num_samples=0, seq_len=0), mp.quantization_of(scheme))
     kv = kv_bytes_per_token(shape)
     models = [Evaluated(what="variant", weights_bytes=size["checkpoint"], kv_bytes_per_token=kv)]
