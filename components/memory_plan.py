@@ -1,14 +1,17 @@
-"""Memory plan for quantizing a model on a machine: what has to fit where, and the placement that makes it fit (pure).
+"""Memory plan for quantizing a model on a machine: what each device holds, and the placement that fits (pure).
 
-llm-compressor calibrates layer by layer (its sequential pipeline): the current decoder layer, the cached inputs of
-every calibration sample to that layer, one batch's forward workspace and, for GPTQ, one fp32 Hessian per linear input
-must be on the GPU at once; the rest of the model can wait in host RAM (`set_onload_device`: the model is loaded on the
-CPU and each layer onloaded in turn) and the activation cache can be offloaded (`sequential_offload_device`). The plan
-sizes each of these from config.json and the calibration size, picks the fastest placement that fits, and refuses with
-the numbers when none does. Figures are arithmetic, not measurements: docs/scaling.md puts them beside measured ones.
+llm-compressor calibrates layer by layer (its sequential pipeline) on its main device, cuda:0: the current decoder
+layer, one batch's inputs and forward workspace and, for GPTQ, one fp32 Hessian per linear input; the rest of the model
+can wait in host RAM (`set_onload_device`: the model is loaded on the CPU and each layer onloaded in turn) and the cache
+of every sample's inputs to the next layer (hidden states, and with the eager attention calibration forces, the causal
+mask and rotary cos/sin: `cache_parts`) on cuda:1, cuda:0 or the CPU (`sequential_offload_device`). The plan sizes
+each of these from config.json and the calibration size, picks the fastest placement that fits each device, and
+refuses with the numbers when none does. The cache figure is measured against llm-compressor on CPU
+(tests/test_memory_plan_cache.py); the rest is arithmetic: docs/scaling.md says which is which.
 """
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -116,14 +119,17 @@ Placement = Literal["gpu", "sequential", "cpu"]
 class MemoryPlan(BaseModel):
     weights_bytes: float
     layer_bytes: float
-    activation_cache_bytes: float
+    activation_cache_bytes: float = Field(description="the intermediates cache between layers: hidden states, eager "
+                                                      "causal mask, rotary cos/sin, position ids (cache_parts)")
+    mask_cache_bytes: float = 0.0
     hessian_bytes: float
     workspace_bytes: float
     checkpoint_bytes: float
     placement: Placement | None = Field(description="gpu: whole model on the GPU(s); sequential: model in host RAM, "
                                                     "one layer onloaded at a time; cpu: no GPU; None: nothing fits")
     activation_offload: str | None = Field(description="where the calibration activations wait between layers")
-    gpu_peak_bytes: float
+    devices: dict[str, float] = Field(default_factory=dict, description="bytes each device holds at its peak")
+    gpu_peak_bytes: float = Field(description="the fullest GPU's peak (cuda:0 but where the cache alone is larger)")
     host_peak_bytes: float
     problems: list[str] = Field(default_factory=list)
 
@@ -134,41 +140,91 @@ class MemoryPlan(BaseModel):
     def lines(self) -> list[str]:
         """The plan as a person reads it, sizes in GB."""
         out = [f"weights {_gb(self.weights_bytes)}, one layer {_gb(self.layer_bytes)}, calibration activations "
-               f"{_gb(self.activation_cache_bytes)}, GPTQ Hessians per layer {_gb(self.hessian_bytes)}, forward workspace "
+               f"{_gb(self.activation_cache_bytes)} (of which the causal mask {_gb(self.mask_cache_bytes)}), GPTQ Hessians per layer {_gb(self.hessian_bytes)}, forward workspace "
                f"{_gb(self.workspace_bytes)}, checkpoint {_gb(self.checkpoint_bytes)}"]
         if self.placement:
-            out.append(f"placement: {self.placement}, activations on {self.activation_offload}; peak GPU "
-                       f"{_gb(self.gpu_peak_bytes)}, peak host {_gb(self.host_peak_bytes)}")
+            per_device = ", ".join(f"{k} {_gb(v)}" for k, v in self.devices.items())
+            out.append(f"placement: {self.placement}, activations on {self.activation_offload}; peak {per_device}")
         return out + self.problems
+
+
+def cache_parts(shape: ModelShape, calib: Calibration) -> dict[str, float]:
+    """Bytes llm-compressor 0.14's sequential pipeline holds in its IntermediatesCache between two decoder layers, by
+    kind (read from its source and measured on CPU by tests/test_memory_plan.py):
+
+    - hidden: each sample's hidden states (s x hidden, model dtype); a layer's outputs replace its inputs batch by
+      batch, so one copy, plus `in_flight`: one batch's outputs stored before its inputs are deleted;
+    - mask: calibration forces eager attention (`calibration_forward_context`), so the traced graph carries the dense
+      (batch, 1, s, s) causal mask in the model dtype to every layer: samples x s^2 x 2 B, as large as the hidden
+      states when s equals the hidden size (8192 for a 70B Llama);
+    - rotary: cos and sin, (1, s, head_dim) each per batch (computed from position ids shared by the batch);
+    - positions: position ids, (1, s) int64 per batch.
+    """
+    b, n, s = shape.dtype_bytes, calib.num_samples, calib.seq_len
+    batches = math.ceil(n / calib.batch_size) if n else 0
+    return {"hidden": n * s * shape.hidden * b, "mask": n * s * s * b, "rotary": batches * 2 * s * shape.head_dim * b,
+            "positions": batches * s * 8, "in_flight": min(calib.batch_size, n) * s * shape.hidden * b}
 
 
 def sizes(shape: ModelShape, calib: Calibration, q: Quantization) -> dict[str, float]:
     """Bytes of each thing that has to fit somewhere."""
     b, h = shape.dtype_bytes, shape.hidden
     linears = shape.linear_shapes()
-    tokens = calib.num_samples * calib.seq_len
-    # One copy of the cache: llm-compressor replaces each batch's inputs by its outputs as it goes.
-    activations = tokens * h * b
-    # A batch through one layer: attention projections and the MLP's three intermediates (bf16); the attention scores
-    # and their fp32 softmax (the traced graph passes an explicit mask, so SDPA takes its math kernel); for GPTQ, the
-    # fp32 copy of a linear's input accumulated into its Hessian, and the solve's fp32 Hessian inverse and weights.
+    cache = cache_parts(shape, calib)
+    # A batch through one layer: its cached inputs onloaded (hidden states, mask, rotary) and its outputs; attention
+    # projections and the MLP's three intermediates (bf16); the attention scores and their fp32 softmax (eager);
+    # for GPTQ, the fp32 copy of a linear's input accumulated into its Hessian, and the solve's fp32 Hessian inverse
+    # and weights.
     batch = min(calib.batch_size, max(calib.num_samples, 1))
     batch_tokens = batch * calib.seq_len
-    workspace = batch_tokens * (4 * h + 3 * shape.intermediate) * b + batch * shape.heads * calib.seq_len ** 2 * (b + 4)
+    share = batch / max(calib.num_samples, 1)
+    onloaded = (cache["hidden"] + cache["mask"]) * share + cache["in_flight"]
+    workspace = onloaded + batch_tokens * (4 * h + 3 * shape.intermediate) * b + batch * shape.heads * calib.seq_len ** 2 * (b + 4)
     if q.gptq:
         workspace += batch_tokens * shape.intermediate * 4 + max(a * a for a, _ in linears) * 4 + max(a * o for a, o in linears) * 4
     hessians = sum(a * a * 4 for a, _ in linears) if q.gptq else 0.0
     quantized_linears = sum(a * o for a, o in linears) * shape.layers
     scales = sum(o * (a // q.group_size if q.group_size else 1) for a, o in linears) * shape.layers * 2
     unquantized = shape.params - quantized_linears
-    return {"weights": shape.params * b, "layer": shape.layer_params * b, "activations": activations,
-            "hessians": hessians, "workspace": workspace,
+    return {"weights": shape.params * b, "layer": shape.layer_params * b, "activations": sum(cache.values()),
+            **{f"cache_{k}": v for k, v in cache.items()}, "hessians": hessians, "workspace": workspace,
             "checkpoint": quantized_linears * q.weight_bits / 8 + scales + unquantized * b}
 
 
+# Calibration size llm-compressor's maintainers advise: its examples start at 256-512 samples x 2048 tokens, and they
+# call 1024 samples "excessively high" (vllm-project/llm-compressor issue #2039, 2025-12-17).
+ADVISED_SAMPLES, ADVISED_SEQ_LEN = 512, 2048
+# Calibration seconds per 70B-shaped decoder layer per 0.5 M calibration tokens, measured on one H200 (issue 12,
+# docs/scaling.md): scaled by layer size for other models; arithmetic, not a promise.
+H200_S_PER_LAYER_PER_HALF_M = {False: 13.9, True: 40.0}
+_LLAMA_70B_LAYER_PARAMS = 855_654_400
+
+
+def hours(shape: ModelShape, calib: Calibration, q: Quantization) -> float:
+    """Calibration time on one H200, arithmetic from the measured rate (linear in tokens and layer size)."""
+    tokens = calib.num_samples * calib.seq_len
+    per_layer = H200_S_PER_LAYER_PER_HALF_M[q.gptq] * tokens / 524_288 * shape.layer_params / _LLAMA_70B_LAYER_PARAMS
+    return per_layer * shape.layers / 3600
+
+
+def advice(shape: ModelShape, calib: Calibration, q: Quantization, memory: "MemoryPlan") -> list[str]:
+    """A warning when the calibration is larger than llm-compressor's maintainers advise, with what it costs here."""
+    if calib.num_samples <= ADVISED_SAMPLES and calib.seq_len <= ADVISED_SEQ_LEN:
+        return []
+    return [f"calibration {calib.num_samples} x {calib.seq_len} tokens is more than llm-compressor's maintainers "
+            f"advise (256-{ADVISED_SAMPLES} samples x {ADVISED_SEQ_LEN}): the cache between layers holds "
+            f"{_gb(memory.activation_cache_bytes)} (peak host RAM {_gb(memory.host_peak_bytes)}) and calibration "
+            f"takes ~{hours(shape, calib, q):,.1f} H200-hours (arithmetic); fewer or shorter samples cost less"]
+
+
 def plan(shape: ModelShape, calib: Calibration, q: Quantization, machine: Machine) -> MemoryPlan:
-    """The fastest placement that fits: everything on the GPU(s); else the model in host RAM with one layer onloaded
-    at a time and the activations on a second GPU, beside the layer, or in host RAM, the first of these that fits."""
+    """The fastest placement llm-compressor can honour, planned per device. Everything llm-compressor's sequential
+    pipeline runs goes to its main device, cuda:0 (`set_onload_device(model, cuda:0)`): the layer being calibrated,
+    its Hessians, a batch's workspace, and the activation cache when it waits on "cuda". So the whole model goes on
+    the GPU only when it fits beside all that on cuda:0 alone (a device map spreading it over several cards would give
+    cuda:0 its share of the weights too); else the model waits in host RAM, one layer onloaded at a time, with the
+    activations on cuda:1 (llm-compressor's advice with two GPUs or more), beside the layer on cuda:0, or in host RAM,
+    the first of these that fits. Each device gets at most HEADROOM of its memory."""
     s = sizes(shape, calib, q)
     per_layer = s["layer"] + s["hessians"] + s["workspace"]
     gpu_room = machine.gpu_bytes * HEADROOM
@@ -176,31 +232,31 @@ def plan(shape: ModelShape, calib: Calibration, q: Quantization, machine: Machin
     problems: list[str] = []
     placement: Placement | None = None
     offload = "cpu"
-    gpu_peak = host_peak = 0.0
+    devices: dict[str, float] = {}
 
     if machine.gpus == 0:
-        host_peak = s["weights"] + s["activations"] + s["hessians"] + s["workspace"]
+        devices = {"cpu": s["weights"] + s["activations"] + s["hessians"] + s["workspace"]}
         placement = "cpu"
-        if host_peak > host_room:
+        if devices["cpu"] > host_room:
             placement = None
             problems.append(f"no GPU, and host RAM {_gb(machine.host_bytes)} cannot hold the weights, activations and "
-                            f"Hessians ({_gb(host_peak)}): use a GPU machine, or fewer/shorter calibration samples")
+                            f"Hessians ({_gb(devices['cpu'])}): use a GPU machine, or fewer/shorter calibration samples")
     else:
-        total_gpu = gpu_room * machine.gpus
-        whole = s["weights"] + s["hessians"] + s["workspace"]
-        if whole + s["activations"] <= total_gpu:
-            placement, offload, gpu_peak = "gpu", "cuda", whole + s["activations"]
-            host_peak = s["layer"]  # loading streams the weights through one shard's worth of host memory
+        whole = s["weights"] + s["hessians"] + s["workspace"] + s["activations"]
+        if whole <= gpu_room:
+            placement, offload = "gpu", "cuda"
+            devices = {"cuda:0": whole, "cpu": s["layer"]}  # loading streams the weights through one shard
         elif per_layer <= gpu_room:
             placement = "sequential"
             if machine.gpus > 1 and s["activations"] <= gpu_room:
-                offload, gpu_peak = "cuda:1", per_layer
+                offload = "cuda:1"
+                devices = {"cuda:0": per_layer, "cuda:1": s["activations"], "cpu": s["weights"]}
             elif per_layer + s["activations"] <= gpu_room:
-                offload, gpu_peak = "cuda", per_layer + s["activations"]
+                offload = "cuda"
+                devices = {"cuda:0": per_layer + s["activations"], "cpu": s["weights"]}
             else:
-                gpu_peak = per_layer
-            host_peak = s["weights"] + (s["activations"] if offload == "cpu" else 0)
-            if host_peak > host_room:
+                devices = {"cuda:0": per_layer, "cpu": s["weights"] + s["activations"]}
+            if devices["cpu"] > host_room:
                 placement = None
                 problems.append(f"host RAM {_gb(machine.host_bytes)} cannot hold the model ({_gb(s['weights'])})"
                                 + (f" and the calibration activations ({_gb(s['activations'])})" if offload == "cpu" else "")
@@ -210,10 +266,13 @@ def plan(shape: ModelShape, calib: Calibration, q: Quantization, machine: Machin
                             f"more than a GPU's {_gb(machine.gpu_bytes)}: use a bigger GPU or a smaller batch_size")
     if s["checkpoint"] > machine.disk_free_bytes:
         problems.append(f"the checkpoint needs ~{_gb(s['checkpoint'])} on disk, {_gb(machine.disk_free_bytes)} free")
+    gpu_peak = max((v for k, v in devices.items() if k.startswith("cuda")), default=0.0)
     return MemoryPlan(weights_bytes=s["weights"], layer_bytes=s["layer"], activation_cache_bytes=s["activations"],
-                      hessian_bytes=s["hessians"], workspace_bytes=s["workspace"], checkpoint_bytes=s["checkpoint"],
-                      placement=placement, activation_offload=offload if placement else None,
-                      gpu_peak_bytes=gpu_peak, host_peak_bytes=host_peak, problems=problems)
+                      mask_cache_bytes=s["cache_mask"], hessian_bytes=s["hessians"], workspace_bytes=s["workspace"],
+                      checkpoint_bytes=s["checkpoint"], placement=placement,
+                      activation_offload=offload if placement else None, devices=devices if placement else {},
+                      gpu_peak_bytes=gpu_peak if placement else 0.0,
+                      host_peak_bytes=devices.get("cpu", 0.0) if placement else 0.0, problems=problems)
 
 
 class Settings(BaseModel):

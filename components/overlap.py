@@ -21,10 +21,16 @@ class Split(BaseModel):
     """The decision and the device split; no overlap leaves every device list empty (everything sees every GPU)."""
 
     overlap: bool = False
+    base_first: bool = Field(False, description="evaluate the base before quantizing (GPUs, no overlap): whatever "
+                                                "preflight could not foresee about the evaluation fails in minutes, "
+                                                "not after hours of quantization")
     quantize_gpus: list[int] = Field(default_factory=list, description="the GPUs quantization keeps to")
     eval_gpus: list[int] = Field(default_factory=list, description="the GPUs the base evaluation's process sees")
 
     def note(self) -> str:
+        if self.base_first:
+            return ("evaluation.overlap_base: the base model is evaluated first, then the variant quantized (no GPUs "
+                    "for both at once)")
         if not self.quantize_gpus and not self.eval_gpus:
             return "evaluation.overlap_base: the base evaluation runs while the variant is quantized, sharing the CPU"
         return (f"evaluation.overlap_base: the base evaluation runs on GPU(s) {_ids(self.eval_gpus)} while the variant "
@@ -61,22 +67,26 @@ def resolve(choice: Literal["auto"] | bool, memory: MemoryPlan | None, how: Sett
 
     auto: overlap when quantization's GPUs plus the evaluation's fit in machine.gpus (never without a GPU); true: the
     same on GPUs, a problem (with the numbers and the fix) when they do not fit, and both on the CPU without a GPU;
-    false, or no base evaluation (published baseline scores stand in for it): in sequence."""
-    if choice is False or not base_evaluated:
+    false, or no base evaluation (published baseline scores stand in for it): in sequence. In sequence on GPUs, the
+    base evaluation comes first (`base_first`)."""
+    if not base_evaluated:
         return Split(), []
     if machine.gpus == 0:
         return (Split(overlap=True), []) if choice is True else (Split(), [])
+    in_sequence = Split(base_first=True)  # on GPUs, the base evaluation goes first: it fails in minutes if it fails
+    if choice is False:
+        return in_sequence, []
     quant = quantization_gpus(memory, how, machine)
     if quant + eval_gpus <= machine.gpus:
         return Split(overlap=True, quantize_gpus=list(range(quant)),
                      eval_gpus=list(range(quant, quant + eval_gpus))), []
     if choice == "auto":
-        return Split(), []
+        return in_sequence, []
     if how.placement == "gpu" and memory is not None and memory.placement == "gpu":
         why = (f"the whole model, {memory.gpu_peak_bytes / 1e9:,.1f} GB at {HEADROOM:.0%} of "
                f"{machine.gpu_bytes / 1e9:,.1f} GB a GPU")
     else:
         why = f"placement {how.placement}" + (", activations on cuda:1" if how.activation_offload == "cuda:1" else "")
-    return Split(), [f"evaluation.overlap_base true: quantization needs {quant} GPU(s) ({why}) and the base "
+    return in_sequence, [f"evaluation.overlap_base true: quantization needs {quant} GPU(s) ({why}) and the base "
                      f"evaluation {eval_gpus}, {quant + eval_gpus} in all, more than the {machine.gpus} here: use "
                      f"auto or false, or a machine with {quant + eval_gpus} GPUs"]

@@ -25,7 +25,7 @@ from typing import Callable
 from pydantic import ValidationError
 
 from components import calibration, models, overlap, preflight_memo, recipes, stores
-from components.evaluation import environment, references, suites
+from components.evaluation import environment, fit, references, suites
 from components.evaluation.engine import planned as engine_planned
 from components.evaluation.engine import settings_for as engine_settings
 from components.evaluation.command import EngineSettings
@@ -130,6 +130,7 @@ def _memory(c: _Checks, scheme: SchemeDef, base: BaseInfo, here) -> tuple[Memory
         c.problem(f"quantization.placement 'gpu': the whole model does not fit on {machine.gpus} GPU(s) of "
                   f"{machine.gpu_bytes / 1e9:.1f} GB ({'; '.join(memory.lines()[:1])}): use auto or sequential")
     c.notes.append("memory plan: " + "; ".join(memory.lines()))
+    c.notes += mp.advice(shape, calib, mp.quantization_of(scheme), memory)
     return memory, mp.settings_for(q, memory, machine)
 
 
@@ -141,7 +142,7 @@ def _overlap(spec: VariantSpec, memory: MemoryPlan | None, how: Settings, engine
 
     split, problems = overlap.resolve(spec.evaluation.overlap_base, memory, how, here or machine_now(Path.cwd()),
                                       overlap.evaluation_gpus(engine), base_evaluated)
-    return split, problems, [split.note()] if split.overlap else []
+    return split, problems, [split.note()] if split.overlap or split.base_first else []
 
 
 # --- disk: every copy the run writes, against the free space where it lands ------------------------
@@ -217,6 +218,8 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     planned = engine_planned(ev, scheme, platform)  # the suite is checked against the lm-eval that will run it
     tasks = c.guard("evaluation.engine", environment.lm_eval_tasks, planned) if planned else None
     suite = c.found(f"evaluation.suite {ev.suite!r}", suites.inspect, ev.suite, tasks)
+    ev = c.found("evaluation.tensor_parallel_size", fit.check, ev, base.config_json if base is not None else None,
+                 scheme, suite, here, platform, planned) or fit.concrete(ev)  # base and variant fit vLLM's GPUs
     engine = c.found("evaluation.engine", engine_settings, ev, scheme, suite, base_name, positions, platform, gpus)
     serving = c.found("evaluation.serving", serving_check, ev.serving, engine, base_name, positions)
     reference = None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.memory_plan import Settings
+from components.memory_plan import HEADROOM, Settings
 from components.recipes import SchemeDef
 
 CPU = Settings(placement="cpu", activation_offload="cpu", pipeline=None, batch_size=1)
@@ -31,7 +31,10 @@ def quantize(model_path: str, scheme: SchemeDef, calibration_path: str | None, o
 
     make_deterministic()  # same base, recipe and calibration: same checkpoint digest
     device_map = "auto" if how.placement == "gpu" and torch.cuda.is_available() else None
-    max_memory = {i: torch.cuda.get_device_properties(i).total_memory for i in gpus} if device_map and gpus else None
+    # HEADROOM of each card, as the plan counted: a card filled to its total leaves no room for the CUDA context,
+    # the allocator's fragmentation or the calibration workspace on cuda:0
+    cards = gpus if gpus else range(torch.cuda.device_count())
+    max_memory = {i: int(torch.cuda.get_device_properties(i).total_memory * HEADROOM) for i in cards} if device_map else None
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto", device_map=device_map, max_memory=max_memory)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     dataset = load_from_disk(calibration_path) if calibration_path else None

@@ -232,7 +232,9 @@ class EvalSpec(StrictModel):
     suite: Annotated[str, WithJsonSchema(SUITE_SCHEMA)] = Field(
         "smoke", description="A shipped suite (components/evaluation/suites/, see `quantflow suites`) or a suite YAML file.")
     engine: Engine = Engine.auto
-    tensor_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto", description="vLLM's tensor parallelism. auto: the smallest power of two at which base and variant fit "
+                            "the visible GPUs (components/evaluation/fit.py; 1 on CPU); a number: checked the same way.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM's share of GPU memory (default: vLLM's own).")
     batch_size: str = "auto"
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N docs of each task (smoke runs).")

@@ -163,19 +163,21 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     for note in plan.notes:
         logger.warning(note)
 
-    # Creation; the base evaluation starts beside it where the machine has room for both (plan.overlap)
+    # Creation; the base evaluation starts beside it where the machine has room for both, or before it on GPUs
+    # (plan.overlap)
     base = checked(resolve_base, spec.base, run_name="resolve base model")
     name = spec.variant_name or f"{base.name}-{scheme.suffix}"
     calib = checked(build_calibration, spec.calibration, base, run_name="build calibration set") \
         if scheme.needs_calibration else None
     base_eval_args = (base.path, base.digest, suite.name, suite_key, engine, plan.overlap.eval_gpus)
     base_eval_later = started(evaluate, *base_eval_args, run_name="evaluate base") if plan.overlap.overlap else None
+    base_eval_first = checked(evaluate, *base_eval_args, run_name="evaluate base") if plan.overlap.base_first else None
     checkpoint = checked(quantize_checkpoint, base, scheme, calib, name, plan.quantization, plan.overlap.quantize_gpus,
                          run_name=f"quantize {scheme.name}")
 
     # Evaluation: same engine and settings for base and variant (or published baseline scores, marked as such)
-    base_eval = plan.reference or (base_eval_later() if base_eval_later
-                                   else checked(evaluate, *base_eval_args, run_name="evaluate base"))
+    base_eval = plan.reference or base_eval_first or (base_eval_later() if base_eval_later
+                                                      else checked(evaluate, *base_eval_args, run_name="evaluate base"))
     variant_eval = checked(evaluate, checkpoint.path, checkpoint.digest, suite.name, suite_key, engine,
                            run_name="evaluate variant")
     table = recovery.table(base_eval.scores, variant_eval.scores)

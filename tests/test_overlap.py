@@ -43,20 +43,26 @@ def test_without_a_gpu_auto_keeps_them_in_sequence_and_true_shares_the_cpu():
 
 
 def test_one_h200_has_no_room_for_both():
-    """Seed sizes on one H200: quantization takes the card (one layer at a time on cuda:0), the evaluation needs one."""
+    """Seed sizes on one H200: quantization takes the card (one layer at a time on cuda:0), the evaluation needs one:
+    in sequence, the base evaluation first, so that it fails (if it does) before hours of quantization."""
     for seed in (SEED_000, SEED_002):
-        assert decide("auto", seed, H200, 1) == (Split(), [])
+        assert decide("auto", seed, H200, 1) == (Split(base_first=True), [])
+        assert decide(False, seed, H200, 1) == (Split(base_first=True), [])
+    assert Split(base_first=True).note() == ("evaluation.overlap_base: the base model is evaluated first, then the "
+                                             "variant quantized (no GPUs for both at once)")
+    # a published baseline: no base evaluation to put first
+    assert decide("auto", SEED_000, H200, 1, base_evaluated=False) == (Split(), [])
 
 
 def test_eight_h100s_quantize_on_the_first_and_evaluate_on_the_next():
-    """Seed 000 fits whole on 3 x 72 GB (weights 141 GB + activations 34 GB + workspace); TP 4 takes the next four."""
+    """Seed 000 on 8 x H100: one layer at a time on cuda:0, its 53 GB cache on cuda:1; TP 4 takes the next four."""
     split, problems = decide("auto", SEED_000, H100x8, 4)
     assert not problems and split.overlap
-    assert (split.quantize_gpus, split.eval_gpus) == ([0, 1, 2], [3, 4, 5, 6])
+    assert (split.quantize_gpus, split.eval_gpus) == ([0, 1], [2, 3, 4, 5])
     assert not set(split.quantize_gpus) & set(split.eval_gpus)
-    # seed 002's 137 GB of activations make it 5 GPUs: with TP 4 that is 9 of 8, so auto keeps them in sequence
-    assert decide("auto", SEED_002, H100x8, 4) == (Split(), [])
-    assert decide("auto", SEED_002, H100x8, 3)[0].eval_gpus == [5, 6, 7]
+    # seed 002's 279 GB cache waits in host RAM: quantization keeps to cuda:0 and the evaluation takes the next TP
+    assert decide("auto", SEED_002, H100x8, 4)[0].eval_gpus == [1, 2, 3, 4]
+    assert decide("auto", SEED_002, H100x8, 8) == (Split(base_first=True), [])  # 1 + 8 of 8: in sequence, base first
     # a published baseline stands in for the base evaluation: nothing to overlap, whatever the spec says
     assert decide(True, SEED_000, H100x8, 4, base_evaluated=False) == (Split(), [])
 
@@ -66,10 +72,10 @@ def test_true_without_room_is_one_line_with_the_numbers_and_the_fix():
     assert not split.overlap
     assert problem == ("evaluation.overlap_base true: quantization needs 1 GPU(s) (placement sequential) and the base "
                        "evaluation 2, 3 in all, more than the 1 here: use auto or false, or a machine with 3 GPUs")
-    _, [problem] = decide(True, SEED_002, H100x8, 4)
-    assert problem.startswith("evaluation.overlap_base true: quantization needs 5 GPU(s) (the whole model, 316.3 GB "
-                              "at 90% of 80.0 GB a GPU) and the base evaluation 4, 9 in all, more than the 8 here"), \
-        problem
+    _, [problem] = decide(True, SEED_000, H100x8, 7)
+    assert problem == ("evaluation.overlap_base true: quantization needs 2 GPU(s) (placement sequential, activations "
+                       "on cuda:1) and the base evaluation 7, 9 in all, more than the 8 here: use auto or false, or a "
+                       "machine with 9 GPUs"), problem
 
 
 def test_the_evaluations_gpus_and_what_its_process_sees(monkeypatch):

@@ -79,7 +79,11 @@ def engine_env(s: EngineSettings, gpus: list[int] | None = None) -> dict[str, st
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = visible_devices(gpus)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for k, v in determinism.engine_env(s.platform).items():  # same checkpoint, same scores (what is set wins)
+    pinned = determinism.engine_env(s.platform)
+    if s.platform == "cuda" and s.engine == "vllm" and s.tensor_parallel_size > 1:  # one worker a GPU: share the cores
+        share = str(max(1, determinism.num_threads() // s.tensor_parallel_size))
+        pinned.update(OMP_NUM_THREADS=share, MKL_NUM_THREADS=share, OPENBLAS_NUM_THREADS=share)
+    for k, v in pinned.items():  # same checkpoint, same scores (what is set wins)
         env.setdefault(k, v)
     if s.platform == "cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; NUMA node 0 shows only half the RAM
