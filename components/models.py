@@ -125,7 +125,9 @@ def resolve(source: str, revision: str | None = None) -> ModelRef:
     from huggingface_hub import snapshot_download
 
     commit = hub_commit(source, revision)
-    path = Path(snapshot_download(source, revision=commit, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    # README.md: the base's own card, whose license and language the variant's card carries (components/card)
+    path = Path(snapshot_download(source, revision=commit, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                                            "*.jinja", "README.md"]))
     return ModelRef(source=source, name=model_name(source), path=str(path), digest=f"{source}@{commit}",
                     files=stamp_dir(path, memo=_memo()))
 

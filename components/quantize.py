@@ -11,7 +11,7 @@ CPU = Settings(placement="cpu", activation_offload="cpu", pipeline=None, batch_s
 
 def quantize(model_path: str, scheme: SchemeDef, calibration_path: str | None, out: Path,
              num_samples: int, max_seq_length: int, how: Settings = CPU, gpus: list[int] | None = None) -> Path:
-    """Run `oneshot` with the scheme's recipe; write the checkpoint (with recipe.yaml) to `out`.
+    """Run `oneshot` with the scheme's recipe; write the checkpoint (with recipe.yaml, the recipe as run) to `out`.
 
     `how` (the memory plan's choice, components/memory_plan.py): `gpu` loads the whole model onto the GPU(s);
     `sequential` and `cpu` load it into host RAM and let llm-compressor onload one layer at a time to the main device;
@@ -47,6 +47,9 @@ def quantize(model_path: str, scheme: SchemeDef, calibration_path: str | None, o
     if out.exists():
         raise FileExistsError(f"{out} exists: quantize writes only into a fresh temporary folder")
     save(model, tokenizer, out)
+    # The recipe as run, in place of llm-compressor's copy: it drops fields set to their default (`actorder: null`),
+    # and replayed on a version whose default moved that copy makes another checkpoint (actorder resolves to static).
+    (out / "recipe.yaml").write_text(scheme.recipe_yaml)
     return out
 
 

@@ -422,6 +422,22 @@ def compare(base: str = typer.Argument(..., help="Base model name, e.g. SmolLM2-
         typer.echo(f"chart: {comparison.chart(tasks, rows, png)}")
 
 
+@app.command()
+@_friendly
+def card(reference: list[str] = typer.Option(..., "--reference", help="A published baseline (shipped name or YAML "
+                                             "path), one per suite, in the table's order."),
+         quantized: str = typer.Option(..., help="The quantized model whose published scores fill the second column "
+                                       "(shipped references `<quantized>.<suite>`)."),
+         recovery_format: str = typer.Option(".2f", help="Python format of the recovery column: '#.4g' as the "
+                                             "Meta-Llama-3.1-70B-Instruct-FP8 card prints it, '.1f' as "
+                                             "Llama-3.3-70B-Instruct-quantized.w8a8's.")
+         ) -> None:
+    """A reference card's accuracy table, regenerated from the published scores shipped with quantflow."""
+    from components.card.render import published_table
+
+    typer.echo(published_table(reference, quantized, recovery_format))
+
+
 def _api_url() -> str:
     """PREFECT_API_URL, else the running stack's; one line saying how to get one when there is neither."""
     from prefect.settings import get_current_settings

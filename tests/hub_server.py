@@ -9,6 +9,7 @@ Speaks (model repos only):
   POST /_lfs/{oid}/complete, POST /_lfs/{oid}/verify   multipart completion, verify
   POST /api/models/{ns}/{name}/commit/{rev}            NDJSON commit: inline base64 files + lfsFile pointers
   GET  /api/models/{ns}/{name}[/revision/{rev}]        repo info (sha, private, siblings)
+  GET  /api/models/{ns}/{name}/tree/{rev}[/{path}]     the files (recursively), as snapshot_download lists them
   GET|HEAD /{ns}/{name}/resolve/{rev}/{path}           file download
   GET  /api/models/{ns}/{name}/xet-write-token/{rev}   answered 501: this fake does not speak Xet
 
@@ -128,6 +129,7 @@ ROUTES = [
     ("POST", "lfs-verify", re.compile(r"^/_lfs/(?P<oid>[0-9a-f]{64})/verify$")),
     ("POST", "commit", re.compile(rf"^/api/models/{_REPO}/commit/(?P<rev>[^/]+)$")),
     ("GET", "xet-token", re.compile(rf"^/api/models/{_REPO}/xet-write-token/(?P<rev>[^/]+)$")),
+    ("GET", "tree", re.compile(rf"^/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$")),
     ("GET", "info", re.compile(rf"^/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?$")),
     ("GET", "resolve", re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")),
     ("HEAD", "resolve", re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")),
@@ -158,9 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(n) if n else b""
 
-    def _send(self, status: int, body: bytes | dict | None = None, headers: dict | None = None,
+    def _send(self, status: int, body: bytes | dict | list | None = None, headers: dict | None = None,
               head_only: bool = False) -> None:
-        if isinstance(body, dict):
+        if isinstance(body, (dict, list)):
             raw = json.dumps(body).encode()
             ctype = "application/json"
         else:
@@ -359,6 +361,23 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(200, {"id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.sha, "private": repo.private,
                          "siblings": [{"rfilename": p} for p in sorted(repo.files)]})
+
+    def _tree(self, match, body: bytes) -> None:
+        if (repo := self._repo(match)) is None:
+            return
+        if match["rev"] not in ("main", repo.sha):
+            self._send(404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
+            return
+        prefix = (match["path"] or "").strip("/")
+        entries = []
+        for path, data in sorted(repo.files.items()):
+            if prefix and not path.startswith(prefix + "/"):
+                continue
+            entry = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
+            if path in repo.lfs:
+                entry["lfs"] = {"oid": repo.lfs[path], "size": len(data), "pointerSize": 134}
+            entries.append(entry)
+        self._send(200, entries)
 
     def _resolve(self, match, body: bytes) -> None:
         if (repo := self._repo(match)) is None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from components import recipes
 from components.specs import VariantSpec
 from prefect_states import task_states
 
@@ -44,6 +45,9 @@ def test_w8a8_on_vllm_then_cached(tiny_model):
 
     run = mlflow.get_run(outcome.mlflow_run_id)
     assert run.data.tags["quantflow.prefect_flow_run_id"] == str(state.state_details.flow_run_id)
+    # MLflow's recipe is the checkpoint's recipe.yaml: the recipe as run, every pinned field kept (tests/test_replay.py)
+    logged = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="recipe/recipe.yaml")
+    assert Path(logged).read_text() == (ckpt / "recipe.yaml").read_text() == recipes.load("w8a8-int8").recipe_yaml
     assert any(k.endswith(".recovery") for k in run.data.metrics)
     assert run.data.metrics["serving.output_tok_s"] == outcome.speed.variant.output_tok_s
     assert run.inputs.dataset_inputs, "calibration set logged as an MLflow dataset input"

@@ -12,7 +12,7 @@ from components.evaluation.suites import Suite, SuiteError, SuiteTask, load, val
 MODEL = "neuralmagic-ent/Llama-3.3-70B-Instruct-quantized.w8a8"
 CUDA_TP1 = EngineSettings(engine="vllm", platform="cuda", tensor_parallel_size=1)
 
-# ---- copied verbatim from /work/shared/seeds/002_86a6e533820f0ca5.txt, "Reproduction" ----
+# ---- copied verbatim from tests/data/card-002-Llama-3.3-70B-Instruct-quantized.w8a8.txt, "Reproduction" ----
 CARD_002_OPENLLM_V1 = {
     "MMLU": """lm_eval \\
 --model vllm \\
@@ -84,7 +84,8 @@ _MMLU_LANG = """lm_eval \\
 CARD_002_MULTILINGUAL = {lang: _MMLU_LANG.format(lang=lang) for lang in ("pt", "es", "it", "de", "fr", "hi", "th")}
 
 
-# ---- /work/shared/seeds/000_3781f6cbd6e196ee.txt, "Reproduction": seven commands, alike but for task, chat flags, shots ----
+# ---- tests/data/card-000-Meta-Llama-3.1-70B-Instruct-FP8.md, "Reproduction": seven commands, alike but for task, chat
+# flags, shots ----
 MODEL_000 = "neuralmagic/Meta-Llama-3.1-70B-Instruct-FP8"
 _CARD_000 = """lm_eval \\
   --model vllm \\

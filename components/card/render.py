@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import jinja2
@@ -81,6 +82,51 @@ def accuracy_table(table: RecoveryTable, base_name: str, name: str, verdict: Gat
     return "\n".join(lines)
 
 
+def published_table(names: list[str], quantized: str, recovery_format: str = ".2f") -> str:
+    """A reference card's accuracy table regenerated from published scores (components/evaluation/references): each
+    baseline reference `<base>.<suite>` beside the quantized model's `<quantized>.<suite>`, recovery and average as a
+    run's (recovery.table: the average over every task, as the ratio of the mean scores; N/A where the baseline is ~0);
+    with several suites, the cards' Category column (each suite's `category`) on the first row of its group."""
+    from components.evaluation import references, suites
+    from components.evaluation.command import EngineSettings
+    from components.recovery import table
+
+    engine = EngineSettings(engine="vllm", platform="cuda")  # published: no engine here; as_eval needs one
+    sections, models = [], set()
+    for name in names:
+        base = references.load(name)
+        suite = suites.load(base.suite)
+        quant = references.load(f"{quantized}.{base.suite}")
+        found = [f"{n}: {p}" for n, ref in ((name, base), (f"{quantized}.{base.suite}", quant))
+                 for p in references.problems(ref, suite, None)]
+        if found:
+            raise ValueError("; ".join(found))
+        models.add((base.model.rsplit("/", 1)[-1], quant.model.rsplit("/", 1)[-1]))
+        b, q = (references.as_eval(r, suite, engine).scores for r in (base, quant))
+        sections.append((suite.category or suite.name, table(b, q)))
+    if len(models) != 1:
+        raise ValueError(f"one table compares one base with one quantized model, these name {sorted(models)}")
+    [(base_name, name)] = models
+
+    def row(cells: list[str], bold: bool = False) -> str:
+        return "| " + " | ".join(f"**{c}**" if bold and c else c for c in cells) + " |"
+
+    def rec_cell(x: float | None) -> str:
+        return "N/A" if x is None else f"{x:{recovery_format}}%"
+
+    grouped = len(sections) > 1
+    head = ["Category"] * grouped + ["Benchmark", base_name, f"{name} (this model)", "Recovery"]
+    lines = [row(head), row(["---"] * len(head))]
+    for category, t in sections:
+        cells = [[r.label, score(r, r.base), score(r, r.quant), rec_cell(r.recovery)] for r in t.rows]
+        if t.average_base is not None:
+            cells.append([average_label(t), pct(t.average_base), pct(t.average_quant), rec_cell(t.average_recovery)])
+        for i, c in enumerate(cells):
+            average = t.average_base is not None and i == len(cells) - 1
+            lines.append(row(([category if i == 0 else ""] if grouped else []) + c, bold=average))
+    return "\n".join(lines)
+
+
 def headline(table: RecoveryTable, verdict: GateVerdict) -> str:
     """The average recovery as a sentence: never without what it covers, its interval and the verdict."""
     return (f"{rec(table.average_recovery)} recovery over {table.average_covers}, "
@@ -140,6 +186,45 @@ def serving_reproduction(f: CardFacts) -> list[tuple[str, str]]:
     return out
 
 
+def _config(base: ModelRef) -> dict:
+    return json.loads((Path(base.path) / "config.json").read_text())
+
+
+_DTYPE_BITS = {"bfloat16": 16, "float16": 16, "float32": 32}
+
+
+def bits_sentence(f: CardFacts) -> str:
+    """The cards' weight-size sentence, from the base's stored dtype and the scheme's weight format (arithmetic: only
+    the quantized Linear layers shrink, so "approximately"); empty when the base's dtype is not known."""
+    config = _config(f.base)
+    base_bits = _DTYPE_BITS.get(str(config.get("dtype") or config.get("torch_dtype")))
+    bits = re.search(r"\d+", f.scheme.weights)
+    if base_bits is None or bits is None or int(bits.group()) >= base_bits:
+        return ""
+    q = int(bits.group())
+    return (f"This optimization reduces the number of bits per parameter from {base_bits} to {q}, reducing the disk size "
+            f"and GPU memory requirements by approximately {100 * (base_bits - q) / base_bits:.0f}%.")
+
+
+def deploy_max_model_len(f: CardFacts) -> int:
+    """The context length the snippet asks vLLM for: the longest this model was evaluated (or served) with here."""
+    lengths = [t.max_model_len or f.suite.max_model_len for t in f.suite.tasks]
+    return max(lengths + ([f.spec.evaluation.serving.max_model_len] if f.speed else []))
+
+
+def license_line(f: CardFacts, data: dict) -> str:
+    """The License(s) bullet: the base card's licence (its own name for 'other'), linked where that card links it."""
+    license_id = data.get("license")
+    if not license_id:
+        return f"not stated by {f.base.name}'s card: see the base model"
+    name = data.get("license_name") if license_id == "other" and data.get("license_name") else license_id
+    link, repo = data.get("license_link"), hub_id(f.base.source)
+    if link and not link.startswith(("https://", "http://")):  # a file in the base's repository (e.g. `LICENSE`)
+        link = f"https://huggingface.co/{repo}/blob/main/{link}" if repo else None
+    link = link or (f"https://huggingface.co/{repo}" if repo else None)
+    return f"[{name}]({link})" if link else name
+
+
 def hub_id(source: str) -> str | None:
     """`source` when it names a Hub repository (not a local path, not a packaged GGUF), else None."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -164,12 +249,12 @@ def base_card_data(base: ModelRef) -> dict:
     return {k: data[k] for k in ("license", "license_name", "license_link", "language") if data.get(k)}
 
 
-def front_matter(f: CardFacts, tags: list[str]) -> str:
+def front_matter(f: CardFacts, tags: list[str], base_data: dict) -> str:
     """The card's YAML metadata, built with huggingface_hub's ModelCardData as the Hub reads it."""
     from huggingface_hub import ModelCardData
 
     data = ModelCardData(base_model=hub_id(f.base.source), library_name="transformers", pipeline_tag="text-generation",
-                         tags=tags, **base_card_data(f.base))
+                         tags=tags, **base_data)
     return data.to_yaml()
 
 
@@ -224,6 +309,8 @@ def creation_code(f: CardFacts) -> str:
     else:
         lines.append("oneshot(model=model, recipe=recipe)")
     lines.append(f'model.save_pretrained("{f.name}", save_compressed=True)')
+    # the recipe as run: llm-compressor's own recipe.yaml leaves out what is set to its default (`actorder: null`)
+    lines.append(f'open("{f.name}/recipe.yaml", "w").write(recipe.lstrip())')
     # a fresh tokenizer, as quantflow saves it: the one above keeps the truncation set while tokenizing
     lines.append(f'AutoTokenizer.from_pretrained(model_stub).save_pretrained("{f.name}")')
     return "\n".join(lines)
@@ -274,8 +361,12 @@ def render(f: CardFacts) -> str:
     tags = ["quantflow", "llmcompressor", "compressed-tensors", f.scheme.name, "vllm"]
     s, sv = f.variant_eval.settings, f.spec.evaluation.serving
     link = _link(f.base.source)
+    base_data = base_card_data(f.base)
+    languages = base_data.get("language")
     return env.from_string(TEMPLATE.read_text()).render(
-        front_matter=front_matter(f, tags), name=f.name, model_id=f.model_id, base_name=f.base.name,
+        front_matter=front_matter(f, tags, base_data), name=f.name, model_id=f.model_id, base_name=f.base.name,
+        license=license_line(f, base_data), languages=[languages] if isinstance(languages, str) else languages,
+        version=f"{f.scheme.version}.0", bits_sentence=bits_sentence(f), max_model_len=deploy_max_model_len(f),
         base_ref=f"[{f.base.name}]({link})" if link else f.base.name, architecture=_architecture(f.base),
         scheme=f.scheme, date=dt.date.fromisoformat(f.variant_eval.date).strftime("%m/%d/%Y"), developers=f.developers,
         calibration=f.calibration, tensor_parallel_size=s.tensor_parallel_size, creation_code=creation_code(f),
@@ -293,8 +384,7 @@ def render(f: CardFacts) -> str:
 
 
 def _architecture(base: ModelRef) -> str:
-    config = json.loads((Path(base.path) / "config.json").read_text())
-    return config.get("model_type", "unknown").capitalize()
+    return _config(base).get("model_type", "unknown").capitalize()
 
 
 def _link(source: str) -> str | None:

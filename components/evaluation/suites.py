@@ -49,6 +49,8 @@ class SuiteTask(BaseModel):
 class Suite(BaseModel):
     name: str
     description: str
+    category: str | None = Field(None, description="the group its rows form in a combined table (a card's Category "
+                                 "column, e.g. 'OpenLLM v1', 'Coding'); None: the suite's name")
     include_path: str | None = Field(None, description="task YAML folder, relative to the suite file")
     max_model_len: int = 4096
     tasks: list[SuiteTask] = Field(min_length=1)
