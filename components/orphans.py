@@ -44,8 +44,11 @@ class Ledger:
             self._write()
 
     def close(self) -> None:
-        self.path.unlink(missing_ok=True)
-        os.close(self._fd)
+        """Done with (the run ended, or its end was recorded): the ledger goes. Twice is once."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(fd)
 
 
 def abandoned(folder: Path, api: str) -> list[tuple[Path, dict, int]]:
