@@ -34,8 +34,9 @@ def _options(verbose: bool = typer.Option(False, "--verbose", help="Tracebacks a
 
 
 class _HubRetries(logging.Filter):
-    """huggingface_hub logs two lines for each retry of each request (26 for a preflight against an unreachable Hub):
-    the first one says it, with a note that it retries; the rest is left out (--verbose shows them)."""
+    """huggingface_hub logs two lines for each retry of each request, through two handlers (its own, which a library
+    adds, and Prefect's): 26 lines for one preflight against an unreachable Hub. The first is said once, here, with a
+    note that it retries; the rest is left out (--verbose shows them)."""
 
     def __init__(self):
         super().__init__()
@@ -45,11 +46,10 @@ class _HubRetries(logging.Filter):
         msg = record.getMessage()
         if "thrown while requesting" not in msg and not msg.startswith("Retrying in"):
             return True
-        if self.said:
-            return False
-        self.said = True
-        record.msg, record.args = f"{msg} (retrying with backoff; further retries not shown)", ()
-        return True
+        if not self.said:
+            self.said = True
+            typer.echo(f"{msg} (retrying with backoff; further retries not shown)", err=True)
+        return False
 
 
 def _error_lines(e: BaseException) -> str:

@@ -242,3 +242,24 @@ def test_a_killed_run_leaves_no_server_and_the_next_run_marks_its_flow_run_crash
     marked = [x for x in out.splitlines() if "was left Running by a quantflow process that is gone" in x]
     assert len(marked) == 1 and sentinel.read_text() in marked[0] and "marked Crashed" in marked[0], out[-3000:]
     assert not list((tmp_path / "home" / "runs").iterdir()), "ledgers are removed once handled"
+
+
+def test_hub_retries_are_said_once(capsys, caplog):
+    """huggingface_hub's two lines per retry (through two handlers: 26 lines for one unreachable Hub) become one."""
+    import logging
+
+    from flows.cli import _HubRetries
+
+    logger = logging.getLogger("huggingface_hub.utils._http")
+    once = _HubRetries()
+    logger.addFilter(once)
+    try:
+        for i in range(5):  # as huggingface_hub.utils._http.http_backoff logs them
+            logger.warning("'[Errno 111] Connection refused' thrown while requesting HEAD http://127.0.0.1:9/o/m/config.json")
+            logger.warning(f"Retrying in {2 ** i}s [Retry {i + 1}/5].")
+        logger.warning("another warning from the same module")
+    finally:
+        logger.removeFilter(once)
+    err = capsys.readouterr().err
+    assert err.count("thrown while requesting") == 1 and "further retries not shown" in err and "Retry 1/5" not in err
+    assert [r.getMessage() for r in caplog.records] == ["another warning from the same module"]  # the rest passes
