@@ -191,6 +191,10 @@ class _Stop:
         self.ledger = None  # components.orphans.Ledger: the flow runs this process started
         self._begin = threading.Lock()
         self._handled = threading.Event()
+        self._go = threading.Event()
+        # Started now, not from the handler: starting a thread takes threading's own locks, which the interrupted main
+        # thread may hold.
+        threading.Thread(target=self._finish, daemon=True, name="quantflow-stop").start()
 
     def handler(self, signum, frame) -> None:
         """The Python-level handler (main thread, between two bytecodes): where the run is, the stop begun, and one
@@ -220,10 +224,11 @@ class _Stop:
             os.dup2(devnull, 2)
         except OSError:
             pass
-        threading.Thread(target=self._finish, daemon=True, name="quantflow-stop").start()
+        self._go.set()
         return True
 
     def _finish(self) -> None:
+        self._go.wait()
         signum = self.signum
         _stop_children()
         self.record(signum)
