@@ -104,23 +104,37 @@ def stop(proc: subprocess.Popen, grace: float = 10) -> None:
         pass
 
 
-def prefect_server(home: Path, port: int | None = None, log: Path | None = None,
-                   ui: bool = False) -> tuple[subprocess.Popen, str]:
+def tethered(argv: list[str], grace: float = 3) -> list[str]:
+    """`argv` run under components/tether.py: it dies with this process, however this process dies (SIGKILL too)."""
+    return [sys.executable, str(Path(__file__).with_name("tether.py")), str(os.getpid()), str(grace), "--", *argv]
+
+
+def prefect_server(home: Path, port: int | None = None, log: Path | None = None, ui: bool = False,
+                   tied: bool = False, wait: bool = True) -> tuple[subprocess.Popen, str]:
     """`prefect server start` with its data under `home`, in its own session (a terminal's Ctrl-C reaches the
     caller, not the server); stopped again if it does not come up. `ui`: also serve the dashboard, which talks to
-    this server's API (Prefect's UI otherwise assumes port 4200)."""
+    this server's API (Prefect's UI otherwise assumes port 4200). `tied`: the server (and what it spawns) dies with
+    this process (a temporary server; `quantflow server up --detach` must outlive it). `wait=False`: return at once;
+    `wait_prefect(proc, url, log)` before using it (the caller does something else meanwhile)."""
     port = port or free_port()
     log = log or home / "prefect-server.log"
     url = f"http://127.0.0.1:{port}/api"
     env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": "",
            "PREFECT_UI_ENABLED": "true" if ui else "false", **({"PREFECT_UI_API_URL": url} if ui else {})}
-    proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], log, env)
+    argv = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    proc = start(tethered(argv) if tied else argv, log, env)
+    if wait:
+        wait_prefect(proc, url, log)
+    return proc, url
+
+
+def wait_prefect(proc: subprocess.Popen, url: str, log: Path) -> None:
+    """Until the server `prefect_server` started answers; stopped again if it does not."""
     try:
         wait_http(f"{url}/health", proc, log)
     except BaseException:
         stop(proc, grace=3)
         raise
-    return proc, url
 
 
 def mlflow_server(home: Path, artifacts: str | None = None, env: dict | None = None,

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
@@ -24,10 +25,31 @@ SIGNAL_EXIT_S = 8  # after Ctrl-C or SIGTERM, exit by then whatever the run is d
 def _options(verbose: bool = typer.Option(False, "--verbose", help="Tracebacks and Prefect's full failure logs.")) -> None:
     global _verbose
     _verbose = verbose
+    if not verbose:
+        logging.getLogger("huggingface_hub.utils._http").addFilter(_HubRetries())
     try:
         _prefect_defaults()
     except ValueError:  # settings the environment gets wrong: the command that reads them says so, in one line
         pass
+
+
+class _HubRetries(logging.Filter):
+    """huggingface_hub logs two lines for each retry of each request, through two handlers (its own, which a library
+    adds, and Prefect's): 26 lines for one preflight against an unreachable Hub. The first is said once, here, with a
+    note that it retries; the rest is left out (--verbose shows them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "thrown while requesting" not in msg and not msg.startswith("Retrying in"):
+            return True
+        if not self.said:
+            self.said = True
+            typer.echo(f"{msg} (retrying with backoff; further retries not shown)", err=True)
+        return False
 
 
 def _error_lines(e: BaseException) -> str:
@@ -121,10 +143,10 @@ def _stop_children(grace: float = 3) -> None:
                 pass
     for c in children:
         try:
-            c.terminate()
+            c.terminate() if grace else c.kill()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(children, timeout=grace)
+    _, alive = psutil.wait_procs(children, timeout=grace or 0.5)
     for c in alive:
         try:
             c.kill()
@@ -133,6 +155,7 @@ def _stop_children(grace: float = 3) -> None:
 
 
 def _where(console: _Console) -> str:
+    """Where the main thread is (called there, by the signal handler), else the console's best guess."""
     from prefect.context import FlowRunContext, TaskRunContext
 
     task, flow = TaskRunContext.get(), FlowRunContext.get()
@@ -147,55 +170,138 @@ def _where(console: _Console) -> str:
     return "start-up"
 
 
-@contextmanager
-def _stoppable(console: _Console):
-    """Ctrl-C (SIGINT to the process group) or SIGTERM: one line saying where the run stopped, child processes
-    stopped, exit 130/143 within SIGNAL_EXIT_S. During a flow Prefect's own SIGTERM handler reports the run CRASHED
-    first, then hands the signal back here."""
-    stopping: list[int] = []
-    said = threading.Lock()  # the "Stopped by" line, once, from whichever path gets there first
+class _Stop:
+    """Ctrl-C (SIGINT to the process group) or SIGTERM, carried out by a thread of its own, so that it does not depend
+    on where the main thread is: an exception raised by a signal handler lands wherever the main thread happens to be
+    (a weakref callback or a `__del__`, where Python prints it and swallows it, or a C extension's loop), and the
+    work it was meant to stop goes on.
 
-    def say(signum: int, where: str) -> None:
-        if said.acquire(blocking=False):
-            typer.echo(f"\nStopped by {signal.Signals(signum).name} during {where}: rerun the same command to "
-                       "resume (finished steps come from the cache).", err=True)
+    The first signal: one line saying where the run stopped, then stdout and stderr go to /dev/null (nothing after
+    that line: no progress bar, no "Exception ignored" traceback); the main thread is interrupted once, best effort;
+    the stopping thread terminates the child processes, records the run's flow runs (and their unfinished task runs)
+    CRASHED through the Prefect API, as Prefect's engine does after an interrupt (finished steps stay cached: the rerun
+    resumes), sends the queued logs and events, stops the temporary server and exits 130/143. The main thread never
+    ends the process or tears down the server once a stop has begun (`hold`). SIGNAL_EXIT_S after the signal *arrived*
+    (`_signal_clock`), the process exits whatever the stop is waiting for."""
 
-    def handler(signum, frame):
-        if stopping:
-            return
-        stopping.append(signum)
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, signal.SIG_IGN)
-        say(signum, _where(console))
+    def __init__(self, console: _Console):
+        self.console = console
+        self.signum: int | None = None
+        self.api: str | None = None  # the Prefect API the run reports to
+        self.server = None  # the temporary server, if any: stopped last
+        self.ledger = None  # components.orphans.Ledger: the flow runs this process started
+        self._begin = threading.Lock()
+        self._handled = threading.Event()
+        self._go = threading.Event()
+        # Started now, not from the handler: starting a thread takes threading's own locks, which the interrupted main
+        # thread may hold.
+        threading.Thread(target=self._finish, daemon=True, name="quantflow-stop").start()
+
+    def handler(self, signum, frame) -> None:
+        """The Python-level handler (main thread, between two bytecodes): where the run is, the stop begun, and one
+        KeyboardInterrupt so the main thread's work usually stops at once (the stop does not count on it)."""
+        first = self.begin(signum, _where(self.console))
+        self._handled.set()
+        if first:
+            raise KeyboardInterrupt
+
+    def arrived(self, signum: int) -> None:
+        """The signal clock's thread, as the signal arrives: if the main thread does not run the handler soon (a long
+        C call), begin without it."""
+        if not self._handled.wait(0.5):
+            self.begin(signum, _where(self.console))
+
+    def begin(self, signum: int, where: str) -> bool:
+        """Say it, silence the terminal, start the stopping thread; once (True the first time)."""
+        if not self._begin.acquire(blocking=False):
+            return False
+        self.signum = signum
+        line = (f"\nStopped by {signal.Signals(signum).name} during {where}: rerun the same command to resume "
+                "(finished steps come from the cache).\n")
+        try:
+            os.write(2, line.encode())
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+        except OSError:
+            pass
+        self._go.set()
+        return True
+
+    def _finish(self) -> None:
+        self._go.wait()
+        signum = self.signum
         _stop_children()
-        raise KeyboardInterrupt
+        self.record(signum)
+        _flush_prefect(timeout=2)
+        if self.server is not None:
+            from components.local_stack import stop
 
-    def give_up(signum: int) -> None:
-        """SIGNAL_EXIT_S after the signal arrived, the run is still here (Prefect's own handler, which runs before
-        ours, may wait on a slow API; the main thread may sit in a long C call): stop the children and exit."""
-        say(signum, _where(console))
+            stop(self.server, grace=2)
+        _stop_children(grace=0)  # what the main thread started meanwhile (a retry)
+        os._exit(128 + signum)
+
+    def record(self, signum: int) -> None:
+        """The run's flow runs CRASHED; the ledger goes when that is done (else the next command does it)."""
+        if self.api is None or self.ledger is None:
+            return
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from components.orphans import crash
+
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: self.api}):  # settings are per thread (a context)
+                crash(self.ledger.flow_runs, f"stopped by {signal.Signals(signum).name}: rerun the same command to "
+                                             "resume (finished steps come from the cache)")
+            self.ledger.close()
+        except Exception:  # noqa: BLE001 - the ledger stays: the next command marks them
+            pass
+
+    def give_up(self, signum: int) -> None:
+        """SIGNAL_EXIT_S after the signal arrived the process is still here (the API does not answer, a child does
+        not die): stop the children and exit."""
+        self.begin(signum, _where(self.console))
         _stop_children(grace=1)
         os._exit(128 + signum)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    wakeup = _signal_clock(give_up)
+    def hold(self) -> None:
+        """In the main thread, on its way out: once a stop has begun, the stopping thread ends the process."""
+        while self.signum is not None:
+            time.sleep(1)
+
+    def tracked(self, flow):
+        """`flow` noting each flow run it starts in the ledger; in the main thread it also takes SIGTERM back from
+        Prefect's engine, whose handler raises wherever the main thread is (a runner's cancellation does not apply:
+        this process is the command line's)."""
+        def running(_flow, flow_run, _state) -> None:
+            if self.ledger is not None:
+                self.ledger.add(str(flow_run.id))
+            if threading.current_thread() is threading.main_thread() and self.signum is None:
+                signal.signal(signal.SIGTERM, self.handler)
+
+        return flow.with_options(on_running=[*flow.on_running_hooks, running])
+
+
+@contextmanager
+def _stoppable(console: _Console):
+    """Ctrl-C or SIGTERM stop the run (see _Stop) within SIGNAL_EXIT_S of their arrival."""
+    stop = _Stop(console)
+    old = {s: signal.signal(s, stop.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    undo = _signal_clock(stop.give_up, stop.arrived)
     try:
-        yield
-    except BaseException:
-        if stopping:
-            _flush_prefect()
-            raise typer.Exit(128 + stopping[0]) from None
-        raise
+        yield stop
     finally:
+        stop.hold()
         for s, h in old.items():
             signal.signal(s, h)
-        wakeup()
+        undo()
 
 
-def _signal_clock(give_up) -> Callable[[], None]:
+def _signal_clock(give_up, arrived: Callable[[int], None] | None = None) -> Callable[[], None]:
     """Start the exit deadline when SIGINT or SIGTERM *arrives*, not when a Python handler gets to run: the C-level
-    handler writes the signal number to a wakeup fd (`signal.set_wakeup_fd`), a thread reads it and calls
-    `give_up(signum)` SIGNAL_EXIT_S later unless the run has exited by then. Returns the function that undoes it."""
+    handler writes the signal number to a wakeup fd (`signal.set_wakeup_fd`), a thread reads it, calls
+    `arrived(signum)` and `give_up(signum)` SIGNAL_EXIT_S later unless the run has exited by then. Returns the function
+    that undoes it."""
     r, w = os.pipe()
     os.set_blocking(w, False)
     try:
@@ -213,6 +319,8 @@ def _signal_clock(give_up) -> Callable[[], None]:
                     timer = threading.Timer(SIGNAL_EXIT_S, give_up, (data[0],))
                     timer.daemon = True
                     timer.start()
+                    if arrived is not None:
+                        arrived(data[0])
         finally:
             os.close(r)
 
@@ -225,62 +333,80 @@ def _signal_clock(give_up) -> Callable[[], None]:
     return undo
 
 
-def _flush_prefect() -> None:
+def _flush_prefect(timeout: float = 5) -> None:
     """Send queued logs and events now, while the API still answers (the temporary server stops next)."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
     for worker in (APILogWorker, EventsWorker):
         try:
-            worker.drain_all(timeout=5)
+            worker.drain_all(timeout=timeout)
         except Exception:  # noqa: BLE001 - best effort on the way out
             pass
 
 
+def _needs_prefect_api(spec) -> bool:
+    """Whether preflight needs the Prefect API: a store names a credentials block."""
+    return any(getattr(s, "credentials", None) for s in spec.stores)
+
+
 @contextmanager
-def _prefect_api():
+def _prefect_api(stop: _Stop, check: Callable[[], None] | None = None):
     """The Prefect API the run reports to: PREFECT_API_URL if set (checked first: one line if it does not answer),
     else the stack `quantflow server up` runs, else a temporary local server in its own session, so Ctrl-C in the
-    terminal reaches the run, not the server."""
+    terminal reaches the run, not the server, tied to this process (it dies with it, SIGKILL included). `check` (the
+    spec's preflight) runs while the temporary server starts: a refusal does not wait for a server. Flow runs that a
+    killed command left unfinished on this API are marked CRASHED first (components/orphans.py)."""
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-    from components.local_stack import prefect_api_problem
+    from components.local_stack import prefect_api_problem, prefect_server, stop as stop_server, wait_prefect
     from components.preflight import PreflightError
     from components.settings import settings
+    from components.tracking import safe_uri
 
-    url = get_current_settings().api.url
+    url, proc = get_current_settings().api.url, None
     if url:
         problem = prefect_api_problem(url)
         if problem:
             raise PreflightError([problem])
-        yield
-        return
-    stack = settings().stack()
-    if stack:  # `quantflow server up` is running: report there, as the UI shows it
-        with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api_url}):
-            try:
-                yield
-            finally:
-                _flush_prefect()
-        return
-    from components.local_stack import prefect_server, stop
-
-    proc, url = prefect_server(Path(get_current_settings().home), log=settings().path("stack") / "prefect-temporary.log")
-    _SPARED.add(proc.pid)
+        ledger_key = safe_uri(url)
+    elif stack := settings().stack():  # `quantflow server up` is running: report there, as the UI shows it
+        url = ledger_key = stack.prefect_api_url
+    else:
+        home = Path(get_current_settings().home)
+        log = settings().path("stack") / "prefect-temporary.log"
+        proc, url = prefect_server(home, log=log, tied=True, wait=False)
+        ledger_key = f"temporary server on {home.expanduser().resolve()}"
+        stop.server = proc
+        _SPARED.add(proc.pid)
     try:
+        if check is not None:
+            check()
+        if proc is not None:
+            wait_prefect(proc, url, log)
+        stop.api = url
         with temporary_settings(updates={PREFECT_API_URL: url}):
+            from components.orphans import Ledger, reap
+
+            for line in reap(settings().path("runs"), ledger_key):
+                typer.echo(line, err=True)
+            stop.ledger = Ledger(settings().path("runs"), ledger_key)
             try:
                 yield
             finally:
+                stop.hold()
                 _flush_prefect()
+                stop.ledger.close()
     finally:
-        stop(proc, grace=3)
-        _SPARED.discard(proc.pid)
+        stop.hold()
+        if proc is not None:
+            stop_server(proc, grace=3)
+            _SPARED.discard(proc.pid)
 
 
 @contextmanager
-def _flow_run():
-    """Everything a flow run from the command line needs around it (see each context)."""
+def _flow_run(check: Callable[[], None] | None = None):
+    """Everything a flow run from the command line needs around it (see each context); yields `tracked(flow)`."""
     from components.preflight import PreflightError
     from components.settings import home_problems, settings
 
@@ -290,8 +416,8 @@ def _flow_run():
     settings().path("logs")  # LLM_COMPRESSOR_LOG_FILE's folder
     import flows.quantize_variant  # noqa: F401 - sets up Prefect's logging, which the console filter adjusts
 
-    with _run_console() as console, _stoppable(console), _prefect_api():
-        yield
+    with _run_console() as console, _stoppable(console) as stop, _prefect_api(stop, check):
+        yield stop.tracked
 
 
 def _prefect_defaults() -> None:
@@ -352,10 +478,13 @@ def run(
                              "calibration.dataset": dataset, "calibration.num_samples": num_samples,
                              "calibration.max_seq_length": max_seq_length, "evaluation.limit": limit,
                              "evaluation.serving.enabled": serving})
+    from components.preflight import preflight
     from flows.quantize_variant import quantize_variant
 
-    with _flow_run():
-        outcome = quantize_variant(spec)
+    # Preflight while the temporary server starts: a bad spec is refused without waiting for one. The flow checks
+    # again (its model-side facts are remembered, components/preflight_memo.py), as a run from a deployment must.
+    with _flow_run(None if _needs_prefect_api(spec) else lambda: preflight(spec)) as tracked:
+        outcome = tracked(quantize_variant)(spec)
     from components.card.render import accuracy_table, gate_markdown, serving_table
     from components.settings import settings
 
@@ -400,8 +529,8 @@ def sweep(
     if swept:
         data["calibrations"] = [dict(zip(swept, point, strict=True)) for point in itertools.product(*swept.values())]
     spec = SweepSpec.model_validate(data)
-    with _flow_run():
-        outcomes = sweep_flow(spec)
+    with _flow_run() as tracked:
+        outcomes = tracked(sweep_flow)(spec)
     typer.echo("\n" + comparison(outcomes, spec.variants()))
     for o in outcomes:
         typer.echo(f"{o.name}: {headline(o.table, o.gate)}; card {o.card}")

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTFLOW = str(Path(sys.executable).parent / "quantflow")
@@ -121,3 +124,142 @@ def test_compare_unknown_base_is_one_line():
     r = quantflow("compare", "no-such-base-model", timeout=120)
     assert r.returncode == 1 and lines(r) == [lines(r)[0]] and "no MLflow experiment quantflow/no-such-base-model" \
         in lines(r)[0], r.stdout + r.stderr
+
+
+# --- Ctrl-C and SIGTERM that cannot be swallowed; nothing outlives a killed run ---------------------------------
+
+SWALLOWED = textwrap.dedent('''
+    import sys, time, weakref
+    import flows.cli as cli
+
+    cli.SIGNAL_EXIT_S = 600  # the exit deadline must not be what ends it
+    marker = sys.argv[1]
+
+    class Work:
+        pass
+
+    def finalizer():  # a weakref callback: an exception raised in it is printed ("Exception ignored in") and dropped
+        open(marker, "w").close()
+        deadline = time.time() + 5
+        while time.time() < deadline:  # Python bytecode: the signal handler runs in here
+            pass
+
+    with cli._stoppable(cli._Console()):
+        work = Work()
+        weakref.finalize(work, finalizer)
+        del work
+        for i in range(600):  # the work the signal must stop
+            print("working", i, flush=True)
+            time.sleep(0.1)
+''')
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_landing_in_a_finalizer_still_stops_the_command(tmp_path, sig):
+    """The signal arrives while the main thread runs a weakref callback, where a KeyboardInterrupt raised by the
+    handler is swallowed: the command still stops (130/143, without waiting for the exit deadline), and says so in
+    one line with nothing after it (no "Exception ignored" traceback, no more work output)."""
+    marker = tmp_path / "in-finalizer"
+    proc = subprocess.Popen([sys.executable, "-c", SWALLOWED, str(marker)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+            time.sleep(0.05)
+        os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)  # Ctrl-C reaches the group
+        try:
+            out, _ = proc.communicate(timeout=60)  # the work would go on for a minute
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("the stop was lost: the work went on\n" + proc.communicate()[0][-3000:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig, out[-3000:]
+    before, said, after = out.partition(f"Stopped by {signal.Signals(sig).name} during ")
+    assert said and "rerun the same command to resume" in after and "Stopped by" not in before, out[-3000:]
+    assert after.strip().count("\n") == 0 and "Exception ignored" not in out, out[-3000:]
+
+
+TIED = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+
+    from prefect import flow, get_client
+
+    import flows.cli as cli
+
+    sentinel = Path(sys.argv[1])
+
+    @flow(name="qf-drill-killed")
+    def hang():
+        from prefect.runtime import flow_run
+        sentinel.write_text(str(flow_run.get_id()))
+        time.sleep(600)
+
+    with cli._flow_run() as tracked:  # as `quantflow run` does: a temporary server, a ledger
+        if sys.argv[2] == "hang":
+            tracked(hang)()
+        else:  # the next command: what the killed one left RUNNING is marked on the way in
+            with get_client(sync_client=True) as client:
+                print("state:", client.read_flow_run(sentinel.read_text()).state.type.value, flush=True)
+''')
+
+
+def test_a_killed_run_leaves_no_server_and_the_next_run_marks_its_flow_run_crashed(tmp_path):
+    """SIGKILL of a command's process group while its flow runs: the temporary Prefect server (in a session of its
+    own, so the kill does not reach it) goes with it within seconds, and the next command marks the flow run the
+    killed one left RUNNING in the database as CRASHED, saying so once."""
+    import psutil
+
+    sentinel = tmp_path / "flow-run-id"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=str(ROOT), QUANTFLOW_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"))
+    proc = subprocess.Popen([sys.executable, "-c", TIED, str(sentinel), "hang"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not sentinel.exists():
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+            time.sleep(0.2)
+        server = psutil.Process(proc.pid).children(recursive=True)
+        assert any("server" in " ".join(p.cmdline()) for p in server), [p.cmdline() for p in server]
+        assert all(os.getpgid(p.pid) != proc.pid for p in server), "the server is outside the command's group"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(server, timeout=30)
+    assert not alive, ["the server outlived its command:", *[" ".join(p.cmdline()[:6]) for p in alive]]
+
+    nxt = subprocess.run([sys.executable, "-c", TIED, str(sentinel), "next"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    out = nxt.stdout + nxt.stderr
+    assert nxt.returncode == 0 and "state: CRASHED" in out, out[-3000:]
+    marked = [x for x in out.splitlines() if "was left Running by a quantflow process that is gone" in x]
+    assert len(marked) == 1 and sentinel.read_text() in marked[0] and "marked Crashed" in marked[0], out[-3000:]
+    assert not list((tmp_path / "home" / "runs").iterdir()), "ledgers are removed once handled"
+
+
+def test_hub_retries_are_said_once(capsys, caplog):
+    """huggingface_hub's two lines per retry (through two handlers: 26 lines for one unreachable Hub) become one."""
+    import logging
+
+    from flows.cli import _HubRetries
+
+    logger = logging.getLogger("huggingface_hub.utils._http")
+    once = _HubRetries()
+    logger.addFilter(once)
+    try:
+        for i in range(5):  # as huggingface_hub.utils._http.http_backoff logs them
+            logger.warning("'[Errno 111] Connection refused' thrown while requesting HEAD http://127.0.0.1:9/o/m/config.json")
+            logger.warning(f"Retrying in {2 ** i}s [Retry {i + 1}/5].")
+        logger.warning("another warning from the same module")
+    finally:
+        logger.removeFilter(once)
+    err = capsys.readouterr().err
+    assert err.count("thrown while requesting") == 1 and "further retries not shown" in err and "Retry 1/5" not in err
+    assert [r.getMessage() for r in caplog.records] == ["another warning from the same module"]  # the rest passes
