@@ -78,8 +78,8 @@ def _identity(python: str, distributions: tuple[str, ...]) -> tuple[tuple[str, s
 
 def identity(engine: str, distributions: tuple[str, ...]) -> dict[str, str]:
     """What the environment that runs `engine` has installed of `distributions`: each one's RECORD sha256 (every
-    installed file's hash), read from that environment's own sys.path (asked of its interpreter, which imports
-    nothing); only the metadata files are read, nothing is imported here. Cached per process and interpreter."""
+    installed file's hash), found on that environment's own sys.path (asked of its interpreter, which imports none of
+    them) and read as metadata files: nothing of them is imported here. Cached per process and interpreter."""
     python = sys.executable if engine == "hf" else str(settings().eval_python)
     return dict(_identity(python, distributions))
 
