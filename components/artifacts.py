@@ -1,6 +1,6 @@
 """Artifacts under QUANTFLOW_HOME: made under a per-artifact lock in a uniquely named temporary folder, renamed
-whole, and stamped (per file: size, mtime, sha256, plus the result that describes them) so that every later use,
-a cache hit or a concurrent run that waited for the lock, can check they are still what was made."""
+whole, and stamped (per file: size, mtime, ctime, inode, sha256, plus the result that describes them) so that every
+later use, a cache hit or a concurrent run that waited for the lock, can check they are still what was made."""
 from __future__ import annotations
 
 import errno
@@ -118,7 +118,8 @@ def install(tmp: Path, out: Path, result: BaseModel, exclude: tuple[str, ...] = 
             files: list[FileStamp] | None = None) -> Stamp:
     """Move the finished `tmp` to `out` (replacing what was there) and stamp it; the caller holds `locked(out)`.
 
-    `files`: stamps already taken in `tmp` (a rename keeps size and mtime), so nothing is hashed twice.
+    `files`: stamps already taken in `tmp` (renaming the folder keeps its files' size, times and inodes), so nothing
+    is hashed twice.
     """
     out = Path(out)
     stamp_path(out).unlink(missing_ok=True)  # no stamp: whatever is at `out` is not trusted meanwhile

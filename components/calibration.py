@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import os
@@ -88,25 +89,57 @@ def build(spec: CalibrationSpec, tokenizer) -> tuple["Dataset", str]:  # noqa: F
 
     # Fingerprints given, not hashed from the closures: datasets' hashing disassembles them through dill, which
     # Prefect's log_prints turns into hundreds of bytecode lines in the run log. In memory: no cache file to go stale.
-    tag = digest_obj([spec.model_dump(), getattr(tokenizer, "name_or_path", ""), len(tokenizer)])[:16]
+    tag = digest_obj([spec.model_dump(mode="json"), str(getattr(tokenizer, "name_or_path", "")), len(tokenizer)])[:16]
     ds = raw.map(to_text, new_fingerprint=f"qf-text-{tag}", keep_in_memory=True).map(
         tokenize, remove_columns=raw.column_names + ["text"], new_fingerprint=f"qf-tokens-{tag}", keep_in_memory=True)
     return ds, f"{spec.num_samples} samples of {spec.dataset} (split {spec.split}, seed {spec.seed}, max length {spec.max_seq_length})"
 
 
+def token_digest(ds, batch_size: int = 1024) -> tuple[str, int]:
+    """(sha256 of every row of every column, in order; the number of tokens): what quantization reads, by content.
+
+    Read from the Arrow data in batches, each column (token ids, attention mask) as two streams, its rows' lengths and
+    their values as little-endian int64, so that any change to a row, to the number of rows or to their order
+    changes the digest, and the batch size does not."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = sorted(ds.column_names)
+    streams = {c: (hashlib.sha256(), hashlib.sha256()) for c in columns}
+    rows = tokens = 0
+    for batch in ds.with_format("arrow").iter(batch_size=batch_size):
+        rows += batch.num_rows
+        for c in columns:
+            col = batch.column(c)
+            if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) \
+                    or not pa.types.is_integer(col.type.value_type):
+                raise TypeError(f"calibration column {c!r} holds {col.type}, not lists of token ids")
+            lengths, values = pc.list_value_length(col), pc.list_flatten(col)
+            if col.null_count or values.null_count:
+                raise ValueError(f"calibration column {c!r} has missing values")
+            streams[c][0].update(lengths.to_numpy().astype("<i8").tobytes())
+            streams[c][1].update(values.to_numpy().astype("<i8").tobytes())
+            tokens += int(pc.sum(lengths).as_py() or 0) if c == "input_ids" else 0
+    h = hashlib.sha256(f"quantflow calibration tokens v1\0{rows}\n".encode())
+    for c in columns:
+        h.update(f"{c}\0{streams[c][0].hexdigest()}\0{streams[c][1].hexdigest()}\n".encode())
+    return h.hexdigest(), tokens
+
+
 def save(ds, description: str, spec: CalibrationSpec, root: Path) -> CalibSet:
-    """Save under a content digest of the token ids (the digest names the folder), once: under the folder's lock,
-    written to a unique temporary name, renamed whole and stamped; a whole, intact copy is kept as it is."""
+    """Save under a content digest of the token ids and attention masks (`token_digest`: the digest names the
+    folder), once: under the folder's lock, written to a unique temporary name, renamed whole and stamped; a whole,
+    intact copy is kept as it is."""
     from components import artifacts
 
-    digest = digest_obj(ds["input_ids"])
+    digest, num_tokens = token_digest(ds)
     out = root / digest[:16]
     calib = CalibSet(
         path=str(out),
         digest=digest,
         num_samples=len(ds),
         max_seq_length=spec.max_seq_length,
-        num_tokens=sum(len(x) for x in ds["input_ids"]),
+        num_tokens=num_tokens,
         description=description,
     )
     with artifacts.locked(out):

@@ -2,7 +2,9 @@
 versions of quantflow itself), computed once even when runs ask for the same key at once.
 
 Code = the source of the task function (Prefect's TASK_SOURCE) + the source files of the modules it runs
-(`STEP_CODE`) + the installed versions of the libraries that produce the bytes (`STEP_LIBRARIES`).
+(`STEP_CODE`) + the installed versions of the libraries that produce the bytes (`STEP_LIBRARIES`); evaluation and
+serving run lm-eval and vLLM in another environment, so their keys also hold what is installed there
+(`environment.identity`: the RECORDs of its lm-eval, vLLM, torch, transformers).
 docs/design.md ("Cache keys") lists what enters each key; keep the two in step.
 
 Each policy is SERIALIZABLE (Prefect's transaction isolation): a task run whose key another run is computing waits
@@ -27,6 +29,7 @@ from prefect.locking.protocol import LockManager
 
 from components.artifacts import IntegrityError
 from components.digests import code_digest, digest_obj, sha256_file
+from components.evaluation import environment
 from components.settings import settings
 
 STEP_CODE: dict[str, tuple[str, ...]] = {
@@ -35,7 +38,8 @@ STEP_CODE: dict[str, tuple[str, ...]] = {
     "quantize": ("components.quantize", "components.determinism", "components.recipes", "components.artifacts",
                  "components.memory_plan"),
     "evaluate": ("components.evaluation.runner", "components.evaluation.environment", "components.evaluation.command",
-                 "components.evaluation.results", "components.evaluation.humaneval", "components.evaluation.sandbox"),
+                 "components.evaluation.results", "components.evaluation.humaneval", "components.evaluation.sandbox",
+                 "components.evaluation.suites"),  # suites: how a suite file is read (its defaults run)
     "serving": ("components.evaluation.serving", "components.evaluation.command", "components.evaluation.environment"),
 }
 STEP_LIBRARIES: dict[str, tuple[str, ...]] = {
@@ -78,26 +82,32 @@ def calibration_key(ctx, p: dict) -> str:
     """Calibration spec (a local dataset by content, not path) + the tokenizer's model (base digest)."""
     spec = p["spec"]
     content = dataset_content(str(spec.dataset_path))
-    return key("calibration", spec.model_dump(exclude={"dataset"} if content else set()), content, p["base"].digest, ctx=ctx)
+    return key("calibration", spec.model_dump(mode="json", exclude={"dataset"} if content else set()), content,
+               p["base"].digest, ctx=ctx)
 
 
 def quantize_key(ctx, p: dict) -> str:
     """Base digest + recipe digest + calibration set digest (None for data-free schemes) + how llm-compressor ran
     (placement, activation offload, pipeline, batch size: a batch pads or truncates, a device rounds differently)."""
     return key("quantize", p["base"].digest, p["scheme"].digest, p["calib"].digest if p["calib"] else None,
-               p["how"].model_dump(), ctx=ctx)
+               p["how"].model_dump(mode="json"), ctx=ctx)
 
 
 def evaluate_key(ctx, p: dict) -> str:
-    """Model digest + suite digest + engine settings."""
-    return key("evaluate", p["model_digest"], p["suite_digest"], p["engine"].model_dump(), ctx=ctx)
+    """Model digest + suite digest + engine settings + the identity of the environment that runs lm-eval (its
+    lm-eval, vLLM, torch, transformers: `.venv-eval` for vLLM, this one for hf)."""
+    engine = p["engine"]
+    return key("evaluate", p["model_digest"], p["suite_digest"], engine.model_dump(mode="json"),
+               environment.identity(engine.engine, environment.EVALUATE_DISTRIBUTIONS), ctx=ctx)
 
 
 def serving_key(ctx, p: dict) -> str:
-    """Model digest + engine settings + serving settings + the prompt file's content (not its path)."""
+    """Model digest + engine settings + serving settings + the prompt file's content (not its path) + the identity
+    of the evaluation environment that serves and benchmarks (its vLLM, torch, transformers)."""
     spec = p["spec"]
-    return key("serving", p["model_digest"], p["engine"].model_dump(), spec.model_dump(exclude={"prompts"}),
-               sha256_file(spec.prompts_path), ctx=ctx)
+    return key("serving", p["model_digest"], p["engine"].model_dump(mode="json"),
+               spec.model_dump(mode="json", exclude={"prompts"}), sha256_file(spec.prompts_path),
+               environment.identity("vllm", environment.SERVING_DISTRIBUTIONS), ctx=ctx)
 
 
 class HomeLockManager(LockManager):

@@ -83,17 +83,19 @@ def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | Non
 # --- Evaluation -------------------------------------------------------------------------------
 
 @task(cache_policy=policy(evaluate_key), persist_result=True, retries=1)
-def evaluate(model_path: str, model_digest: str, suite_name: str, suite_digest: str, engine: EngineSettings,
+def evaluate(model_path: str, model_digest: str, suite_file: str, suite_digest: str, engine: EngineSettings,
              gpus: list[int] | None = None) -> EvalResult:
-    """lm_eval in its own process; the baseline's key has no variant in it, so every variant shares it. `gpus` (not
-    in the key: scores do not depend on which GPU): the only ones its process sees, beside quantization."""
+    """lm_eval in its own process; the baseline's key has no variant in it, so every variant shares it. The suite
+    travels as its file, checked against `suite_digest` (its key), never looked up by name. `gpus` (not in the key:
+    scores do not depend on which GPU): the only ones its process sees, beside quantization."""
     out = _artifact_dir("evals", evaluate_key)
     with artifacts.locked(out):
         if (done := artifacts.reuse(out, EvalResult)) is not None:
             return done
         tmp = artifacts.workdir(out)
         try:
-            result = run_suite(model_path, suites.load(suite_name), engine, tmp, log=get_run_logger().info, gpus=gpus)
+            suite = suites.load_file(suite_file, suite_digest)
+            result = run_suite(model_path, suite, engine, tmp, log=get_run_logger().info, gpus=gpus)
             result = result.model_copy(update={"output_dir": str(out)})
             artifacts.install(tmp, out, result)
         finally:
@@ -169,7 +171,7 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     name = spec.variant_name or f"{base.name}-{scheme.suffix}"
     calib = checked(build_calibration, spec.calibration, base, run_name="build calibration set") \
         if scheme.needs_calibration else None
-    base_eval_args = (base.path, base.digest, suite.name, suite_key, engine, plan.overlap.eval_gpus)
+    base_eval_args = (base.path, base.digest, str(suite._file), suite_key, engine, plan.overlap.eval_gpus)
     base_eval_later = started(evaluate, *base_eval_args, run_name="evaluate base") if plan.overlap.overlap else None
     base_eval_first = checked(evaluate, *base_eval_args, run_name="evaluate base") if plan.overlap.base_first else None
     checkpoint = checked(quantize_checkpoint, base, scheme, calib, name, plan.quantization, plan.overlap.quantize_gpus,
@@ -178,7 +180,7 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     # Evaluation: same engine and settings for base and variant (or published baseline scores, marked as such)
     base_eval = plan.reference or base_eval_first or (base_eval_later() if base_eval_later
                                                       else checked(evaluate, *base_eval_args, run_name="evaluate base"))
-    variant_eval = checked(evaluate, checkpoint.path, checkpoint.digest, suite.name, suite_key, engine,
+    variant_eval = checked(evaluate, checkpoint.path, checkpoint.digest, str(suite._file), suite_key, engine,
                            run_name="evaluate variant")
     table = recovery.table(base_eval.scores, variant_eval.scores)
     verdict = gate(table, rtol=spec.evaluation.rtol, min_average_recovery=spec.evaluation.min_average_recovery)

