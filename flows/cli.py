@@ -5,6 +5,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import threading
 from contextlib import contextmanager
@@ -241,7 +242,7 @@ def _prefect_api():
     """The Prefect API the run reports to: PREFECT_API_URL if set (checked first: one line if it does not answer),
     else the stack `quantflow server up` runs, else a temporary local server in its own session, so Ctrl-C in the
     terminal reaches the run, not the server."""
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, get_current_settings, temporary_settings
 
     from components.local_stack import prefect_api_problem
     from components.preflight import PreflightError
@@ -267,7 +268,9 @@ def _prefect_api():
     proc, url = prefect_server(Path(get_current_settings().home), log=settings().path("stack") / "prefect-temporary.log")
     _SPARED.add(proc.pid)
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        # no UI address: the server goes when the run ends, so Prefect prints no "View at" link that would be dead by
+        # then (and the MLflow run records none); the command prints the MLflow run and the card instead
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_URL: ""}):
             try:
                 yield
             finally:
@@ -364,7 +367,11 @@ def run(
     typer.echo(f"\nEngine: {outcome.engine}\nCard: {outcome.card}\nCheckpoint: {outcome.checkpoint}")
     for p in outcome.published:
         typer.echo(f"Published ({p.store}): {p.uri}")
-    typer.echo(f"MLflow run: {outcome.mlflow_run_id}  (browse: mlflow ui --backend-store-uri {settings().tracking_uri})")
+    from components.tracking import run_url
+
+    link = run_url(outcome.mlflow_run_id) or f"{outcome.mlflow_run_id}  (browse: mlflow ui --backend-store-uri " \
+                                                f"{settings().tracking_uri})"
+    typer.echo(f"MLflow run: {link}")
 
 
 @app.command()
@@ -441,25 +448,57 @@ def _prefect_cli() -> str:
     return str(Path(sys.executable).parent / "prefect")
 
 
+def _checkout() -> Path:
+    """The quantflow checkout this CLI runs from (an editable install): `prefect deploy` reads the entrypoints of
+    infra/prefect.yaml relative to it, and a worker runs its flows, whatever directory the command is typed in."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "infra" / "prefect.yaml").is_file():
+        raise ValueError(f"quantflow at {root} is not a checkout (no infra/prefect.yaml): run this command from a "
+                         "git clone of quantflow installed with `pip install -e .` (make setup)")
+    return root
+
+
+# Prefect's own "start a worker" hint, after `work-pool create` and `deploy`: quantflow prints its own (`quantflow worker`)
+_PREFECT_WORKER_HINT = re.compile(r"prefect worker start|start a worker|To execute flow runs from these deployments")
+
+
+def _prefect_quietly(argv: list[str], env: dict, cwd: Path) -> None:
+    """Run a prefect CLI command, its output passed on less Prefect's worker hint; exit 1 when it fails."""
+    import subprocess
+
+    proc = subprocess.Popen(argv, env={**env, "COLUMNS": "200"}, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    blank = False
+    for line in proc.stdout:
+        if _PREFECT_WORKER_HINT.search(line) or (blank and not line.strip()):
+            continue
+        blank = not line.strip()
+        typer.echo(line, nl=False)
+    if proc.wait():
+        raise typer.Exit(1)
+
+
 @app.command()
 @_friendly
-def deploy(prefect_file: Path = typer.Option(Path("infra/prefect.yaml"), help="Deployments to create."),
+def deploy(prefect_file: Optional[Path] = typer.Option(None, help="Deployments to create (default: the checkout's "
+                                                                   "infra/prefect.yaml)."),
            pool: str = typer.Option("quantflow-local", help="Process work pool to create if missing."),
            concurrency_limit: int | None = typer.Option(
                None, min=1, help="Flow runs the pool runs at once, across its workers: its GPUs (one variant each), "
                                  "plus one for a sweep's own run that waits for them. Unset: no limit.")) -> None:
     """Create the work pool (if missing) and deploy every deployment of the file to the Prefect server
-    (PREFECT_API_URL, else the running `quantflow server up`)."""
-    import subprocess
-
+    (PREFECT_API_URL, else the running `quantflow server up`), from any directory: the entrypoints are the checkout's."""
+    root = _checkout()
+    prefect_file = (prefect_file or root / "infra" / "prefect.yaml").resolve()
+    if not prefect_file.is_file():
+        raise ValueError(f"--prefect-file {prefect_file}: no such file (the default is {root / 'infra' / 'prefect.yaml'})")
     env = {**os.environ, "PREFECT_API_URL": _api_url()}
     limit = (["set-concurrency-limit", pool, str(concurrency_limit)] if concurrency_limit
              else ["clear-concurrency-limit", pool])
     for argv in ([_prefect_cli(), "--no-prompt", "work-pool", "create", pool, "--type", "process", "--overwrite"],
                  [_prefect_cli(), "--no-prompt", "work-pool", *limit],
                  [_prefect_cli(), "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)]):
-        if subprocess.run(argv, env=env).returncode:
-            raise typer.Exit(1)
+        _prefect_quietly(argv, env, root)
     _install_automations()
     typer.echo(f"Start a worker: quantflow worker --pool {pool}")
 
@@ -467,10 +506,12 @@ def deploy(prefect_file: Path = typer.Option(Path("infra/prefect.yaml"), help="D
 @app.command()
 @_friendly
 def worker(pool: str = typer.Option("quantflow-local", help="Work pool to serve."),
-           project_dir: Path = typer.Option(Path("."), help="Checkout whose flows the runs execute "
-                                                            "(QUANTFLOW_PROJECT_DIR of the deployments' pull step).")) -> None:
+           project_dir: Optional[Path] = typer.Option(None, help="Checkout whose flows the runs execute "
+                                                                 "(QUANTFLOW_PROJECT_DIR of the deployments' pull step; "
+                                                                 "default: the checkout this quantflow runs from).")) -> None:
     """A process worker for the deployments (runs what the Prefect UI launches) until Ctrl-C."""
-    env = {**os.environ, "PREFECT_API_URL": _api_url(), "QUANTFLOW_PROJECT_DIR": str(project_dir.resolve())}
+    project = project_dir.resolve() if project_dir else _checkout()
+    env = {**os.environ, "PREFECT_API_URL": _api_url(), "QUANTFLOW_PROJECT_DIR": str(project)}
     os.execve(_prefect_cli(), [_prefect_cli(), "worker", "start", "--pool", pool], env)
 
 

@@ -102,12 +102,15 @@ def test_variant_launched_from_the_form_runs_and_shows_its_artifacts(ui, api, wo
         form_field(pg, "Calibration", "Num Samples").locator("input").fill("8")
         form_field(pg, "Calibration", "Max Seq Length").locator("input").fill("64")
         choose(pg, form_field(pg, "Evaluation", "Engine"), "hf")
-        limit = form_field(pg, "Evaluation", "Limit")
-        limit.get_by_role("button", name="int", exact=True).click()
-        limit.locator("input").fill("4")
+        form_field(pg, "Evaluation", "Limit").locator("input").fill("4")  # optional fields: plain inputs, no null tab
         form_field(pg, "Evaluation", "Serving", "Enabled").get_by_role("switch").click()
-        form_field(pg, "Variant Name").get_by_role("button", name="str", exact=True).click()
         form_field(pg, "Variant Name").locator("textarea").fill("tiny-from-the-form")
+        # a clean form: no null branches, the auto|true|false field a choice, labels of their own
+        assert pg.get_by_text('Property is type "None"').count() == 0
+        assert pg.get_by_text("is a const and cannot be changed").count() == 0
+        assert select_options(pg, form_field(pg, "Evaluation", "Overlap Base")) == ["auto", "true", "false"]
+        for label in ("Calibration Batch Size", "Evaluation Batch Size", "Require GPU", "Relative Tolerance (rtol)"):
+            assert form_field(pg, "Quantization" if label.startswith("Calibration") else "Evaluation", label).count(), label
         shot(pg, "prefect-run-form")
         run_name = pg.locator("input[type=text]").first.input_value()  # the form's generated Run Name
         pg.get_by_role("button", name="Submit").click()
