@@ -134,6 +134,42 @@ def test_variant_launched_from_the_form_runs_and_shows_its_artifacts(ui, api, wo
         assert not pg.errors, pg.errors
 
 
+def _pane_fit(pg, header: str) -> dict:
+    """Where the rendered table and its `header` column sit: the table's width, the right edge of the header cell, and
+    the right edge of the nearest ancestor that clips or scrolls it (else the window)."""
+    return pg.evaluate("""header => {
+        const th = [...document.querySelectorAll('th')].find(e => e.textContent.trim() === header);
+        const table = th.closest('table');
+        let pane = table.parentElement;
+        while (pane && !['auto', 'scroll', 'hidden'].includes(getComputedStyle(pane).overflowX)) pane = pane.parentElement;
+        const right = pane ? pane.getBoundingClientRect().right : window.innerWidth;
+        return {table: table.getBoundingClientRect().width, header: th.getBoundingClientRect().right,
+                pane: Math.min(right, window.innerWidth), scrolls: pane ? pane.scrollWidth > pane.clientWidth : false};
+    }""", header)
+
+
+def test_recovery_artifact_shows_the_verdict_at_1440(ui, api, tmp_path):
+    """The `recovery-table` artifact as a laptop shows it (1440 x 900): the columns headed base / variant (the names
+    above the table), so the verdict column is in the pane without scrolling, for the long names of a real base."""
+    from records import variant_record
+
+    from components.report import recovery_markdown
+
+    record = variant_record(tmp_path, "Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-8B-Instruct-quantized.w8a8")
+    r = api.post("/artifacts/", json={"key": "recovery-table", "type": "markdown", "data": recovery_markdown(record),
+                                      "description": f"{record.name}: recovery vs {record.base.name}"})
+    assert r.status_code == 201, r.text
+    with page(width=1440, height=900) as pg:
+        pg.goto(f"{ui}/artifacts/artifact/{r.json()['id']}", wait_until="networkidle")
+        pg.get_by_role("columnheader", name="Verdict").first.wait_for()
+        fit = _pane_fit(pg, "Verdict")
+        shot(pg, "prefect-recovery-artifact-1440")
+        print(fit)
+        assert fit["header"] <= fit["pane"] and not fit["scrolls"], fit
+        assert pg.get_by_text(record.name).first.is_visible()  # the names, above the table
+        assert not pg.errors, pg.errors
+
+
 def test_mlflow_compares_two_variants(ui, api, worker, tiny_model, data_root):
     """A second variant (launched as the Run button does), then the MLflow link the flow gives: the runs table opens
     on the two variants by name with the headline columns (average recovery, its interval, the verdict), no set-up."""
