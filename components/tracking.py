@@ -159,7 +159,11 @@ def _experiment(mlflow, base: ModelRef) -> str:
         if exp.tags.get(VIEW_TAG) != view:
             mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, VIEW_TAG, view)
         return exp.experiment_id
-    artifacts = None if settings().tracking_uri.startswith("http") else settings().path("mlartifacts").as_uri()
+    # files under the home wherever the store is the home's (no server, or the stack's server on it): the experiment
+    # stays writable whether or not the stack runs (an mlflow-artifacts:/ location needs the server)
+    stack = settings().stack()
+    local = not settings().tracking_uri.startswith("http") or (stack and settings().tracking_uri == stack.mlflow_url)
+    artifacts = settings().path("mlartifacts").as_uri() if local else None
     # a model-development experiment: MLflow's UI opens its runs table, not the GenAI traces view
     return mlflow.create_experiment(name, artifact_location=artifacts,
                                     tags={"mlflow.experimentKind": "custom_model_development", VIEW_TAG: view})

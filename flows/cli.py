@@ -510,8 +510,13 @@ def worker(pool: str = typer.Option("quantflow-local", help="Work pool to serve.
                                                                  "(QUANTFLOW_PROJECT_DIR of the deployments' pull step; "
                                                                  "default: the checkout this quantflow runs from).")) -> None:
     """A process worker for the deployments (runs what the Prefect UI launches) until Ctrl-C."""
+    from components.settings import settings
+
     project = project_dir.resolve() if project_dir else _checkout()
-    env = {**os.environ, "PREFECT_API_URL": _api_url(), "QUANTFLOW_PROJECT_DIR": str(project)}
+    # the worker's home, as every quantflow command reads it here, is its runs' home (the deployments set none), and
+    # Prefect's results go beside it (_prefect_defaults)
+    env = {**os.environ, "PREFECT_API_URL": _api_url(), "QUANTFLOW_PROJECT_DIR": str(project),
+           "QUANTFLOW_HOME": str(settings().home.expanduser().resolve())}
     os.execve(_prefect_cli(), [_prefect_cli(), "worker", "start", "--pool", pool], env)
 
 
@@ -556,8 +561,9 @@ def server_up(prefect_port: int = typer.Option(4200, envvar="QUANTFLOW_PREFECT_P
               mlflow_port: int = typer.Option(5000, envvar="QUANTFLOW_MLFLOW_PORT"),
               detach: bool = typer.Option(False, "--detach", help="Leave the servers running in the background "
                                                                   "(stop them with `quantflow server down`).")) -> None:
-    """Start the Prefect server (API and dashboard) and the MLflow server, data under QUANTFLOW_HOME/stack. While they
-    run, every quantflow command (runs, deploy, worker, status, compare) uses them."""
+    """Start the Prefect server (API and dashboard, data under QUANTFLOW_HOME/stack) and the MLflow server on the home's
+    MLflow store (QUANTFLOW_HOME/mlflow.db). While they run, every quantflow command (runs, deploy, worker, status,
+    compare) uses them."""
     import time
 
     from components.local_stack import mlflow_server, prefect_server
@@ -571,7 +577,10 @@ def server_up(prefect_port: int = typer.Option(4200, envvar="QUANTFLOW_PREFECT_P
     try:
         proc, prefect_url = prefect_server(settings().path("stack", "prefect"), prefect_port, ui=True)
         procs.append(proc)
-        proc, mlflow_url = mlflow_server(settings().path("stack", "mlflow"), port=mlflow_port)
+        # the home's own store ($QUANTFLOW_HOME/mlflow.db, mlartifacts), the one `quantflow run` records into when no
+        # server runs: a variant recorded before `server up` is on the dashboard after it, and nothing is copied
+        proc, mlflow_url = mlflow_server(settings().path(), port=mlflow_port,
+                                         log=settings().path("stack") / "mlflow-server.log")
         procs.append(proc)
         stack = Stack(prefect_api_url=prefect_url, mlflow_url=mlflow_url, pids=[p.pid for p in procs])
         settings().stack_file.write_text(stack.model_dump_json())

@@ -46,8 +46,8 @@ def ui(api) -> str:
 def worker(data_root, api, tmp_path_factory):
     """Deployments from infra/prefect.yaml and a process worker whose project dir is a scratch copy of the layout.
 
-    The deployment's QUANTFLOW_HOME (.quantflow) is relative to the project dir the pull step enters, so flow runs
-    launched from the form keep their data in the scratch dir, not in the repository.
+    The deployments set no QUANTFLOW_HOME: runs launched from the form keep their data in the worker's (the session's
+    home, not the default .quantflow under the project dir) and record into its MLflow server.
     """
     project = tmp_path_factory.mktemp("ui-project")
     for part in ("flows", "components"):
@@ -119,6 +119,9 @@ def test_variant_launched_from_the_form_runs_and_shows_its_artifacts(ui, api, wo
             "flow_runs": {"name": {"any_": [run_name]}}, "deployments": {"id": {"any_": [deployment]}}}).json()]
 
         run = _wait(api, run_id, data_root / "ui-worker.log")
+        # written into the worker's home (a non-default one), not .quantflow under the project dir
+        assert (Path(os.environ["QUANTFLOW_HOME"]) / "checkpoints" / "tiny-from-the-form" / "README.md").is_file()
+        assert not (worker / ".quantflow").exists(), list((worker / ".quantflow").rglob("*"))[:10]
         spec = run["parameters"]["spec"]  # what the form sent, as typed
         assert spec["base"]["source"] == str(tiny_model) and spec["evaluation"]["engine"] == "hf"
         assert spec["evaluation"]["limit"] == 4 and spec["evaluation"]["serving"]["enabled"] is False
@@ -212,3 +215,49 @@ def test_mlflow_compares_two_variants(ui, api, worker, tiny_model, data_root):
             cells = shown.split("\n")
             assert sum(bool(re.fullmatch(r"\d+(\.\d+)?", c)) for c in cells) >= 3, (variant, shown)
             assert {"passed", "failed", "inconclusive"} & set(cells), (variant, shown)
+
+
+def test_a_variant_recorded_before_server_up_is_on_its_dashboard(tmp_path):
+    """As `make run` then `quantflow server up`: a variant recorded with no server (the home's SQLite store) is in the
+    stack's MLflow once it runs, with its artifacts, and a browser finds it there: one store, nothing copied."""
+    import json
+    import socket
+
+    quantflow = str(Path(sys.executable).parent / "quantflow")
+    home, base = tmp_path / "home", "tiny-before-up"
+    env = {k: v for k, v in os.environ.items() if k not in ("QUANTFLOW_MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    env.update(QUANTFLOW_HOME=str(home), PREFECT_HOME=str(tmp_path / "prefect-home"),
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    (tmp_path / "variant").mkdir()
+    code = ("import sys\nfrom pathlib import Path\nfrom records import variant_record\nfrom components import tracking\n"
+            "from components.settings import settings\nprint(settings().tracking_uri)\n"
+            f"print(tracking.log_variant(variant_record(Path({str(tmp_path / 'variant')!r}), {base!r}, '{base}-w8a8')))\n")
+    made = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stdout + made.stderr
+    uri, run_id = made.stdout.split()[-2:]
+    assert uri == f"sqlite:///{home.resolve() / 'mlflow.db'}", uri  # no server: the home's store
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(str(s.getsockname()[1]))
+    up = subprocess.run([quantflow, "server", "up", "--detach"], env={
+        **env, "QUANTFLOW_PREFECT_PORT": ports[0], "QUANTFLOW_MLFLOW_PORT": ports[1]},
+        capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        stack = json.loads((home / "stack" / "stack.json").read_text())
+        mlflow_url = stack["mlflow_url"]
+        run = httpx.get(f"{mlflow_url}/api/2.0/mlflow/runs/get", params={"run_id": run_id}, timeout=30).json()["run"]
+        assert run["info"]["run_name"] == "w8a8"
+        files = httpx.get(f"{mlflow_url}/api/2.0/mlflow/artifacts/list", params={"run_id": run_id, "path": "card"},
+                          timeout=30).json()
+        assert [f["path"] for f in files["files"]] == ["card/README.md"], files
+        experiment = run["info"]["experiment_id"]
+        with page(width=1440, height=900) as pg:
+            pg.goto(f"{mlflow_url}/#/experiments/{experiment}/runs?viewStateShareKey=quantflow", wait_until="load")
+            pg.get_by_text("w8a8", exact=True).first.wait_for()
+            shot(pg, "mlflow-recorded-before-server-up")
+    finally:
+        subprocess.run([quantflow, "server", "down"], env=env, capture_output=True, text=True, timeout=120)
