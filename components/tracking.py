@@ -381,8 +381,8 @@ def _log_variant(r: VariantRecord) -> tuple[str, str, str | None]:
                 schema_log.setLevel(level)
         if r.suite_file is not None:
             mlflow.log_input(_suite_dataset(r.variant_eval, r.suite_file), context="evaluation")
-        _log_metrics(mlflow, {**_eval_metrics(r.variant_eval), **verdict_metrics(r.table, r.verdict),
-                              **size_metrics(r.checkpoint, r.base)})
+        size = size_metrics(r.checkpoint, r.base)
+        _log_metrics(mlflow, {**_eval_metrics(r.variant_eval), **verdict_metrics(r.table, r.verdict), **size})
         mlflow.set_tags(verdict_tags(r.table, r.verdict))
         mlflow.log_dict(r.verdict.model_dump(mode="json"), "gate.json")
         mlflow.log_text(readable_card(r.card.read_text()), f"card/{r.card.name}")
@@ -392,8 +392,10 @@ def _log_variant(r: VariantRecord) -> tuple[str, str, str | None]:
             else:
                 mlflow.log_artifact(str(path), artifact_path=name)
         _recovery_artifacts(mlflow, r.table, r.name, r.verdict)
-        if r.speed is not None:  # its checkpoint_mb is size_metrics' (logged above)
-            _log_metrics(mlflow, {**{k: v for k, v in _serving_metrics(r.speed.variant).items() if k != "checkpoint_mb"},
+        if r.speed is not None:  # its checkpoint_mb only where size_metrics had none (the same files, from disk)
+            served = {k: v for k, v in _serving_metrics(r.speed.variant).items()
+                      if k != "checkpoint_mb" or size["checkpoint_mb"] is None}
+            _log_metrics(mlflow, {**served,
                                   **{f"serving.gain.{_metric_name(row.label)}": _round(row.ratio, 2)
                                      for row in r.speed.rows()}})
         baseline_tags = {"quantflow.role": "baseline"}
