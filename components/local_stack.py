@@ -138,12 +138,14 @@ def wait_prefect(proc: subprocess.Popen, url: str, log: Path) -> None:
 
 
 def mlflow_server(home: Path, artifacts: str | None = None, env: dict | None = None,
-                  port: int | None = None) -> tuple[subprocess.Popen, str]:
+                  port: int | None = None, log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """An MLflow server on `home`'s store (`mlflow.db`, artifacts in `mlartifacts`), logging to `log`."""
     port = port or free_port()
+    log = log or home / "mlflow-server.log"
     argv = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
             "--artifacts-destination", artifacts or str(home / "mlartifacts"), "--serve-artifacts"]
-    proc = start(argv, home / "mlflow-server.log", {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
+    proc = start(argv, log, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
     url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/health", proc, home / "mlflow-server.log")
+    wait_http(f"{url}/health", proc, log)
     return proc, url

@@ -9,11 +9,19 @@ from components.card.render import accuracy_table, gate_markdown, serving_table
 from components.tracking import VariantRecord
 
 
+def recovery_markdown(r: VariantRecord) -> str:
+    """The recovery table under the two names, its columns headed `base` and `variant`: headed by the full model
+    names it was 1208 px wide, and Prefect's artifact pane (868 px at a 1440 px window) hid the verdict."""
+    markdown = (f"**base** `{r.base.name}` · **variant** `{r.name}`\n\n"
+                + accuracy_table(r.table, "base", "variant", r.verdict) + "\n\n" + gate_markdown(r.verdict))
+    if r.speed:
+        markdown += "\n\n" + serving_table(r.speed, "base", "variant")
+    return markdown
+
+
 def variant(r: VariantRecord, mlflow_run: str) -> None:
     """The variant's artifacts (its MLflow links when tracking goes to a server), and the same summary in its log."""
-    markdown = accuracy_table(r.table, r.base.name, r.name, r.verdict) + "\n\n" + gate_markdown(r.verdict)
-    if r.speed:
-        markdown += "\n\n" + serving_table(r.speed, r.base.name, r.name)
+    markdown = recovery_markdown(r)
     url = tracking.run_url(mlflow_run)
     if url:
         create_link_artifact(key="mlflow-run", link=url, link_text=f"MLflow run of {r.name}",

@@ -104,6 +104,17 @@ def _error(loc: tuple, msg: str) -> InitErrorDetails:
     return InitErrorDetails(type=PydanticCustomError("spec", "{msg}", {"msg": msg}), loc=loc, input=None)
 
 
+def _optional_as_plain(prop: dict) -> None:
+    """An optional field (`X | None = None`) as the plain `X` input in the Prefect form, without a default: its
+    anyOf's null branch renders as a 'Property is type "None"' tab. Prefect's server adds the null back before it
+    validates (schema_tools.validation: a property with a type and no default may be null), so null stays valid."""
+    branches = prop.get("anyOf", [])
+    rest = [b for b in branches if b != {"type": "null"}]
+    if len(rest) == 1 and len(branches) == 2 and prop.get("default", ...) is None:
+        del prop["anyOf"], prop["default"]
+        prop.update(rest[0])
+
+
 class StrictModel(BaseModel):
     """A spec section: unknown fields are errors (with a did-you-mean), no URL carries credentials, and no input value
     is echoed in errors (they reach logs and the Prefect database)."""
@@ -141,6 +152,7 @@ class StrictModel(BaseModel):
         schema = handler(core_schema)
         target = handler.resolve_ref_schema(schema)
         for prop in target.get("properties", {}).values():
+            _optional_as_plain(prop)
             if "enum" not in prop and (prop.get("type") == "string"
                                        or any(a.get("type") == "string" for a in prop.get("anyOf", []))):
                 prop.setdefault("pattern", NO_URL_CREDENTIALS)
@@ -207,7 +219,8 @@ class QuantizationSpec(StrictModel):
                             "`sequential_offload_device`).")
     pipeline: Literal["auto", "independent", "sequential", "basic", "datafree"] = Field(
         "auto", description="llm-compressor's calibration pipeline (`auto`: its own default, `independent`).")
-    batch_size: int = Field(1, ge=1, le=4096, description="Calibration batch size (llm-compressor's `batch_size`).")
+    batch_size: int = Field(1, ge=1, le=4096, title="Calibration Batch Size",
+                            description="Calibration batch size (llm-compressor's `batch_size`).")
 
 
 class ServingSpec(StrictModel):
@@ -235,19 +248,23 @@ class EvalSpec(StrictModel):
     tensor_parallel_size: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
         "auto", description="vLLM's tensor parallelism. auto: the smallest power of two at which base and variant fit "
                             "the visible GPUs (components/evaluation/fit.py; 1 on CPU); a number: checked the same way.")
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM's share of GPU memory (default: vLLM's own).")
-    batch_size: str = "auto"
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, title="GPU Memory Utilization",
+                                                 description="vLLM's share of GPU memory (default: vLLM's own).")
+    batch_size: str = Field("auto", title="Evaluation Batch Size", description="lm-eval's `batch_size`: a number, or `auto`.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N docs of each task (smoke runs).")
     seed: int = 1234
-    require_gpu: bool = Field(False, description="Fail at preflight unless a CUDA GPU is visible (e.g. a GPU work pool "
-                                                 "that came up without one), instead of running for hours on CPU.")
-    rtol: float = Field(0.08, ge=0, le=1, description="Gate: per-task relative tolerance (vLLM's lm-eval CI uses 0.08).")
+    require_gpu: bool = Field(False, title="Require GPU",
+                              description="Fail at preflight unless a CUDA GPU is visible (e.g. a GPU work pool "
+                                          "that came up without one), instead of running for hours on CPU.")
+    rtol: float = Field(0.08, ge=0, le=1, title="Relative Tolerance (rtol)",
+                       description="Gate: per-task relative tolerance (vLLM's lm-eval CI uses 0.08).")
     min_average_recovery: float = Field(0.95, ge=0, le=1.5, description="Gate: floor on the average recovery (llm-compressor's e2e tests use 0.95).")
     reference_baseline: str | None = Field(None, description="Published baseline scores standing in for evaluating the "
                                                              "base model (e.g. Meta-Llama-3.1-70B-Instruct.openllm-v1-2024, a "
                                                              "seed card's baseline column; or a YAML path): marked as such "
                                                              "in the card and MLflow.")
-    overlap_base: Literal["auto"] | StrictBool = Field(
+    # a choice of three in the form (an enum without a type: Prefect's form draws a select, values keep their JSON type)
+    overlap_base: Annotated[Literal["auto"] | StrictBool, WithJsonSchema({"enum": ["auto", True, False]})] = Field(
         "auto", description="Evaluate the base model while the variant is quantized. auto: when the GPUs both need fit "
                             "this machine (never on CPU only); true: always (on CPU they share the cores; on GPUs "
                             "preflight refuses it without room); false: one after the other.")
@@ -266,10 +283,10 @@ class StoreSpec(StrictModel):
     """One place to publish to: a local folder, an S3-compatible bucket, or a Hugging Face Hub repo."""
 
     kind: Literal["local", "s3", "hub"] = "local"
-    uri: str | None = Field(None, description="Where to publish. local: a folder (default `<home>/published`); "
+    uri: str | None = Field(None, title="URI", description="Where to publish. local: a folder (default `<home>/published`); "
                                               "s3: s3://bucket/prefix; hub: a repo id namespace/name, or a namespace "
                                               "alone to publish each variant as `namespace/<variant name>`.")
-    endpoint_url: str | None = Field(None, description="s3: endpoint of an S3-compatible server (MinIO, SeaweedFS...); "
+    endpoint_url: str | None = Field(None, title="Endpoint URL", description="s3: endpoint of an S3-compatible server (MinIO, SeaweedFS...); "
                                                        "hub: Hub endpoint (default HF_ENDPOINT or huggingface.co).")
     region: str | None = Field(None, description="s3: bucket region (default: from the AWS config/environment).")
     create_bucket: bool = Field(False, description="s3: create the bucket if it does not exist (else fail).")

@@ -17,7 +17,7 @@ from components import recorded
 from components.calibration import CalibSet
 from components.digests import digest_obj
 from components.evaluation.runner import EvalResult
-from components.evaluation.serving import ServingResult, Speed
+from components.evaluation.serving import WEIGHT_SUFFIXES, ServingResult, Speed, checkpoint_mb
 from components.gate import GateVerdict
 from components.models import ModelRef
 from components.outcomes import Checkpoint
@@ -91,7 +91,7 @@ class VariantRecord(BaseModel):
 
     @property
     def tags(self) -> dict[str, str]:
-        return {"quantflow.scheme": self.scheme.name, "quantflow.gate": self.verdict.state.value.lower(),
+        return {"quantflow.scheme": self.scheme.name, "quantflow.gate": self.verdict.state.value,
                 "quantflow.prefect_flow_run_id": self.flow_run_id, "quantflow.prefect_flow_run_url": self.flow_run_url,
                 "quantflow.record": self.digest, "quantflow.variant": self.name}
 
@@ -147,29 +147,56 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 _experiments: dict[str, str] = {}
 VIEW = "quantflow"  # the shared view of every base's experiment: `experiment_url` opens it
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW}"
-HEADLINE = [("metrics", "average_recovery"), ("metrics", "average_recovery_ci_low"),
-            ("metrics", "average_recovery_ci_high"), ("tags", "quantflow.gate"), ("metrics", "checkpoint_mb"),
-            ("metrics", "serving.output_tok_s")]
+HEADLINE = [("tags", "quantflow.gate"), ("metrics", "average_recovery"), ("metrics", "average_recovery_ci_low"),
+            ("metrics", "average_recovery_ci_high"), ("metrics", "checkpoint_mb"), ("metrics", "compression")]
+TRAILING = [("metrics", "serving.output_tok_s")]
+TASK_TAG = "{task}.verdict"  # per task: its recovery and verdict in one cell, e.g. "97.50 PASSED"
+# One colour per variant in the runs table and its charts (MLflow's `mlflow.runColor` run tag, which its UI reads and
+# sets): the first variant of a base gets the first, a rerun of a name keeps its colour.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 
 
-def view_state() -> str:
-    """The runs table's columns as MLflow's UI reads a shared view (`mlflow.sharedViewState.<key>`, plain JSON):
-    the headline ones alone, in this order (not alphabetical: low before high), wide enough to read their names;
-    a column no run has logged (serving off) is not drawn."""
-    columns = [f"{kind}.`{name}`" for kind, name in HEADLINE]
+def view_state(tasks: list[str] = ()) -> str:
+    """The runs table's columns as MLflow's UI reads a shared view (`mlflow.sharedViewState.<key>`, plain JSON): the
+    gate, the average with its interval, size and compression, then each task's recovery and verdict, in this order
+    (not alphabetical: low before high), each wide enough to read its name; a column no run has logged is not drawn."""
+    names = HEADLINE + [("tags", TASK_TAG.format(task=t)) for t in tasks] + TRAILING
+    columns = [f"{kind}.`{name}`" for kind, name in names]
+    # ~6.2 px a character in the headers' font, ~7.5 in the cells': a gate cell holds up to "NOT COMPARABLE", a
+    # task's "90.00 INCONCLUSIVE"; numbers are short
+    cell = {"quantflow.gate": 14, **{TASK_TAG.format(task=t): 18 for t in tasks}}
     return json.dumps({"selectedColumns": columns, "columnOrder": columns,
-                       "columnWidths": {c: 60 + 8 * len(name) for c, (_, name) in zip(columns, HEADLINE, strict=True)}})
+                       "columnWidths": {c: int(20 + max(6.2 * len(name), 7.5 * cell.get(name, 0)))
+                                        for c, (_, name) in zip(columns, names, strict=True)}})
 
 
-def _experiment(mlflow, base: ModelRef) -> str:
-    """The base's experiment, with the headline view set on it each time (an experiment made before it gets it)."""
-    name, view = f"quantflow/{base.name}", view_state()
+def _view_tasks(view: str | None) -> list[str]:
+    """The tasks a shared view already shows (variants of other suites), so one base's view keeps them all."""
+    try:
+        columns = json.loads(view)["selectedColumns"] if view else []
+    except (ValueError, KeyError, TypeError):
+        return []
+    suffix = TASK_TAG.format(task="")
+    return [c[len("tags.`"):-len(suffix) - 1] for c in columns if c.startswith("tags.`") and c.endswith(f"{suffix}`")]
+
+
+def _experiment(mlflow, base: ModelRef, tasks: list[str] = ()) -> str:
+    """The base's experiment, with the headline view set on it each time (an experiment made before it gets it), its
+    task columns those of every suite recorded on it."""
+    name = f"quantflow/{base.name}"
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        shown = _view_tasks(exp.tags.get(VIEW_TAG))
+        view = view_state(shown + [t for t in tasks if t not in shown])
         if exp.tags.get(VIEW_TAG) != view:
             mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, VIEW_TAG, view)
         return exp.experiment_id
-    artifacts = None if settings().tracking_uri.startswith("http") else settings().path("mlartifacts").as_uri()
+    view = view_state(list(tasks))
+    # files under the home wherever the store is the home's (no server, or the stack's server on it): the experiment
+    # stays writable whether or not the stack runs (an mlflow-artifacts:/ location needs the server)
+    stack = settings().stack()
+    local = not settings().tracking_uri.startswith("http") or (stack and settings().tracking_uri == stack.mlflow_url)
+    artifacts = settings().path("mlartifacts").as_uri() if local else None
     # a model-development experiment: MLflow's UI opens its runs table, not the GenAI traces view
     return mlflow.create_experiment(name, artifact_location=artifacts,
                                     tags={"mlflow.experimentKind": "custom_model_development", VIEW_TAG: view})
@@ -201,10 +228,28 @@ def _metric_name(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, digits)
+
+
 def _serving_metrics(r: ServingResult) -> dict[str, float | None]:
-    return {"serving.output_tok_s": r.output_tok_s, "serving.ttft_median_ms": r.ttft_median_ms,
-            "serving.tpot_median_ms": r.tpot_median_ms, "serving.engine_peak_mb": r.engine_peak_mb,
-            "checkpoint_mb": r.checkpoint_mb, "serving.weights_gib": r.weights_gib or None}
+    """Speeds, times and sizes to the tenth a person reads (the exact ones are in the card's serving table's source)."""
+    return {"serving.output_tok_s": _round(r.output_tok_s, 1), "serving.ttft_median_ms": _round(r.ttft_median_ms, 1),
+            "serving.tpot_median_ms": _round(r.tpot_median_ms, 1), "serving.engine_peak_mb": _round(r.engine_peak_mb, 1),
+            "checkpoint_mb": _round(r.checkpoint_mb, 1), "serving.weights_gib": _round(r.weights_gib or None, 2)}
+
+
+def _colour(mlflow, experiment_id: str, name: str) -> str:
+    """The variant's colour in the base's runs table and charts: the one its name had before, else the next free."""
+    taken = {}
+    for run in sorted(mlflow.search_runs([experiment_id], output_format="list"), key=lambda x: x.info.start_time or 0):
+        variant, colour = run.data.tags.get("quantflow.variant"), run.data.tags.get("mlflow.runColor")
+        if variant and colour:
+            taken.setdefault(variant, colour)
+    if name in taken:
+        return taken[name]
+    free = [c for c in PALETTE if c not in taken.values()]
+    return free[0] if free else PALETTE[len(taken) % len(PALETTE)]
 
 
 def readable_card(card: str) -> str:
@@ -233,21 +278,39 @@ def _recovery_artifacts(mlflow, table: RecoveryTable, name: str, verdict: GateVe
 
 
 def verdict_metrics(table: RecoveryTable, verdict: GateVerdict) -> dict[str, float]:
-    """Recovery per task and on average with their interval bounds (percent), and gate_passed (1 only on PASSED)."""
+    """Recovery per task and on average with their interval bounds (percent, to the 2 decimals the cards print: the
+    runs table shows what it is given, and the exact values are in recovery.json), and gate_passed (1 only on
+    PASSED; the tag `quantflow.gate` tells FAILED from INCONCLUSIVE)."""
     out = {}
     for key, value, low, high in [(f"{r.task}.recovery", r.recovery, r.ci_low, r.ci_high) for r in table.rows] + [
             ("average_recovery", table.average_recovery, table.average_ci_low, table.average_ci_high)]:
         if value is not None:
-            out[key] = value
+            out[key] = round(value, 2)
             if low is not None and high is not None:
-                out[f"{key}_ci_low"], out[f"{key}_ci_high"] = low, high
+                out[f"{key}_ci_low"], out[f"{key}_ci_high"] = round(low, 2), round(high, 2)
     out["gate_passed"] = float(verdict.passed)
     return out
 
 
+def size_metrics(checkpoint: Checkpoint, base: ModelRef) -> dict[str, float | None]:
+    """checkpoint_mb (MiB of weight files, as serving counts them) and compression (base weights / variant weights),
+    from the files each was checked against, or the disk where they were not listed; logged whether or not serving ran."""
+    def mib(files, path) -> float:
+        listed = [f.size for f in files if f.path.endswith(WEIGHT_SUFFIXES)]
+        return sum(listed) / 2**20 if listed else checkpoint_mb(path)
+
+    variant, original = mib(checkpoint.files, checkpoint.path), mib(base.files, base.path)
+    return {"checkpoint_mb": round(variant, 1) if variant else None,
+            "compression": round(original / variant, 2) if variant and original else None}
+
+
 def verdict_tags(table: RecoveryTable, verdict: GateVerdict) -> dict[str, str]:
-    """The verdict per task, what the average covers, and the average as it is always shown: with interval and state."""
-    return {**{f"quantflow.verdict.{t.task}": t.state.value for t in verdict.tasks},
+    """The verdict per task, what the average covers, and the average as it is always shown: with interval and state;
+    and per task its recovery beside its verdict (the view's task columns)."""
+    recovery = {r.task: r.recovery for r in table.rows}
+    cells = {TASK_TAG.format(task=t.task): (f"{recovery[t.task]:.2f} " if recovery.get(t.task) is not None else "")
+             + t.state.value for t in verdict.tasks}
+    return {**{f"quantflow.verdict.{t.task}": t.state.value for t in verdict.tasks}, **cells,
             "quantflow.average_covers": table.average_covers, "quantflow.average_recovery": average_text(table, verdict)}
 
 
@@ -275,7 +338,8 @@ def log_variant(record: VariantRecord) -> str:
     records it: a variant is recorded once and registered once.
     """
     uri = settings().tracking_uri
-    key = recorded.key(uri, record.digest, record.name, bool(record.published), record.verdict.passed, view_state())
+    key = recorded.key(uri, record.digest, record.name, bool(record.published), record.verdict.passed,
+                       view_state([r.task for r in record.table.rows]))
     if held := recorded.recall(uri, record.digest, key):
         _experiments.update({held.run_id: held.experiment_id, f"quantflow/{record.base.name}": held.experiment_id})
         return held.run_id
@@ -299,7 +363,7 @@ def _log_variant(r: VariantRecord) -> tuple[str, str, str | None]:
     import mlflow
 
     mlflow.set_tracking_uri(settings().tracking_uri)
-    experiment_id = _experiment(mlflow, r.base)
+    experiment_id = _experiment(mlflow, r.base, [row.task for row in r.table.rows])
     tags = {k: scrub(str(v)) for k, v in r.tags.items()}
     existing = find_record(mlflow, experiment_id, r.digest)
     if existing:
@@ -307,7 +371,7 @@ def _log_variant(r: VariantRecord) -> tuple[str, str, str | None]:
     # The experiment names the base: the run is named by what sets it apart (quantized.w8a8, not a long shared prefix
     # the runs table cuts); the registered model keeps the full variant name.
     with mlflow.start_run(experiment_id=experiment_id, run_name=r.name.removeprefix(f"{r.base.name}-") or r.name,
-                          tags=tags) as run:
+                          tags={**tags, "mlflow.runColor": _colour(mlflow, experiment_id, r.name)}) as run:
         mlflow.log_params(flatten(r.params))
         mlflow.log_params({f"version.{k}": v for k, v in versions().items()})
         if r.calibration is not None:
@@ -327,7 +391,8 @@ def _log_variant(r: VariantRecord) -> tuple[str, str, str | None]:
                 schema_log.setLevel(level)
         if r.suite_file is not None:
             mlflow.log_input(_suite_dataset(r.variant_eval, r.suite_file), context="evaluation")
-        _log_metrics(mlflow, {**_eval_metrics(r.variant_eval), **verdict_metrics(r.table, r.verdict)})
+        size = size_metrics(r.checkpoint, r.base)
+        _log_metrics(mlflow, {**_eval_metrics(r.variant_eval), **verdict_metrics(r.table, r.verdict), **size})
         mlflow.set_tags(verdict_tags(r.table, r.verdict))
         mlflow.log_dict(r.verdict.model_dump(mode="json"), "gate.json")
         mlflow.log_text(readable_card(r.card.read_text()), f"card/{r.card.name}")
@@ -337,9 +402,12 @@ def _log_variant(r: VariantRecord) -> tuple[str, str, str | None]:
             else:
                 mlflow.log_artifact(str(path), artifact_path=name)
         _recovery_artifacts(mlflow, r.table, r.name, r.verdict)
-        if r.speed is not None:
-            _log_metrics(mlflow, {**_serving_metrics(r.speed.variant),
-                                  **{f"serving.gain.{_metric_name(row.label)}": row.ratio for row in r.speed.rows()}})
+        if r.speed is not None:  # its checkpoint_mb only where size_metrics had none (the same files, from disk)
+            served = {k: v for k, v in _serving_metrics(r.speed.variant).items()
+                      if k != "checkpoint_mb" or size["checkpoint_mb"] is None}
+            _log_metrics(mlflow, {**served,
+                                  **{f"serving.gain.{_metric_name(row.label)}": _round(row.ratio, 2)
+                                     for row in r.speed.rows()}})
         baseline_tags = {"quantflow.role": "baseline"}
         if r.base_eval.reference:
             baseline_tags["quantflow.baseline_reference"] = r.base_eval.reference
@@ -402,7 +470,9 @@ def experiment_url(base_name: str) -> str | None:
         if experiment is None:
             return None
         experiment_id = experiment.experiment_id
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW}"
+    # model-training mode (MLflow 3 opens an experiment in its GenAI mode unless told; the experiment's kind is not
+    # enough once a browser has been in GenAI mode)
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW}&workflowType=machine_learning"
 
 
 def register(run_id: str, name: str, published: list[Published], verdict: GateVerdict, table: RecoveryTable,
@@ -425,7 +495,7 @@ def register(run_id: str, name: str, published: list[Published], verdict: GateVe
         if verdict.passed:
             client.set_registered_model_alias(name, "candidate", done[0].version)
         return str(done[0].version)
-    version_tags = {**tags, "quantflow.gate": verdict.state.value.lower(), **verdict_tags(table, verdict)}
+    version_tags = {**tags, "quantflow.gate": verdict.state.value, **verdict_tags(table, verdict)}
     version_tags.update({f"quantflow.uri.{p.store}": p.uri for p in published})
     version_tags.update({f"quantflow.revision.{p.store}": p.revision for p in published if p.revision})
     remote = [p.uri for p in published if not p.uri.startswith("file:")]

@@ -5,6 +5,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -357,7 +358,7 @@ def _prefect_api(stop: _Stop, check: Callable[[], None] | None = None):
     terminal reaches the run, not the server, tied to this process (it dies with it, SIGKILL included). `check` (the
     spec's preflight) runs while the temporary server starts: a refusal does not wait for a server. Flow runs that a
     killed command left unfinished on this API are marked CRASHED first (components/orphans.py)."""
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, get_current_settings, temporary_settings
 
     from components.local_stack import prefect_api_problem, prefect_server, stop as stop_server, wait_prefect
     from components.preflight import PreflightError
@@ -385,7 +386,10 @@ def _prefect_api(stop: _Stop, check: Callable[[], None] | None = None):
         if proc is not None:
             wait_prefect(proc, url, log)
         stop.api = url
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        # A temporary server has no UI address: it goes when the run ends, so Prefect prints no "View at" link that
+        # would be dead by then (and the MLflow run records none); the command prints the MLflow run and the card.
+        updates = {PREFECT_API_URL: url, **({PREFECT_UI_URL: ""} if proc is not None else {})}
+        with temporary_settings(updates=updates):
             from components.orphans import Ledger, reap
 
             for line in reap(settings().path("runs"), ledger_key):
@@ -494,7 +498,11 @@ def run(
     typer.echo(f"\nEngine: {outcome.engine}\nCard: {outcome.card}\nCheckpoint: {outcome.checkpoint}")
     for p in outcome.published:
         typer.echo(f"Published ({p.store}): {p.uri}")
-    typer.echo(f"MLflow run: {outcome.mlflow_run_id}  (browse: mlflow ui --backend-store-uri {settings().tracking_uri})")
+    from components.tracking import run_url
+
+    link = run_url(outcome.mlflow_run_id) or f"{outcome.mlflow_run_id}  (browse: mlflow ui --backend-store-uri " \
+                                                f"{settings().tracking_uri})"
+    typer.echo(f"MLflow run: {link}")
 
 
 @app.command()
@@ -587,25 +595,57 @@ def _prefect_cli() -> str:
     return str(Path(sys.executable).parent / "prefect")
 
 
+def _checkout() -> Path:
+    """The quantflow checkout this CLI runs from (an editable install): `prefect deploy` reads the entrypoints of
+    infra/prefect.yaml relative to it, and a worker runs its flows, whatever directory the command is typed in."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "infra" / "prefect.yaml").is_file():
+        raise ValueError(f"quantflow at {root} is not a checkout (no infra/prefect.yaml): run this command from a "
+                         "git clone of quantflow installed with `pip install -e .` (make setup)")
+    return root
+
+
+# Prefect's own "start a worker" hint, after `work-pool create` and `deploy`: quantflow prints its own (`quantflow worker`)
+_PREFECT_WORKER_HINT = re.compile(r"prefect worker start|start a worker|To execute flow runs from these deployments")
+
+
+def _prefect_quietly(argv: list[str], env: dict, cwd: Path) -> None:
+    """Run a prefect CLI command, its output passed on less Prefect's worker hint; exit 1 when it fails."""
+    import subprocess
+
+    proc = subprocess.Popen(argv, env={**env, "COLUMNS": "200"}, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    blank = False
+    for line in proc.stdout:
+        if _PREFECT_WORKER_HINT.search(line) or (blank and not line.strip()):
+            continue
+        blank = not line.strip()
+        typer.echo(line, nl=False)
+    if proc.wait():
+        raise typer.Exit(1)
+
+
 @app.command()
 @_friendly
-def deploy(prefect_file: Path = typer.Option(Path("infra/prefect.yaml"), help="Deployments to create."),
+def deploy(prefect_file: Optional[Path] = typer.Option(None, help="Deployments to create (default: the checkout's "
+                                                                   "infra/prefect.yaml)."),
            pool: str = typer.Option("quantflow-local", help="Process work pool to create if missing."),
            concurrency_limit: int | None = typer.Option(
                None, min=1, help="Flow runs the pool runs at once, across its workers: its GPUs (one variant each), "
                                  "plus one for a sweep's own run that waits for them. Unset: no limit.")) -> None:
     """Create the work pool (if missing) and deploy every deployment of the file to the Prefect server
-    (PREFECT_API_URL, else the running `quantflow server up`)."""
-    import subprocess
-
+    (PREFECT_API_URL, else the running `quantflow server up`), from any directory: the entrypoints are the checkout's."""
+    root = _checkout()
+    prefect_file = (prefect_file or root / "infra" / "prefect.yaml").resolve()
+    if not prefect_file.is_file():
+        raise ValueError(f"--prefect-file {prefect_file}: no such file (the default is {root / 'infra' / 'prefect.yaml'})")
     env = {**os.environ, "PREFECT_API_URL": _api_url()}
     limit = (["set-concurrency-limit", pool, str(concurrency_limit)] if concurrency_limit
              else ["clear-concurrency-limit", pool])
     for argv in ([_prefect_cli(), "--no-prompt", "work-pool", "create", pool, "--type", "process", "--overwrite"],
                  [_prefect_cli(), "--no-prompt", "work-pool", *limit],
                  [_prefect_cli(), "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)]):
-        if subprocess.run(argv, env=env).returncode:
-            raise typer.Exit(1)
+        _prefect_quietly(argv, env, root)
     _install_automations()
     typer.echo(f"Start a worker: quantflow worker --pool {pool}")
 
@@ -613,10 +653,17 @@ def deploy(prefect_file: Path = typer.Option(Path("infra/prefect.yaml"), help="D
 @app.command()
 @_friendly
 def worker(pool: str = typer.Option("quantflow-local", help="Work pool to serve."),
-           project_dir: Path = typer.Option(Path("."), help="Checkout whose flows the runs execute "
-                                                            "(QUANTFLOW_PROJECT_DIR of the deployments' pull step).")) -> None:
+           project_dir: Optional[Path] = typer.Option(None, help="Checkout whose flows the runs execute "
+                                                                 "(QUANTFLOW_PROJECT_DIR of the deployments' pull step; "
+                                                                 "default: the checkout this quantflow runs from).")) -> None:
     """A process worker for the deployments (runs what the Prefect UI launches) until Ctrl-C."""
-    env = {**os.environ, "PREFECT_API_URL": _api_url(), "QUANTFLOW_PROJECT_DIR": str(project_dir.resolve())}
+    from components.settings import settings
+
+    project = project_dir.resolve() if project_dir else _checkout()
+    # the worker's home, as every quantflow command reads it here, is its runs' home (the deployments set none), and
+    # Prefect's results go beside it (_prefect_defaults)
+    env = {**os.environ, "PREFECT_API_URL": _api_url(), "QUANTFLOW_PROJECT_DIR": str(project),
+           "QUANTFLOW_HOME": str(settings().home.expanduser().resolve())}
     os.execve(_prefect_cli(), [_prefect_cli(), "worker", "start", "--pool", pool], env)
 
 
@@ -661,8 +708,9 @@ def server_up(prefect_port: int = typer.Option(4200, envvar="QUANTFLOW_PREFECT_P
               mlflow_port: int = typer.Option(5000, envvar="QUANTFLOW_MLFLOW_PORT"),
               detach: bool = typer.Option(False, "--detach", help="Leave the servers running in the background "
                                                                   "(stop them with `quantflow server down`).")) -> None:
-    """Start the Prefect server (API and dashboard) and the MLflow server, data under QUANTFLOW_HOME/stack. While they
-    run, every quantflow command (runs, deploy, worker, status, compare) uses them."""
+    """Start the Prefect server (API and dashboard, data under QUANTFLOW_HOME/stack) and the MLflow server on the home's
+    MLflow store (QUANTFLOW_HOME/mlflow.db). While they run, every quantflow command (runs, deploy, worker, status,
+    compare) uses them."""
     import time
 
     from components.local_stack import mlflow_server, prefect_server
@@ -676,7 +724,10 @@ def server_up(prefect_port: int = typer.Option(4200, envvar="QUANTFLOW_PREFECT_P
     try:
         proc, prefect_url = prefect_server(settings().path("stack", "prefect"), prefect_port, ui=True)
         procs.append(proc)
-        proc, mlflow_url = mlflow_server(settings().path("stack", "mlflow"), port=mlflow_port)
+        # the home's own store ($QUANTFLOW_HOME/mlflow.db, mlartifacts), the one `quantflow run` records into when no
+        # server runs: a variant recorded before `server up` is on the dashboard after it, and nothing is copied
+        proc, mlflow_url = mlflow_server(settings().path(), port=mlflow_port,
+                                         log=settings().path("stack") / "mlflow-server.log")
         procs.append(proc)
         stack = Stack(prefect_api_url=prefect_url, mlflow_url=mlflow_url, pids=[p.pid for p in procs])
         settings().stack_file.write_text(stack.model_dump_json())

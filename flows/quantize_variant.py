@@ -162,8 +162,8 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     # fails here, all problems in one error, before any heavy work (components/preflight.py).
     plan = preflight(spec)
     scheme, suite, engine, suite_key = plan.scheme, plan.suite, plan.engine, plan.suite_digest
-    for note in plan.notes:
-        logger.warning(note)
+    for note in plan.notes:  # what preflight found worth saying (the memory plan, what is checked later): not a warning
+        logger.info(note)
 
     # Creation; the base evaluation starts beside it where the machine has room for both, or before it on GPUs
     # (plan.overlap)

@@ -17,16 +17,18 @@ ROOT = Path(__file__).resolve().parents[1]
 QUANTFLOW = str(Path(sys.executable).parent / "quantflow")
 
 
-def quantflow(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([QUANTFLOW, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+def quantflow(*args: str, env: dict | None = None, timeout: float = 240, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([QUANTFLOW, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
 
-def test_deploy_then_status():
+def test_deploy_then_status(tmp_path):
     """As a person runs them: separate processes (an in-process CliRunner would leave Prefect's log handler bound to
-    its closed streams)."""
-    result = quantflow("deploy", "--concurrency-limit", "3")
+    its closed streams). `deploy` works from any directory and gives one worker instruction, its own."""
+    result = quantflow("deploy", "--concurrency-limit", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "prefect worker start" not in result.stdout + result.stderr, result.stdout
+    assert (result.stdout + result.stderr).count("quantflow worker --pool quantflow-local") == 1, result.stdout
     with httpx.Client(base_url=os.environ["PREFECT_API_URL"]) as api:
         assert api.get("/work_pools/quantflow-local").json()["concurrency_limit"] == 3  # one variant per GPU
         result = quantflow("deploy")  # unset: no limit (a redeploy lifts an old one)
@@ -263,3 +265,18 @@ def test_hub_retries_are_said_once(capsys, caplog):
     err = capsys.readouterr().err
     assert err.count("thrown while requesting") == 1 and "further retries not shown" in err and "Retry 1/5" not in err
     assert [r.getMessage() for r in caplog.records] == ["another warning from the same module"]  # the rest passes
+
+
+def test_a_run_on_the_temporary_server_links_nothing_that_dies(tmp_path):
+    """With no standing Prefect server, `quantflow run` reports to a temporary one that stops with the run: Prefect
+    gets no UI address, so neither its "View at" line nor the MLflow run's flow-run tag points at a dead page."""
+    code = ("from flows import cli\nfrom prefect.settings import get_current_settings\n"
+            "from prefect.utilities.urls import url_for\n"
+            "with cli._stoppable(cli._Console()) as stop, cli._prefect_api(stop):\n"
+            "    print('api', get_current_settings().api.url)\n"
+            "    print('link', url_for('flow-run', obj_id='123e4567-e89b-12d3-a456-426614174000'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
+    env.update(QUANTFLOW_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "api http://127.0.0.1:" in r.stdout and "link None" in r.stdout, r.stdout + r.stderr

@@ -29,8 +29,8 @@ def test_rows_carry_intervals_verdicts_and_what_the_average_covers():
     b = [1.0] * 240 + [0.0] * 160
     t = table({"a": sc("a", b), "z": sc("z", [0.0] * 10)}, {"a": sc("a", [0.0] * 4 + b[4:]), "z": sc("z", [0.0] * 10)})
     row = chart_row("m-w8a8", t, gate(t))
-    assert row["gate"] == "passed" and row["verdict"] == {"a": "PASSED"}  # z: N/A, reported not gated
+    assert row["gate"] == "PASSED" and row["verdict"] == {"a": "PASSED"}  # z: N/A, reported not gated
     text = markdown(["a", "z"], [row | {"scheme": "w8a8-int8"}])
     lo, hi = row["interval"]["a"]
     assert f"| 98.33% [{lo:.2f}, {hi:.2f}] PASSED | N/A |" in text
-    assert "(all 2 tasks) | passed |" in text
+    assert "(all 2 tasks) | PASSED |" in text

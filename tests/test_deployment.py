@@ -97,3 +97,65 @@ def test_sweep_is_deployed_with_a_typed_form(api, worker):
     spec = schema["definitions"]["SweepSpec"]["properties"]
     assert spec["schemes"]["items"]["$ref"].endswith("Scheme")
     assert set(schema["definitions"]["Scheme"]["enum"]) == {"fp8-static", "w8a8-int8", "fp8-dynamic", "w4a16"}
+
+
+SLEEPER = '''
+import time
+from prefect import flow
+
+
+@flow
+def sleeper(seconds: float = 30):
+    time.sleep(seconds)
+'''
+
+
+def test_a_cancelled_run_leaves_the_limit_of_one_intact(api, tmp_path, data_root):
+    """The README's promise, "later runs wait", after a cancel: run A cancelled while running, then B runs and C, made
+    while B runs, waits for it (a deployment with quantflow's concurrency settings: limit 1, ENQUEUE; a process
+    worker with no limit of its own)."""
+    from prefect import flow
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    pool = "quantflow-limit-test"
+    _prefect("work-pool", "create", pool, "--type", "process", "--overwrite")
+    deployment = str(flow.from_source(str(tmp_path), "sleeper.py:sleeper").deploy(
+        "limit-1", work_pool_name=pool, print_next_steps=False, concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)))
+    log = data_root / "limit-worker.log"
+    proc = start([PREFECT, "worker", "start", "--pool", pool], log, {"PREFECT_WORKER_QUERY_SECONDS": "1"})
+
+    def state(run_id: str) -> str:
+        return api.get(f"/flow_runs/{run_id}").json()["state"]["type"]
+
+    def until(run_id: str, wanted: set[str], timeout: float = 180) -> str:
+        deadline = time.time() + timeout
+        while (now := state(run_id)) not in wanted:
+            assert time.time() < deadline and proc.poll() is None, (run_id, now, log.read_text()[-3000:])
+            time.sleep(0.5)
+        return now
+
+    def run(seconds: float) -> str:
+        r = api.post(f"/deployments/{deployment}/create_flow_run", json={"parameters": {"seconds": seconds}})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    try:
+        a = run(120)
+        until(a, {"RUNNING"})
+        r = api.post(f"/flow_runs/{a}/set_state", json={"state": {"type": "CANCELLING", "name": "Cancelling"}})
+        assert r.status_code in (200, 201), r.text
+        until(a, {"CANCELLED"})
+        b = run(45)
+        until(b, {"RUNNING"})
+        c = run(1)
+        seen = []
+        while (b_now := state(b)) == "RUNNING":
+            seen.append(state(c))
+            assert seen[-1] != "RUNNING", f"C ran beside B with a limit of 1: {seen}\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+        assert b_now == "COMPLETED" and len(seen) >= 10, (b_now, seen)
+        until(c, {"COMPLETED"})  # and C's turn came
+    finally:
+        stop(proc)

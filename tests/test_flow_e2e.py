@@ -58,7 +58,7 @@ def test_w8a8_on_vllm_then_cached(tiny_model):
     # other tests register versions of the same name (other specs): this run's is exactly one
     [version] = [v for v in client.search_model_versions(f"name = '{outcome.name}'") if v.run_id == run.info.run_id]
     assert version.source == f"{run.info.artifact_uri}/card"
-    assert version.tags["quantflow.gate"] == outcome.gate.state.value.lower()  # passed, failed or inconclusive
+    assert version.tags["quantflow.gate"] == outcome.gate.state.value  # the verdict's own string: PASSED, FAILED...
     assert version.tags["quantflow.uri.local"] == outcome.published[0].uri
     if outcome.gate.passed:
         assert client.get_model_version_by_alias(outcome.name, "candidate").version == version.version

@@ -139,16 +139,38 @@ def test_urls_without_credentials_and_plain_at_signs_pass():
 
 def test_json_schema_refuses_what_validation_refuses():
     """The Prefect form and API (enforce_parameter_schema) check the same schema before a run is stored."""
-    import jsonschema
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
 
-    schema = VariantSpec.model_json_schema()
-    validator = jsonschema.Draft202012Validator(schema)
-    assert not list(validator.iter_errors(VariantSpec().model_dump(mode="json")))
-    for bad in ({"evaluation": {"limt": 5}}, {"calibraton": {}},
+    from flows.quantize_variant import quantize_variant
+
+    # as the server checks a run's parameters (enforce_parameter_schema: Prefect's own preprocessing, then jsonschema)
+    schema = parameter_schema(quantize_variant).model_dump_for_openapi()
+    errors = lambda spec: validate({"spec": spec}, schema, raise_on_error=False)  # noqa: E731
+    assert not errors(VariantSpec().model_dump(mode="json"))  # every optional field null
+    assert not errors({"evaluation": {"overlap_base": True, "limit": 3}, "variant_name": "x"})
+    for bad in ({"evaluation": {"limt": 5}}, {"calibraton": {}}, {"evaluation": {"limit": 0}},
+                {"evaluation": {"overlap_base": "yes"}}, {"variant_name": 5},
                 {"stores": [{"kind": "s3", "uri": "s3://b/p", "endpoint_url": f"http://K:{SECRET}@h:1"}]},
                 {"stores": [{"kind": "s3", "uri": "s3://b/p", "endpoint_url": f"http://h:1/?X-Amz-Signature={SECRET}"}]},
                 {"calibration": {"dataset": f"https://h/d.jsonl?sig={SECRET}"}}, {"stores": []}):
-        assert list(validator.iter_errors(bad)), bad
+        assert errors(bad), bad
+
+
+def test_the_form_draws_every_field_plainly_with_its_own_label():
+    """No optional field offers a null branch (the Prefect form draws it as 'Property is type "None"'), the auto|true|
+    false field is one choice, and no two fields of a section share a label."""
+    schema = VariantSpec.model_json_schema()
+    labels = []
+    for name, model in schema["$defs"].items():
+        for key, prop in model.get("properties", {}).items():
+            assert {"type": "null"} not in prop.get("anyOf", []), (name, key, prop)
+            labels.append(prop.get("title"))
+    evaluation = schema["$defs"]["EvalSpec"]["properties"]
+    assert evaluation["overlap_base"]["enum"] == ["auto", True, False] and "type" not in evaluation["overlap_base"]
+    assert {"Calibration Batch Size", "Evaluation Batch Size", "Require GPU", "GPU Memory Utilization", "URI",
+            "Endpoint URL", "Relative Tolerance (rtol)"} <= set(labels)
+    assert not {"Batch Size", "Gpu", "Rtol", "Uri"} & set(labels)
 
 
 @pytest.mark.parametrize("text, message", [

@@ -15,15 +15,17 @@ from components.models import ModelRef
 from components.settings import settings
 from records import CARD, variant_record
 
-HEADLINE = ["metrics.`average_recovery`", "metrics.`average_recovery_ci_low`", "metrics.`average_recovery_ci_high`",
-            "tags.`quantflow.gate`", "metrics.`checkpoint_mb`", "metrics.`serving.output_tok_s`"]
+HEADLINE = ["tags.`quantflow.gate`", "metrics.`average_recovery`", "metrics.`average_recovery_ci_low`",
+            "metrics.`average_recovery_ci_high`", "metrics.`checkpoint_mb`", "metrics.`compression`",
+            "metrics.`serving.output_tok_s`"]
+TASKS = ["tags.`qf_facts.verdict`", "tags.`qf_arith.verdict`", "tags.`qf_prose.verdict`"]  # the smoke suite's
 
 
 def _columns(experiment_id: str) -> list[str]:
     """The shared view's columns, checked to be drawn in that order and each wide enough for its name."""
     view = json.loads(mlflow.MlflowClient().get_experiment(experiment_id).tags["mlflow.sharedViewState.quantflow"])
     assert view["columnOrder"] == view["selectedColumns"] and set(view["columnWidths"]) == set(view["selectedColumns"])
-    assert all(width >= 8 * len(column.split("`")[1]) for column, width in view["columnWidths"].items())
+    assert all(width >= 6 * len(column.split("`")[1]) + 16 for column, width in view["columnWidths"].items())
     return view["selectedColumns"]
 
 
@@ -35,13 +37,47 @@ def test_the_experiment_opens_on_the_headline_columns():
     made = tracking._experiment(mlflow, base)
     assert _columns(made) == HEADLINE
     assert tracking._experiment(mlflow, base) == made and _columns(made) == HEADLINE
+    # a suite's tasks join the view and stay when a variant of another suite is recorded
+    tracking._experiment(mlflow, base, ["a", "b"])
+    tracking._experiment(mlflow, base, ["b", "c"])
+    assert _columns(made) == HEADLINE[:-1] + [f"tags.`{t}.verdict`" for t in "abc"] + HEADLINE[-1:]
     assert tracking.experiment_url(name) == f"{settings().tracking_uri.rstrip('/')}/#/experiments/{made}/runs" \
-                                            "?viewStateShareKey=quantflow"
+                                            "?viewStateShareKey=quantflow&workflowType=machine_learning"
 
     older = mlflow.create_experiment(f"quantflow/{name}-older")
     assert tracking._experiment(mlflow, base.model_copy(update={"name": f"{name}-older"})) == older
     assert _columns(older) == HEADLINE
     assert tracking.experiment_url("no-such-base") is None
+
+
+def test_the_shared_view_compares_variants_at_a_glance(tmp_path):
+    """Two variants of one base: headline numbers as a person reads them (2 decimals), size and compression without
+    serving, each task's recovery beside its verdict, the gate in words (INCONCLUSIVE is not FAILED), and a colour
+    of its own per variant; the view shows the tasks' columns."""
+    from components.digests import FileStamp
+
+    base = f"tiny-glance-{uuid.uuid4().hex[:8]}"
+    client = mlflow.MlflowClient(settings().tracking_uri)
+    runs = []
+    for i, (name, values) in enumerate([("w8a8", (0.78, 0.27, 21.0)), ("w4a16", (0.79, 0.30, 20.2))]):
+        (tmp_path / name).mkdir()
+        record = variant_record(tmp_path / name, base, f"{base}-{name}", values=values, speed=False)
+        weights = lambda size: [FileStamp(path="model.safetensors", size=size, mtime_ns=0, sha256="0" * 64)]  # noqa: E731
+        record = record.model_copy(update={
+            "checkpoint": record.checkpoint.model_copy(update={"files": weights((3 - i) * 2**20)}),
+            "base": record.base.model_copy(update={"files": weights(6 * 2**20)})})
+        run = client.get_run(tracking.log_variant(record))
+        runs.append(run)
+        m, tags = run.data.metrics, run.data.tags
+        assert all(round(v, 2) == v for k, v in m.items() if "recovery" in k), m
+        assert m["average_recovery"] == round(record.table.average_recovery, 2)
+        assert m["checkpoint_mb"] == 3 - i and m["compression"] == round(6 / (3 - i), 2)
+        assert tags["quantflow.gate"] == record.verdict.state.value
+        for row, task in zip(record.table.rows, record.verdict.tasks, strict=True):
+            assert tags[f"{row.task}.verdict"] == f"{row.recovery:.2f} {task.state.value}"
+    assert runs[0].data.tags["quantflow.gate"] == "INCONCLUSIVE"  # not "failed", and gate_passed 0 for both
+    assert len({r.data.tags["mlflow.runColor"] for r in runs}) == 2
+    assert _columns(runs[0].info.experiment_id) == HEADLINE[:-1] + TASKS + HEADLINE[-1:]
 
 
 def test_non_finite_metrics_are_never_logged():

@@ -109,7 +109,7 @@ def test_candidate_alias_only_on_passed(n, right, lost, state, tmp_path):
     tracking.register(run.info.run_id, name, [pub], verdict, t, {"quantflow.scheme": "w8a8-int8"})
     client = mlflow.MlflowClient(settings().tracking_uri)
     [version] = client.search_model_versions(f"name = '{name}'")
-    assert version.tags["quantflow.gate"] == verdict.state.value.lower()
+    assert version.tags["quantflow.gate"] == verdict.state.value
     assert version.tags["quantflow.average_recovery"].endswith(f"gate {verdict.state.value}")
     assert verdict.state.value == state
     assert ("candidate" in client.get_registered_model(name).aliases) is (state == "PASSED")
