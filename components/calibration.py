@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from components.digests import digest_obj
 from components.models import BaseInfo, looks_like_path, max_positions
-from components.specs import CalibrationSpec, did_you_mean, first_line
+from components.messages import did_you_mean, first_line
+from components.specs import CalibrationSpec
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 

@@ -2,41 +2,20 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from components.processes import free_port, start, stop, wait_http
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 def _no_answer(url: str) -> str | None:
     """Why the server at `url` does not answer /health (None: it answers; sent without user info or query)."""
-    from components.tracking import safe_uri
+    from components.redaction import safe_uri
 
     try:
         with urllib.request.urlopen(safe_uri(url).rstrip("/") + "/health", timeout=5):
@@ -51,7 +30,7 @@ def _no_answer(url: str) -> str | None:
 
 def prefect_api_problem(url: str) -> str | None:
     """Whether the Prefect API at `url` answers /health (one line naming it and the fix), before a run starts."""
-    from components.tracking import safe_uri
+    from components.redaction import safe_uri
 
     reason = _no_answer(url)
     if reason is None:
@@ -64,8 +43,7 @@ def tracking_problems() -> list[str]:
     """The MLflow tracking server the run records to: no credentials in its URL (they would be printed and recorded),
     and, when it is a server, it answers /health; before a run, not after hours of work."""
     from components.settings import settings
-    from components.specs import credentials_in_url, redact_url
-    from components.tracking import safe_uri
+    from components.redaction import credentials_in_url, redact_url, safe_uri
 
     uri = settings().tracking_uri
     if credentials_in_url(uri):
@@ -77,31 +55,6 @@ def tracking_problems() -> list[str]:
         return []
     return [f"MLflow tracking server {safe_uri(uri)} (QUANTFLOW_MLFLOW_TRACKING_URI) does not answer ({reason}): "
             "start it (`quantflow server up`), or unset the variable to track in a local SQLite store"]
-
-
-def start(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    with open(log, "w") as f:
-        return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                start_new_session=True)
-
-
-def stop(proc: subprocess.Popen, grace: float = 10) -> None:
-    """TERM, then INT, then KILL the whole process group."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # children that outlived the leader
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def tethered(argv: list[str], grace: float = 3) -> list[str]:

@@ -199,7 +199,7 @@ def inspect(source: str, revision: str | None = None, chat_template: bool = Fals
 
 
 def _gist(e: BaseException) -> str:
-    from components.specs import first_line  # specs imports this module
+    from components.messages import first_line
 
     return first_line(e)
 

@@ -38,7 +38,8 @@ from components.overlap import Split
 from components.quantize import CPU
 from components.recipes import SchemeDef
 from components.settings import existing, home_problems, settings
-from components.specs import VariantSpec, check_variant_name, first_line, validation_problems
+from components.messages import first_line, validation_problems
+from components.specs import VariantSpec, check_variant_name
 
 GiB = 1 << 30
 MiB = 1 << 20

@@ -1,7 +1,6 @@
 """Typed specs of one variant: these models are the Prefect UI form."""
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from enum import Enum
@@ -12,8 +11,10 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, 
                       field_validator, model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from components.messages import did_you_mean
 from components.models import EMBEDDED_DEFAULT, package_path
 from components.recipes import names as recipe_names
+from components.redaction import NO_URL_CREDENTIALS, credentials_in_url, redact_url
 
 # Shipped files as package paths: the same default on every machine, resolved where the run happens.
 CALIBRATION_DATA = "pkg:components/calibration_data/chat.jsonl"
@@ -27,24 +28,6 @@ SUITES = sorted(p.stem for p in (Path(__file__).parent / "evaluation" / "suites"
 # The Prefect form offers the shipped suites as a choice, or a suite file of one's own.
 SUITE_SCHEMA = {"anyOf": [{"type": "string", "enum": SUITES, "title": "Shipped suite"},
                           {"type": "string", "pattern": r"\.ya?ml$", "title": "Suite file (.yaml)"}]}
-
-
-def closest(value: str, choices: list[str]) -> list[str]:
-    """The choices a misspelling most likely meant ('w8a8_int8' -> ['w8a8-int8'], 'fp8' -> both fp8 schemes)."""
-    norm = lambda x: re.sub(r"[^a-z0-9]", "", x.lower())  # noqa: E731
-    same = [c for c in choices if norm(c) == norm(value)]
-    if same:
-        return same
-    prefixed = [c for c in choices if norm(value) and norm(c).startswith(norm(value))]
-    return prefixed or difflib.get_close_matches(value.lower(), choices, n=2, cutoff=0.5)
-
-
-def did_you_mean(value: str, choices: list[str]) -> str:
-    """': did you mean 'x'?' (or 'one of ...'), or '' when nothing is close."""
-    hint = closest(value, choices)
-    if not hint:
-        return ""
-    return f": did you mean {hint[0]!r}?" if len(hint) == 1 else f": did you mean one of {', '.join(map(repr, hint))}?"
 
 
 # A published name must be valid everywhere a variant goes: a folder name, an S3 key segment, a Hub repo name.
@@ -67,39 +50,6 @@ CREDENTIALS_HINT = {
     "hub": "give the token as HF_TOKEN or a Prefect Secret block named in `credentials`",
     None: "give credentials through the environment (AWS chain, HF_TOKEN) or a Prefect AwsCredentials/Secret block",
 }
-# Credentials travel in a URL as user info (`scheme://user:secret@host`) or as query/fragment parameters (presigned
-# S3/GCS URLs: X-Amz-Security-Token, X-Amz-Signature, X-Amz-Credential; SAS `sig`; OAuth `access_token`; `key`, ...).
-# A parameter is one when a word of its name (split at non-alphanumerics, any case) is one of these.
-SECRET_PARAM_WORDS = ("token", "sig", "signature", "key", "apikey", "secret", "password", "passwd", "pwd", "credential",
-                      "credentials", "auth", "authorization", "accesstoken", "accesskey", "secretkey", "sessiontoken",
-                      "securitytoken", "clientsecret", "privatekey", "idtoken", "refreshtoken")
-
-
-def _any_case(word: str) -> str:
-    return "".join(f"[{c.upper()}{c}]" if c.isalpha() else re.escape(c) for c in word)
-
-
-_WORD = "(?:" + "|".join(_any_case(w) for w in sorted(SECRET_PARAM_WORDS, key=len, reverse=True)) + ")"
-_PARAM = rf"(?:[^=&#;\s]*[^A-Za-z0-9=&#;\s])?{_WORD}(?:[^A-Za-z0-9=&#;\s][^=&#;\s]*)?"  # a parameter name holding one
-_USERINFO = r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
-SECRET_PARAM_RE = re.compile(rf"([?&#;]{_PARAM}=)[^&#;\s'\"]*")
-# JSON-schema twin of `credentials_in_url` for the Prefect form and API (the server enforces it before storing a run):
-# the same expressions, in the syntax JSON schema (ECMA-262) and Python share.
-NO_URL_CREDENTIALS = rf"^(?!{_USERINFO})(?![\s\S]*[?&#;]{_PARAM}=)"
-
-
-def credentials_in_url(value: str) -> bool:
-    """Whether `value` carries credentials as a URL does (user info, or a secret-named query or fragment parameter):
-    specs are stored and published."""
-    return re.fullmatch(NO_URL_CREDENTIALS + r"[\s\S]*", value.strip()) is None
-
-
-def redact_url(value: str) -> str:
-    """`value` (a URL, or text holding URLs) with user info replaced by '***@' and secret parameters' values by '***',
-    safe to print."""
-    return SECRET_PARAM_RE.sub(r"\1***", re.sub(r"(?<=://)[^/?#\s]*@", "***@", value))
-
-
 def _error(loc: tuple, msg: str) -> InitErrorDetails:
     return InitErrorDetails(type=PydanticCustomError("spec", "{msg}", {"msg": msg}), loc=loc, input=None)
 
@@ -401,18 +351,4 @@ def load_spec_file(path: Path) -> dict:
     return data
 
 
-def validation_problems(e) -> list[str]:
-    """One line per problem of a pydantic ValidationError: where, then what (no input values: they may hold secrets)."""
-    out = []
-    for err in e.errors(include_input=False, include_url=False):
-        loc = ".".join(str(x) for x in err["loc"]) or "spec"
-        out.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-    return out
 
-
-def first_line(e: BaseException, limit: int = 400) -> str:
-    """An exception as one line of a problem list: a pydantic error's every field and message, else its first line."""
-    if isinstance(e, ValidationError):
-        return f"{e.title}: " + "; ".join(validation_problems(e))[:limit]
-    text = str(e).strip().splitlines()
-    return text[0][:limit] if text else ""

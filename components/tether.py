@@ -7,7 +7,7 @@ it and polls its own parent: once that is gone (reparented), it sends SIGTERM to
 and anything it spawned), then SIGKILL after GRACE seconds. A poll, not PR_SET_PDEATHSIG: that fires when the *thread*
 that forked exits and only reaches one process; not a pipe: a forked worker of the run would keep it open.
 It exits with the server's return code when the server ends on its own; SIGTERM and SIGINT sent to the group (by
-`local_stack.stop`) reach the server, and this process waits for it.
+`processes.stop`) reach the server, and this process waits for it.
 """
 from __future__ import annotations
 

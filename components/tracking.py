@@ -24,7 +24,8 @@ from components.outcomes import Checkpoint
 from components.recipes import SchemeDef
 from components.recovery import RecoveryTable
 from components.settings import settings
-from components.specs import VariantSpec, redact_url
+from components.redaction import safe_uri, scrub
+from components.specs import VariantSpec
 from components.stores.base import Published
 
 # MLflow's client retries a server that does not answer for ~4 minutes (7 retries, backoff factor 2, 120 s per request):
@@ -103,29 +104,6 @@ class VariantRecord(BaseModel):
 
 # Keys whose values are never logged, and environment variables whose values never leave the process through MLflow.
 _SECRET_KEY_RE = re.compile(r"(token|secret|password|passwd|api[_-]?key|authorization|private[_-]?key)", re.I)
-SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_API_KEY",
-              "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-_SECRET_ENV_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_?KEY|SECRET_ACCESS_KEY)(_|$)", re.I)
-
-
-def safe_uri(uri: str) -> str:
-    """A URI without user:password@ and without query parameters (tokens travel there)."""
-    return re.sub(r"(?<=://)[^/@?#]*@", "", uri).split("?", 1)[0].split("#", 1)[0]
-
-
-def _secret_values() -> list[str]:
-    names = set(SECRET_ENV) | {k for k in os.environ if _SECRET_ENV_RE.search(k)}
-    return sorted({v for k in names if len(v := os.environ.get(k, "").strip()) >= 8}, key=len, reverse=True)
-
-
-def scrub(text: str) -> str:
-    """`text` with every secret held in the environment replaced by '***', and the credentials in its URLs (user
-    info, secret query parameters) too."""
-    for value in _secret_values():
-        text = text.replace(value, "***")
-    return redact_url(text)
-
-
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     """Nested params as dotted keys; values under secret-looking keys, and secrets from the environment, masked.
 

@@ -59,7 +59,7 @@ def _error_lines(e: BaseException) -> str:
 
     from components.evaluation.environment import EvaluationError
     from components.preflight import PreflightError
-    from components.specs import validation_problems
+    from components.messages import validation_problems
 
     if isinstance(e, ValidationError):
         problems = validation_problems(e)
@@ -236,7 +236,7 @@ class _Stop:
         self.record(signum)
         _flush_prefect(timeout=2)
         if self.server is not None:
-            from components.local_stack import stop
+            from components.processes import stop
 
             stop(self.server, grace=2)
         _stop_children(grace=0)  # what the main thread started meanwhile (a retry)
@@ -363,7 +363,7 @@ def _prefect_api(stop: _Stop, check: Callable[[], None] | None = None):
     from components.local_stack import prefect_api_problem, prefect_server, stop as stop_server, wait_prefect
     from components.preflight import PreflightError
     from components.settings import settings
-    from components.tracking import safe_uri
+    from components.redaction import safe_uri
 
     url, proc = get_current_settings().api.url, None
     if url:

@@ -66,7 +66,8 @@ def test_engine_choice():
 
 # --- strict specs: unknown fields, credentials in URLs, file shapes ---------------------------------------------
 
-from components.specs import SpecFileError, StoreSpec, load_spec_file, validation_problems  # noqa: E402
+from components.messages import validation_problems
+from components.specs import SpecFileError, StoreSpec, load_spec_file  # noqa: E402
 
 
 @pytest.mark.parametrize("data, where, hint", [

@@ -18,7 +18,7 @@ from components import artifacts
 from components.evaluation import environment
 from components.evaluation.command import EngineSettings
 from components.evaluation.environment import EvaluationError
-from components.local_stack import free_port, start, stop, wait_http
+from components.processes import free_port, start, stop, wait_http
 from components.specs import ServingSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -66,7 +66,7 @@ def check(spec: ServingSpec, engine: EngineSettings | None, base_name: str | Non
     try:
         bad = [i + 1 for i, line in enumerate(rows) if not isinstance(json.loads(line).get("prompt"), str)]
     except (ValueError, AttributeError) as e:
-        from components.specs import first_line
+        from components.messages import first_line
 
         return False, [f"evaluation.serving.prompts: {path} is not JSONL (one JSON object a line): {first_line(e)}"], []
     if not rows or bad:

@@ -220,7 +220,7 @@ def inspect(name: str, lm_eval_tasks: Path | None = None) -> tuple[Suite | None,
     environment's) does not know, and what its scored tasks need (code-execution opt-in, evalplus)."""
     from pydantic import ValidationError
 
-    from components.specs import did_you_mean, first_line, validation_problems
+    from components.messages import did_you_mean, first_line, validation_problems
 
     try:
         suite = load(name)

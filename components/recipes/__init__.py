@@ -54,7 +54,7 @@ def check(name: str) -> tuple[SchemeDef | None, list[str]]:
     lacking scheme fields, named before any work starts."""
     from pydantic import ValidationError
 
-    from components.specs import did_you_mean, first_line, validation_problems  # specs imports this module
+    from components.messages import did_you_mean, first_line, validation_problems
 
     path = RECIPES / f"{name}.yaml"
     if not path.is_file():
@@ -70,7 +70,7 @@ def check(name: str) -> tuple[SchemeDef | None, list[str]]:
 
 def modifiers(scheme: SchemeDef) -> tuple[list | None, list[str]]:
     """llm-compressor's modifiers for the scheme's recipe, or None and why it cannot run it (one line, with the fix)."""
-    from components.specs import first_line
+    from components.messages import first_line
 
     try:
         from llmcompressor.recipe import Recipe
@@ -90,7 +90,7 @@ def model_problems(scheme: SchemeDef, modifiers: list, base: BaseInfo) -> tuple[
     """The recipe against the model's modules on the meta device: targets and ignores that match nothing, group sizes
     that do not divide a layer (llm-compressor would fail or silently quantize nothing, after loading the weights);
     with the estimated size of the compressed checkpoint (None if the check could not run)."""
-    from components.specs import first_line
+    from components.messages import first_line
 
     out: list[str] = []
     try:
@@ -110,7 +110,7 @@ def _model_problems(out: list[str], scheme: SchemeDef, modifiers: list, base: Ba
     import torch
     from compressed_tensors.utils.match import _match_class, is_match, match_name
 
-    from components.specs import first_line
+    from components.messages import first_line
 
     model = base.skeleton
     modules = [(n, m) for n, m in model.named_modules() if n]

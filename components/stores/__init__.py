@@ -1,7 +1,8 @@
 """Checkpoint stores: one interface (publish a folder with its manifest written last), several backends."""
 from __future__ import annotations
 
-from components.specs import StoreSpec, first_line
+from components.messages import first_line
+from components.specs import StoreSpec
 from components.stores.base import CheckpointStore, Published, manifest
 from components.stores.local import LocalStore
 
