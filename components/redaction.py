@@ -55,9 +55,13 @@ def _secret_values() -> list[str]:
     return sorted({v for k in names if len(v := os.environ.get(k, "").strip()) >= 8}, key=len, reverse=True)
 
 
-def scrub(text: str) -> str:
-    """`text` with every secret held in the environment replaced by '***', and the credentials in its URLs (user
-    info, secret query parameters) too."""
-    for value in _secret_values():
+# Secrets recognisable by their shape wherever they come from: Hugging Face tokens, HTTP bearer credentials.
+TOKEN_SHAPES = re.compile(r"(hf_[A-Za-z0-9]{8,}|Bearer\s+\S+)")
+
+
+def scrub(text: str, *known: str | None) -> str:
+    """`text` with every secret held in the environment and every `known` one (a token a store was given) replaced by
+    '***', secrets of a known shape too, and the credentials in its URLs (user info, secret query parameters)."""
+    for value in sorted({v for v in (*_secret_values(), *known) if v}, key=len, reverse=True):
         text = text.replace(value, "***")
-    return redact_url(text)
+    return redact_url(TOKEN_SHAPES.sub("***", text))

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from components.digests import FileStamp, sha256_file
+from components.redaction import scrub
 from components.stores.base import (MANIFEST, CheckpointNotFound, Published, StoreError, manifest, manifest_bytes,
                                      name_problems, published, safe_key_path)
 
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://huggingface.co"
 RETRY_STATUS = {429, 500, 502, 503, 504}
 _NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
-_TOKEN_SHAPES = re.compile(r"(hf_[A-Za-z0-9]{8,}|Bearer\s+\S+)")
 
 
 def validate_repo_id(repo_id: str) -> str:
@@ -105,12 +105,6 @@ class HubStore:
         return token
 
     @staticmethod
-    def _scrub(text: str, token: str | None) -> str:
-        if token:
-            text = text.replace(token, "***")
-        return _TOKEN_SHAPES.sub("***", text)
-
-    @staticmethod
     def _status(e: BaseException) -> int | None:
         """HTTP status of `e` or of an exception it wraps (huggingface_hub wraps LFS upload errors)."""
         from huggingface_hub.errors import HfHubHTTPError
@@ -159,10 +153,10 @@ class HubStore:
             msg = f"{doing}: the Hub answered {status} for {where}"
         else:
             msg = f"{doing}: {type(e).__name__} talking to {where}"
-        detail = self._scrub(str(e), token).strip().splitlines()
+        detail = scrub(str(e), token).strip().splitlines()
         if detail:
             msg += f": {detail[0][:300]}"
-        return StoreError(self._scrub(msg, token))
+        return StoreError(scrub(msg, token))
 
     def _call(self, fn, doing: str, repo_id: str, token: str):
         """Run fn(), retrying 429/5xx/transport errors with exponential backoff (Retry-After honoured)."""
