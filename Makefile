@@ -72,7 +72,7 @@ test: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ALL)
 
 test-all: setup
-	$(VENV)/bin/pytest -q -m '' -n 2 --dist loadfile --durations=25
+	$(VENV)/bin/pytest -q -m 'slow or not slow' -n 2 --dist loadfile --durations=25
 
 clean:
 	rm -rf .quantflow
