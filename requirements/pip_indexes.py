@@ -1,6 +1,6 @@
 """The package indexes pip is configured with here, as uv options (uv does not read pip's configuration).
 
-pip's index-url, extra-index-url and find-links (config files and PIP_* variables, as `pip config list` shows them)
+pip's index-url, extra-index-url and find-links (PIP_* variables and config files, as `pip config list` shows them)
 become the same uv options, so uv installs from exactly where pip would: a local wheel directory that serves torch's
 CPU build stays first in line, and a bare PyPI never hands out the CUDA wheel. Prints one option per line.
 """
@@ -14,14 +14,16 @@ KEYS = ("index-url", "extra-index-url", "find-links")
 
 
 def pip_settings(listing: str) -> dict[str, list[str]]:
-    """`pip config list` output to {key: values}; later lines (user over global, PIP_* over files) win per key."""
-    found: dict[str, list[str]] = {}
+    """`pip config list` output to {key: values}, by pip's precedence: PIP_* variables, then the site, user and global
+    files (pip lists them in no such order)."""
+    rank = {":env:": 0, "site": 1, "user": 2, "global": 3}
+    found: dict[str, tuple[int, list[str]]] = {}
     for line in listing.splitlines():
         name, _, value = line.partition("=")
-        key = name.rsplit(".", 1)[-1]
-        if key in KEYS:
-            found[key] = shlex.split(value.strip().strip("'\"").replace("\\n", " "))
-    return found
+        where, _, key = name.rpartition(".")
+        if key in KEYS and rank.get(where, 4) <= found.get(key, (4, []))[0]:
+            found[key] = (rank.get(where, 4), shlex.split(value.strip().strip("'\"").replace("\\n", " ")))
+    return {key: values for key, (_, values) in found.items()}
 
 
 def uv_options(settings: dict[str, list[str]]) -> list[str]:

@@ -3,6 +3,7 @@ test extra, the Makefile's no-deps pins and evaluation environment. Every pin is
 build in both environments (a CUDA torch from a bare PyPI is what the locks exist to prevent)."""
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import tomllib
@@ -90,3 +91,15 @@ def test_a_range_the_lock_does_not_meet_is_reported():
 def test_locks_name_no_path_of_this_machine(name):
     text = (LOCKS / name).read_text()
     assert not re.search(r"(?m)^(-|--)(index-url|extra-index-url|find-links|-c|-r)|file://|/tmp/|/home/", text)
+
+
+def test_uv_gets_the_indexes_pip_is_configured_with():
+    """The Makefile hands uv pip's indexes: PIP_* variables over the site, user and global files, as pip reads them."""
+    spec = importlib.util.spec_from_file_location("pip_indexes", LOCKS / "pip_indexes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    listing = ("global.extra-index-url='file:///idx/a/simple file:///idx/b/simple'\n:env:.find-links='/wheels/env'\n"
+               "global.find-links='/wheels/global'\nuser.index-url='https://mirror.example/simple'\nglobal.cert='/ca.crt'\n")
+    assert mod.uv_options(mod.pip_settings(listing)) == [
+        "--index-url", "https://mirror.example/simple", "--extra-index-url", "file:///idx/a/simple",
+        "--extra-index-url", "file:///idx/b/simple", "--find-links", "/wheels/env", "--index-strategy", "unsafe-best-match"]
