@@ -85,18 +85,18 @@ def _point_at_servers() -> None:
 
 
 def tiers_of(item) -> set[str]:
-    """A test's own tier markers, else its entry in TESTS, else (a skipif waiting for the session's servers) `flow` or
-    `stack`, else its module's tiers, else `unit`."""
+    """A test's own tier markers, else its entry in TESTS, else its module's in MODULES, else `flow` or `stack` for a
+    test that skips without the session's servers (its skipif's reason says so), else `unit`."""
     given = {m.name for m in item.iter_markers() if m.name in TIERS}
     if given:
         return given
     module = Path(str(item.fspath)).stem
     named = TESTS.get(f"{module}::{getattr(item, 'originalname', item.name)}")
-    if named:
-        return set(named)
+    if named or module in MODULES:
+        return set(named or MODULES[module])
     if any("server" in m.kwargs.get("reason", "") for m in item.iter_markers("skipif")):
         return {"flow"} if "tiny_model" in item.fixturenames else {"stack"}
-    return set(MODULES.get(module, ("unit",)))
+    return {"unit"}
 
 
 def pytest_collection_modifyitems(config, items):
