@@ -155,13 +155,18 @@ def _settings_changed() -> None:
         sys.modules["components.settings"].settings.cache_clear()
 
 
-def pytest_unconfigure(config):
-    for proc in reversed(_procs):
-        stop(proc)
-    if not hasattr(config, "workerinput"):
-        os.environ.pop(_DEFAULT, None)
+def pytest_sessionfinish(session):
+    """Servers stopped and data removed here, not at unconfigure: a pytest-xdist worker reports itself finished after
+    this hook and may be ended before its unconfigure completes, which would leave them behind."""
+    while _procs:
+        stop(_procs.pop())
     if os.environ.get("QUANTFLOW_KEEP_TEST_DATA") != "1":  # set it to look at a session's data afterwards
         shutil.rmtree(ROOT, ignore_errors=True)
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        os.environ.pop(_DEFAULT, None)
 
 
 @pytest.fixture(scope="session")
