@@ -12,8 +12,8 @@ from components.specs import CalibrationSpec
 
 
 @pytest.fixture(scope="module")
-def tokenizer(embedded_base):
-    return AutoTokenizer.from_pretrained(embedded_base.path)
+def tokenizer(embedded_tokenizer):
+    return AutoTokenizer.from_pretrained(embedded_tokenizer)
 
 
 def test_same_spec_same_digest_and_seed_changes_it(tokenizer, tmp_path):

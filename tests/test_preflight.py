@@ -696,8 +696,8 @@ CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__.removeprefix("case_") for c in CASES])
-def test_bad_input_is_named(case, tiny_model, embedded_base, tmp_path, monkeypatch):
-    spec, expected = case(Ctx(tiny_model, tmp_path, monkeypatch, Path(embedded_base.path)))
+def test_bad_input_is_named(case, tiny_model, embedded_shaped, tmp_path, monkeypatch):
+    spec, expected = case(Ctx(tiny_model, tmp_path, monkeypatch, embedded_shaped))
     settings.cache_clear()
     found = problems_of(spec)
     expected = [expected] if isinstance(expected, str) else expected

@@ -5,6 +5,44 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def save_embedded_tokenizer(out: Path) -> Path:
+    """The embedded default's tokenizer saved to `out` as components.models.convert_gguf saves it (loaded from the
+    GGUF, <|im_end|> as eos), without dequantizing 135M weights: what the tiny model and the tokenizer tests need."""
+    from transformers import AutoTokenizer
+
+    from components.models import EMBEDDED_DEFAULT, gguf_path
+
+    if (out / "tokenizer_config.json").exists():
+        return out
+    gguf = gguf_path(EMBEDDED_DEFAULT)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if "<|im_end|>" in tokenizer.get_vocab():
+        tokenizer.eos_token = "<|im_end|>"
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def make_embedded_shaped(out: Path, tokenizer_dir: Path) -> Path:
+    """A model of the embedded default's architecture and shapes (its config, read from the GGUF) with random bf16
+    weights: for checks that read configs and weight-file headers only, without dequantizing the GGUF (~40 s)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from components.models import EMBEDDED_DEFAULT, gguf_path
+
+    if (out / "config.json").exists():
+        return out
+    gguf = gguf_path(EMBEDDED_DEFAULT)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config.dtype = torch.bfloat16
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    config.architectures = [type(model).__name__]
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return out
+
+
 def make_tiny_llama(out: Path, tokenizer_dir: str, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
