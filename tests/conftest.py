@@ -43,7 +43,7 @@ TESTS = {
     "test_sweep::test_sweep_spec_is_strict": ("unit",),
     "test_faults::test_g_the_exit_deadline_starts_when_the_signal_arrives": ("drill",),
     "test_tracking::test_the_record_digest_is_of_content_only": ("unit",),
-    "test_memory_plan::test_the_gpu_check_runs_end_to_end_on_cpu": ("flow",),
+    "test_gpu_check::test_the_gpu_check_runs_on_cpu_and_writes_every_check": ("flow",),
     "test_card::test_creation_snippet_reproduces_the_pipeline_checkpoint": ("flow",),
     "test_determinism::test_quantizing_twice_in_fresh_processes_gives_the_same_bytes": ("flow",),
     "test_references::test_flow_with_a_published_baseline_evaluates_only_the_variant": ("flow",),

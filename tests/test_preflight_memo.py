@@ -94,11 +94,15 @@ def test_a_changed_config_is_a_miss_that_finds_its_problem(tiny_model, tmp_path,
     [memo] = memos(home)
     raw = (model / "config.json").read_bytes()
     cfg = json.loads(raw)
-    # one layer instead of two: another model, another key, fresh facts
-    (model / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
-    smaller = preflight(spec_of(model, tmp_path))
+    # a shorter context: another config, another key, fresh facts
+    (model / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": cfg["max_position_embeddings"] // 2}))
+    preflight(spec_of(model, tmp_path))
     assert len(memos(home)) == 2
-    assert smaller.checkpoint_bytes < plan.checkpoint_bytes
+    # one layer for weights that hold two: refused, memos or not (the weights are read on every run)
+    (model / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
+    with pytest.raises(PreflightError, match="does not match its weights"):
+        preflight(spec_of(model, tmp_path))
+    assert len(memos(home)) == 2
     # not a causal LM any more: the problem is found although memos of this model exist
     (model / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlamaForSequenceClassification"]}))
     with pytest.raises(PreflightError, match="have no causal-LM head"):

@@ -300,8 +300,8 @@ def g2(run: Run, scheme_name: str, samples: int, seq_len: int) -> dict:
             t = time.perf_counter()
             quantize(str(path), scheme, str(calib), ckpt, samples, seq_len, how)
             total = time.perf_counter() - t
-        record.update(total_s=round(total, 2), forwards_and_rest_s=round(total - record["hessian_s"] - record["solve_s"], 2),
-                      hessian_s=round(record["hessian_s"], 2), solve_s=round(record["solve_s"], 2))
+        record.update(total_s=round(total, 4), forwards_and_rest_s=round(total - record["hessian_s"] - record["solve_s"], 4),
+                      hessian_s=round(record["hessian_s"], 4), solve_s=round(record["solve_s"], 4))
         out[mode] = record
         weights[mode] = {k: v for f in sorted(ckpt.glob("*.safetensors")) for k, v in load_file(f).items()}
     torch.backends.cuda.matmul.allow_tf32 = False
