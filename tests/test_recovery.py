@@ -127,7 +127,10 @@ def lm_eval_run(tmp_path):
                     "qf_prose": {"word_perplexity,none": math.exp(-(-10 - 14) / (4 + 6))},
                     "grp": {"acc,none": (1 + 2) / 5}},
         "group_subtasks": {"grp": ["grp_a", "grp_b"]},
-        "n-samples": {"qf_facts": {"effective": 4}},
+        "n-samples": {"qf_facts": {"original": 30, "effective": 4}, "grp_a": {"original": 2, "effective": 2},
+                      "grp_b": {"original": 3, "effective": 3}},
+        "versions": {"qf_facts": 1.0, "qf_arith": "2.0", "grp": None},
+        "lm_eval_version": "0.4.13",
     }
     (out / f"results_{DATE}.json").write_text(json.dumps(results))
     (out / f"samples_qf_facts_{DATE}.jsonl").write_text("\n".join(_line(i, "none", acc=v) for i, v in enumerate([1, 0, 1, 0])))
@@ -146,6 +149,18 @@ def lm_eval_run(tmp_path):
         SuiteTask(task="qf_prose", label="Prose", metric="word_perplexity", higher_is_better=False),
         SuiteTask(task="grp", label="Group", metric="acc")])
     return tmp_path / "run0", suite
+
+
+def test_what_ran_is_recorded_for_comparison(lm_eval_run):
+    """lm-eval's own record of each task (version, documents scored and existing) goes with its score."""
+    run_dir, suite = lm_eval_run
+    scores = parse_dir(run_dir, suite)
+    facts = scores["qf_facts"]
+    assert (facts.n, facts.n_available) == (4, 30)  # under a limit: 4 of the task's 30 documents
+    assert facts.evaluated.model_dump() == {"harness": "lm-eval 0.4.13", "task": "qf_facts", "version": "1", "docs": 4,
+                                            "metric": "acc", "filter": "none"}
+    assert scores["qf_arith"].evaluated.version == "2" and scores["qf_arith"].evaluated.filter == "first-number"
+    assert (scores["grp"].n, scores["grp"].n_available, scores["grp"].evaluated.version) == (5, 5, None)  # its leaves
 
 
 def test_samples_are_parsed_per_document(lm_eval_run):
