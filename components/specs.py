@@ -198,7 +198,7 @@ class ServingSpec(StrictModel):
 
 class EvalSpec(StrictModel):
     suite: Annotated[str, WithJsonSchema(SUITE_SCHEMA)] = Field(
-        "smoke", description="A shipped suite (components/evaluation/suites/, see `quantflow suites`) or a suite YAML file.")
+        "demo", description="A shipped suite (components/evaluation/suites/, see `quantflow suites`) or a suite YAML file.")
     engine: Engine = Engine.auto
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM's share of GPU memory (default: vLLM's own).")
