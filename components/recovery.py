@@ -4,9 +4,13 @@ Pure (numpy, fixed seed). Base and variant answer the same documents, so where b
 (lm-eval `--log_samples`) the interval is a paired bootstrap: documents are resampled, and each draw keeps a document's
 base and variant score together, which cancels the documents' difficulty out of the comparison. Where one side has no
 per-document scores (a published baseline) the sides are drawn independently: that side from a normal with its stderr
-(a binomial stderr from its document count when it published none), an unpaired and wider interval. Where no
-document's 0/1 score differs at all, the bootstrap collapses to a point; the interval is then the rule-of-three bound
-on the share of documents that could differ, so a handful of identical answers cannot pass as proof.
+(a binomial stderr from its document count when it published none), an unpaired and wider interval.
+
+Few differing documents: a bootstrap over documents that mostly agree collapses (one gained document in 30 gives
+[100%, 122%]; none gives a point). For pass/fail scores the interval is therefore never narrower than Tango's score
+interval for the difference of paired proportions, built from the discordant counts (documents gained, lost) and
+honest with none or one of them; other [0, 1] scores with no differing document take the rule-of-three bound. Each
+bound is clamped to what the score can reach (a recovery below 0% or above 100% / base means nothing).
 
 Perplexity-type metrics work on the log scale: the statistic is the mean log-likelihood per word (byte, document) and
 recovery is the likelihood kept, exp(ll_quant - ll_base), which equals ppl_base / ppl_quant for the point estimate.
@@ -19,7 +23,7 @@ from statistics import NormalDist
 import numpy as np
 from pydantic import BaseModel, Field, computed_field
 
-from components.evaluation.results import LOG_SCALE, DocScores, TaskScore
+from components.evaluation.results import LOG_SCALE, DocScores, TaskScore, not_comparable
 
 CONFIDENCE = 0.90  # two-sided; each bound alone is a one-sided 95% test (the old gate's z 1.645)
 N_BOOT = 2000
@@ -44,6 +48,13 @@ class RecoveryRow(BaseModel):
     n_docs: int | None = None
     method: str = "none"  # how the interval was made: paired bootstrap, unpaired, or none
     log_scale: bool = False  # perplexity-type: recovery is the likelihood kept per word/byte/document
+    paired: bool = False
+    gained: int | None = Field(None, description="pass/fail, paired: documents the variant got right and the base wrong")
+    lost: int | None = Field(None, description="pass/fail, paired: documents the base got right and the variant wrong")
+    base_right: int | None = Field(None, description="pass/fail, paired: documents the base got right")
+    n_available: int | None = Field(None, description="documents the task has (more than n_docs under a limit)")
+    not_comparable: str | None = Field(None, description="why baseline and variant are not the same evaluation: "
+                                                         "reported, not gated, not averaged")
 
 
 class RecoveryTable(BaseModel):
@@ -143,13 +154,12 @@ def _one_side(s: TaskScore, rng: np.random.Generator, n_boot: int) -> np.ndarray
 
 
 def draws(b: TaskScore, q: TaskScore, rng: np.random.Generator, n_boot: int = N_BOOT
-          ) -> tuple[np.ndarray, np.ndarray, str, int | None, bool] | None:
-    """(base draws, variant draws, method, documents, whether paired and no document's score differs) on the additive
+          ) -> tuple[np.ndarray, np.ndarray, str, int | None, tuple[DocScores, DocScores] | None] | None:
+    """(base draws, variant draws, method, documents, the aligned per-document scores when paired) on the additive
     scale, or None when neither side has a spread."""
     if b.samples is not None and q.samples is not None and (pair := _paired(b.samples, q.samples)):
         rb, rq = _bootstrap(list(pair), rng, n_boot)
-        same = pair[0].values == pair[1].values and pair[0].weights == pair[1].weights
-        return rb, rq, f"paired bootstrap over {len(pair[0].ids)} documents", len(pair[0].ids), same
+        return rb, rq, f"paired bootstrap over {len(pair[0].ids)} documents", len(pair[0].ids), pair
     db, dq = _one_side(b, rng, n_boot), _one_side(q, rng, n_boot)
     if db is None and dq is None:
         return None
@@ -160,7 +170,7 @@ def draws(b: TaskScore, q: TaskScore, rng: np.random.Generator, n_boot: int = N_
     if missing:
         how += f", {' and '.join(missing)} stderr unknown (taken as 0)"
     n = q.n or b.n or (len(q.samples.ids) if q.samples else None)
-    return db, dq, how, n, False
+    return db, dq, how, n, None
 
 
 def _no_difference_bound(base: float, n: int, confidence: float) -> tuple[float, float, float] | None:
@@ -170,7 +180,55 @@ def _no_difference_bound(base: float, n: int, confidence: float) -> tuple[float,
     if abs(base) < _EPS:
         return None
     half = 100.0 * -math.log((1 - confidence) / 2) / n / abs(base)
-    return 100.0 - half, 100.0 + half, half / NormalDist().inv_cdf((1 + confidence) / 2)
+    return max(0.0, 100.0 - half), min(100.0 / abs(base), 100.0 + half), half / _z(confidence)
+
+
+def _z(confidence: float) -> float:
+    return NormalDist().inv_cdf((1 + confidence) / 2)
+
+
+def _tango_z(gained, lost, n, delta):
+    """Tango's score statistic for H0: P(gained) - P(lost) = delta, the nuisance P(lost) at its constrained MLE
+    (numpy arrays or numbers)."""
+    d_hat = (gained - lost) / n
+    a, b = 2 * n, 2 * delta * (n - gained) - (gained + lost) * (1 - delta)
+    c = -lost * delta * (1 - delta)
+    x = np.maximum((-b + np.sqrt(np.maximum(b * b - 4 * a * c, 0.0))) / (2 * a), np.maximum(0.0, -delta))
+    var = (2 * x + delta - delta * delta) / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.abs(d_hat - delta) / np.sqrt(var)
+    return np.where(var > 0, z, np.where(d_hat == delta, 0.0, np.inf))
+
+
+def paired_difference(gained, lost, n, confidence: float = CONFIDENCE):
+    """Tango's score interval (Statistics in Medicine 17, 1998) for the difference of two paired proportions,
+    (gained - lost) / n, from the discordant counts alone; counts may be fractional (a scaled-up task) and arrays."""
+    gained, lost, n = (np.asarray(v, dtype=float) for v in (gained, lost, n))
+    z, d_hat = _z(confidence), (gained - lost) / n
+
+    def edge(far: float):
+        near, far = d_hat, np.full_like(d_hat, far)
+        for _ in range(50):
+            mid = (near + far) / 2
+            inside = _tango_z(gained, lost, n, mid) <= z
+            near, far = np.where(inside, mid, near), np.where(inside, far, mid)
+        return near
+
+    lo, hi = edge(-1.0), edge(1.0)
+    return (float(lo), float(hi)) if lo.ndim == 0 else (lo, hi)
+
+
+def paired_recovery(gained, lost, n, base_right, confidence: float = CONFIDENCE):
+    """Recovery (percent) interval of a pass/fail task from the paired score interval, within [0, 100 / base]."""
+    lo, hi = paired_difference(gained, lost, n, confidence)
+    p = np.asarray(base_right, dtype=float) / np.asarray(n, dtype=float)
+    low, high = np.maximum(0.0, 100.0 * (p + lo) / p), np.minimum(100.0 / p, 100.0 * (p + hi) / p)
+    return (float(low), float(high)) if np.ndim(low) == 0 else (low, high)
+
+
+def _pass_fail(b: DocScores, q: DocScores) -> bool:
+    """Both sides score each document 0 or 1, one document each (so the discordant counts are the data)."""
+    return b.weights is None and q.weights is None and all(v in (0.0, 1.0) for v in b.values + q.values)
 
 
 def _ratio(rb: np.ndarray, rq: np.ndarray, log_scale: bool, higher_is_better: bool) -> np.ndarray:
@@ -189,33 +247,64 @@ def _interval(r: np.ndarray, confidence: float) -> tuple[float, float, float] | 
     return float(lo), float(hi), float(r.std(ddof=1))
 
 
+def _task_interval(row: dict, b: TaskScore, pair: tuple[DocScores, DocScores] | None, ci, confidence: float):
+    """The row's interval where the bootstrap cannot be trusted alone: pass/fail tasks never narrower than the paired
+    score interval; other [0, 1] scores with no differing document the rule-of-three bound; proportions clamped."""
+    hib, log_scale = b.higher_is_better, row["log_scale"]
+    if pair is not None and not log_scale and _pass_fail(*pair) and hib and b.value > _EPS:
+        base_v, quant_v = pair[0].values, pair[1].values
+        row["gained"] = sum(1 for x, y in zip(base_v, quant_v, strict=True) if y > x)
+        row["lost"] = sum(1 for x, y in zip(base_v, quant_v, strict=True) if y < x)
+        row["base_right"] = int(sum(base_v))
+        if row["base_right"]:
+            lo, hi = paired_recovery(row["gained"], row["lost"], len(base_v), row["base_right"], confidence)
+            none = ", none differing" if row["gained"] + row["lost"] == 0 else ""
+            row["method"] += f", never narrower than the paired score interval ({row['gained']} gained, {row['lost']} lost{none})"
+            if ci is None:
+                return lo, hi, (hi - lo) / 2 / _z(confidence)
+            return min(lo, ci[0]), max(hi, ci[1]), ci[2]
+    if (ci and pair is not None and not log_scale and pair[0].values == pair[1].values
+            and pair[0].weights == pair[1].weights and all(0.0 <= v <= 1.0 for v in pair[0].values)):
+        row["method"] += ", none differing (rule-of-three bound)"
+        return _no_difference_bound(b.value, row["n_docs"], confidence)
+    if ci and not log_scale and hib and 0.0 < b.value <= 1.0:
+        return max(0.0, ci[0]), min(100.0 / b.value, ci[1]), ci[2]
+    return ci
+
+
+def _shift(row: RecoveryRow) -> tuple[float, float] | None:
+    """The row's interval as score differences (variant - base, score units) below and above the point."""
+    if row.ci_low is None or row.recovery is None:
+        return None
+    return (row.quant - row.base) - row.base * (row.ci_low / 100 - 1), row.base * (row.ci_high / 100 - 1) - (row.quant - row.base)
+
+
 def table(base: dict[str, TaskScore], quant: dict[str, TaskScore], confidence: float = CONFIDENCE,
           n_boot: int = N_BOOT, seed: int = SEED) -> RecoveryTable:
-    """Rows in baseline order, each with its interval. The average row is over the higher-is-better accuracy tasks
-    (perplexity has no score to average with them; `average_covers` says so), as the ratio of the mean scores,
-    with an interval from the same draws (tasks are independent data sets)."""
+    """Rows in baseline order, each with its interval. The average row is over the comparable higher-is-better
+    accuracy tasks (perplexity has no score to average with them; `average_covers` says so), as the ratio of the mean
+    scores, with an interval from the same draws (tasks are independent data sets), never narrower than the tasks'
+    own intervals combined (so a task with few differing documents widens the average as it widens itself)."""
     if set(base) != set(quant):
         raise ValueError(f"baseline and variant were evaluated on different tasks: {sorted(base)} vs {sorted(quant)}")
-    rows, task_draws, collapsed = [], {}, {}
+    rows, task_draws = [], {}
     for i, (name, b) in enumerate(base.items()):
         q = quant[name]
         log_scale = b.metric in LOG_SCALE
         point = _likelihood_kept(b, q) if log_scale else recovery(b.value, q.value, b.higher_is_better)
         row = dict(task=name, label=b.label, metric=b.metric, base=b.value, quant=q.value, base_stderr=b.stderr,
-                   quant_stderr=q.stderr, higher_is_better=b.higher_is_better, recovery=point, log_scale=log_scale)
+                   quant_stderr=q.stderr, higher_is_better=b.higher_is_better, recovery=point, log_scale=log_scale,
+                   n_available=q.n_available or b.n_available, not_comparable=not_comparable(b.evaluated, q.evaluated))
         d = draws(b, q, np.random.default_rng([seed, i]), n_boot)
         if d is not None:
-            rb, rq, row["method"], row["n_docs"], same = d
+            rb, rq, row["method"], row["n_docs"], pair = d
+            row["paired"] = pair is not None
             task_draws[name] = (rb, rq)
             ci = _interval(_ratio(rb, rq, log_scale, b.higher_is_better), confidence) if point is not None else None
-            if ci and same and not log_scale and all(0.0 <= v <= 1.0 for v in b.samples.values):
-                ci = _no_difference_bound(b.value, row["n_docs"], confidence)
-                row["method"] += ", none differing (rule-of-three bound)"
-                collapsed[name] = row["n_docs"]
-            if ci:
+            if point is not None and (ci := _task_interval(row, b, pair, ci, confidence)):
                 row["ci_low"], row["ci_high"], row["recovery_se"] = ci
         rows.append(RecoveryRow(**row))
-    covered = [r for r in rows if r.higher_is_better and not r.log_scale]
+    covered = [r for r in rows if r.higher_is_better and not r.log_scale and r.not_comparable is None]
     if not covered:
         return RecoveryTable(rows=rows, average_base=None, average_quant=None, average_recovery=None, confidence=confidence)
     mb = sum(r.base for r in covered) / len(covered)
@@ -227,11 +316,14 @@ def table(base: dict[str, TaskScore], quant: dict[str, TaskScore], confidence: f
         sq = sum(task_draws[r.task][1] if r.task in task_draws else np.full(n_boot, r.quant) for r in covered)
         if ci := _interval(_ratio(sb, sq, False, True), confidence):
             lo, hi, _ = ci
-            # tasks where no document differed say nothing by bootstrap: their rule-of-three bound widens the average
-            # as it widens them (each may move the mean score by up to -ln((1 - c) / 2) / n of a point)
-            shift = sum(-math.log((1 - confidence) / 2) / collapsed[r.task] for r in covered if r.task in collapsed)
-            if shift and abs(mb) >= _EPS:
-                half = 100.0 * shift / len(covered) / abs(mb)
-                lo, hi = max(0.0, lo - half), hi + half  # a recovery below 0% means nothing
+            # the tasks' own intervals, as score differences, combined in quadrature (independent data sets)
+            shifts = [x for r in covered if (x := _shift(r)) is not None]
+            if shifts and abs(mb) >= _EPS:
+                down = math.sqrt(sum(a * a for a, _ in shifts)) / len(covered)
+                up = math.sqrt(sum(b * b for _, b in shifts)) / len(covered)
+                lo = min(lo, 100.0 * (mq - down) / mb)
+                hi = max(hi, 100.0 * (mq + up) / mb)
+            proportions = all(0.0 <= v <= 1.0 for r in covered for v in (r.base, r.quant))
+            lo, hi = max(0.0, lo), (min(100.0 / mb, hi) if proportions and mb > 0 else hi)
     return RecoveryTable(rows=rows, average_base=mb, average_quant=mq, average_recovery=avg, average_ci_low=lo,
                          average_ci_high=hi, average_tasks=[r.task for r in covered], confidence=confidence)

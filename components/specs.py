@@ -193,7 +193,7 @@ class ServingSpec(StrictModel):
 
 class EvalSpec(StrictModel):
     suite: Annotated[str, WithJsonSchema(SUITE_SCHEMA)] = Field(
-        "smoke", description="A shipped suite (components/evaluation/suites/, see `quantflow suites`) or a suite YAML file.")
+        "demo", description="A shipped suite (components/evaluation/suites/, see `quantflow suites`) or a suite YAML file.")
     engine: Engine = Engine.auto
     tensor_parallel_size: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
         "auto", description="vLLM's tensor parallelism. auto: the smallest power of two at which base and variant fit "

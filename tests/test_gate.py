@@ -4,10 +4,10 @@ import pytest
 from components.card.render import headline
 from components.evaluation import references
 from components.evaluation.command import EngineSettings
-from components.evaluation.results import DocScores, TaskScore
+from components.evaluation.results import DocScores, Evaluated, TaskScore, not_comparable
 from components.evaluation.suites import load
 from components.gate import MIN_AVERAGE_RECOVERY, RTOL, State, decide, docs_needed, gate, task_verdict
-from components.recovery import CONFIDENCE, RecoveryRow, table
+from components.recovery import CONFIDENCE, RecoveryRow, paired_recovery, table
 
 
 def row(recovery, low=None, high=None, se=None, n=None, log_scale=False):
@@ -201,3 +201,100 @@ def test_card_002_openllm_v1_is_never_failed():
     g = seed_002("openllm-v1", SEED_002_V1)
     assert g.state != State.FAILED and round(g.average_recovery, 1) == 99.4
     assert {t.label for t in g.tasks if t.state == State.PASSED} >= {"MMLU (5-shot)", "Hellaswag (10-shot)"}
+
+
+# --- issue 23: verdicts that were wrong ------------------------------------------------------------------------
+
+def measured(s: TaskScore, value: float, task: str | None = None) -> TaskScore:
+    """The variant's score as lm-eval 0.4.13 records it here: upstream task, its version, the documents it scored."""
+    t = next(t for name in ("openllm-v1", "openllm-v2") for t in load(name).tasks if t.task == (task or s.task))
+    return s.model_copy(update={"value": value, "stderr": None, "evaluated": Evaluated(
+        harness="lm-eval 0.4.13", task=t.task, version="1", docs=s.n, metric=t.metric, filter=t.filter)})
+
+
+def card_002_v1(arc: float):
+    ref = references.load("Llama-3.3-70B-Instruct.openllm-v1")
+    base = references.as_eval(ref, load("openllm-v1"), ENGINE).scores
+    column = dict(zip(ref.scores, SEED_002_V1, strict=True)) | {"arc_challenge_llama": arc}
+    return gate(table(base, {k: measured(s, column[k]) for k, s in base.items()}))
+
+
+@pytest.mark.parametrize("arc", [0.92, 0.48])  # faithful on upstream's task (was 186.9% PASSED), half of it lost
+def test_card_002_arc_against_the_forks_task_is_not_comparable(arc):
+    g = card_002_v1(arc)
+    row = next(t for t in g.tasks if t.task == "arc_challenge_llama")
+    assert row.state == State.NOT_COMPARABLE and g.state != State.PASSED
+    assert "arc_challenge_llama_3.1_instruct vs lm-eval 0.4.13's arc_challenge_llama" in row.reason
+    assert "filter multi_choice vs strict_match" in row.reason
+    assert "arc_challenge_llama" not in g.average_covers and any("ARC Challenge (0-shot): NOT COMPARABLE" in n for n in g.notes)
+    # the same upstream task on both sides compares (hellaswag: the same name, documents, metric and filter)
+    assert next(t for t in g.tasks if t.task == "hellaswag").state in (State.PASSED, State.INCONCLUSIVE)
+
+
+def test_a_comparable_row_differs_on_version_or_documents():
+    e = Evaluated(harness="lm-eval 0.4.13", task="hellaswag", version="1", docs=10042, metric="acc_norm")
+    assert not_comparable(e, e) is None and not_comparable(None, e) is None
+    assert not_comparable(e, e.model_copy(update={"version": "2"})) == "baseline and variant differ: task version 1 vs 2"
+    assert "10042 vs 500 documents" in not_comparable(e, e.model_copy(update={"docs": 500}))
+    assert not_comparable(e.model_copy(update={"version": None}), e) is None  # a version nobody published
+
+
+def test_an_implausible_recovery_is_flagged_never_passed():
+    b, q = flips(2000, 1000, 0, 300)  # the variant "gains" 30% of the base's accuracy
+    v = gate(paired({"a": (b, q)}), min_average_recovery=None)
+    assert v.tasks[0].ci_low > 105 and v.tasks[0].state == State.INCONCLUSIVE and v.state == State.INCONCLUSIVE
+    assert "flagged for review" in v.tasks[0].reason
+
+
+@pytest.mark.parametrize("n", [5, 30])
+def test_one_gained_document_does_not_pass(n):
+    b, q = flips(n, n // 2, 0, 1)  # was PASSED [100%, 300%] (5) and [100%, 122.2%] (30): the bootstrap collapsed
+    v = gate(paired({"a": (b, q)}), min_average_recovery=None).tasks[0]
+    assert v.state == State.INCONCLUSIVE and v.ci_low < 92 and "(1 gained, 0 lost)" in v.method
+
+
+def test_task_bounds_stay_within_what_the_score_can_reach():
+    # 4 documents of partial credit, none differing: the rule-of-three bound was [-49.8%, 249.8%]
+    t = paired({"a": ([0.5] * 4, [0.5] * 4)})
+    assert (t.rows[0].ci_low, t.rows[0].ci_high) == pytest.approx((0.0, 200.0))
+    # pass/fail on 4 documents, 2 right each: within [0%, 200%]
+    r = paired({"a": flips(4, 2, 0)}).rows[0]
+    assert 0.0 <= r.ci_low and r.ci_high <= 200.0
+
+
+def test_documents_needed_are_the_fewest_that_decide():
+    # 30 facts, 26 right, none differing: the bound falls as 1/n, so 37 documents decide (the old 1/sqrt(n) said 63)
+    b, q = flips(30, 26, 0)
+    v = gate(paired({"a": (b, q)}), min_average_recovery=None).tasks[0]
+    assert v.state == State.INCONCLUSIVE and v.docs_needed == 37
+    assert paired_recovery(0, 0, 37, 37 * 26 / 30)[0] >= 92 > paired_recovery(0, 0, 36, 36 * 26 / 30)[0]
+
+
+def test_documents_needed_are_capped_at_the_task():
+    b, q = flips(30, 8, 1)  # the old demo's arithmetic: 8 right, one lost
+    base = {"a": score("a", 8 / 30, samples=docs("a", b), n=30).model_copy(update={"n_available": 30})}
+    quant = {"a": score("a", 7 / 30, samples=docs("a", q), n=30).model_copy(update={"n_available": 30})}
+    v = gate(table(base, quant), min_average_recovery=None).tasks[0]
+    assert v.state == State.INCONCLUSIVE and v.docs_needed > 30 and v.docs_available == 30
+    assert f"this task cannot decide it at this difference: 30 documents exist, about {v.docs_needed} would be needed" in v.reason
+
+
+def test_a_published_baseline_says_what_would_decide():
+    # card 002's MuSR (756 documents): 44.35 -> 44.34 unpaired asked for 1087 documents of 756
+    ref = references.load("Llama-3.3-70B-Instruct.openllm-v2")
+    base = references.as_eval(ref, load("openllm-v2"), ENGINE).scores
+    quant = {k: measured(s, v) for (k, s), v in zip(base.items(), SEED_002_V2, strict=True)}
+    g = gate(table(base, quant))
+    musr = next(t for t in g.tasks if t.task == "leaderboard_musr")
+    assert musr.state == State.INCONCLUSIVE and musr.unpaired
+    assert "this task cannot decide it at this difference: 756 documents exist" in musr.reason
+    assert "evaluating the base here (paired, over the same documents)" in musr.reason
+    assert "unpaired against a published baseline" in musr.reason
+    assert any(n.startswith("unpaired intervals: the baseline is published") for n in g.notes)
+
+
+def test_a_reference_must_name_its_evaluation(tmp_path):
+    bad = tmp_path / "ref.yaml"
+    bad.write_text("model: x\nsuite: smoke\nsource: s\nharness: lm-eval 0.4.13\nscores: {qf_facts: 0.5}\n")
+    with pytest.raises(ValueError, match=r"no `evaluated` entry .* for qf_facts: a published score must name the evaluation"):
+        references.load(str(bad))

@@ -6,7 +6,7 @@ import pytest
 
 from components.evaluation.results import DocScores, TaskScore, leaf_tasks, parse_dir
 from components.evaluation.suites import Suite, SuiteTask
-from components.recovery import binomial_se, recovery, table
+from components.recovery import binomial_se, paired_recovery, recovery, table
 
 
 def s(task, value, hib=True, stderr=0.01, metric="acc", samples=None, n=100):
@@ -70,7 +70,8 @@ def test_paired_bootstrap_is_tighter_than_unpaired_and_seeded():
     paired = table({"a": s("a", b.mean(), samples=docs("a", b), n=400)}, {"a": s("a", q.mean(), samples=docs("a", q), n=400)})
     unpaired = table({"a": s("a", b.mean(), stderr=None, n=400)}, {"a": s("a", q.mean(), samples=docs("a", q), n=400)})
     p, u = paired.rows[0], unpaired.rows[0]
-    assert p.method == "paired bootstrap over 400 documents" and u.method.startswith("unpaired")
+    assert p.method.startswith("paired bootstrap over 400 documents, never narrower than the paired score interval "
+                               "(0 gained, 4 lost)") and u.method.startswith("unpaired")
     assert p.ci_low <= p.recovery <= p.ci_high and u.ci_low <= u.recovery <= u.ci_high
     assert (p.ci_high - p.ci_low) < 0.3 * (u.ci_high - u.ci_low)
     again = table({"a": s("a", b.mean(), samples=docs("a", b))}, {"a": s("a", q.mean(), samples=docs("a", q))})
@@ -82,7 +83,7 @@ def test_documents_pair_by_id_not_by_position():
     shuffled = np.random.default_rng(3).permutation(200)
     qdocs = DocScores(ids=[f"a/{i}" for i in shuffled], values=[float(q[i]) for i in shuffled])
     t = table({"a": s("a", b.mean(), samples=docs("a", b))}, {"a": s("a", q.mean(), samples=qdocs)})
-    assert t.rows[0].method.startswith("paired") and t.rows[0].ci_high - t.rows[0].ci_low < 5.0  # paired by position: ~27
+    assert t.rows[0].method.startswith("paired") and t.rows[0].ci_high - t.rows[0].ci_low < 6.0  # paired by position: ~27
 
 
 def test_perplexity_interval_is_on_the_log_scale():
@@ -126,7 +127,10 @@ def lm_eval_run(tmp_path):
                     "qf_prose": {"word_perplexity,none": math.exp(-(-10 - 14) / (4 + 6))},
                     "grp": {"acc,none": (1 + 2) / 5}},
         "group_subtasks": {"grp": ["grp_a", "grp_b"]},
-        "n-samples": {"qf_facts": {"effective": 4}},
+        "n-samples": {"qf_facts": {"original": 30, "effective": 4}, "grp_a": {"original": 2, "effective": 2},
+                      "grp_b": {"original": 3, "effective": 3}},
+        "versions": {"qf_facts": 1.0, "qf_arith": "2.0", "grp": None},
+        "lm_eval_version": "0.4.13",
     }
     (out / f"results_{DATE}.json").write_text(json.dumps(results))
     (out / f"samples_qf_facts_{DATE}.jsonl").write_text("\n".join(_line(i, "none", acc=v) for i, v in enumerate([1, 0, 1, 0])))
@@ -145,6 +149,18 @@ def lm_eval_run(tmp_path):
         SuiteTask(task="qf_prose", label="Prose", metric="word_perplexity", higher_is_better=False),
         SuiteTask(task="grp", label="Group", metric="acc")])
     return tmp_path / "run0", suite
+
+
+def test_what_ran_is_recorded_for_comparison(lm_eval_run):
+    """lm-eval's own record of each task (version, documents scored and existing) goes with its score."""
+    run_dir, suite = lm_eval_run
+    scores = parse_dir(run_dir, suite)
+    facts = scores["qf_facts"]
+    assert (facts.n, facts.n_available) == (4, 30)  # under a limit: 4 of the task's 30 documents
+    assert facts.evaluated.model_dump() == {"harness": "lm-eval 0.4.13", "task": "qf_facts", "version": "1", "docs": 4,
+                                            "metric": "acc", "filter": "none"}
+    assert scores["qf_arith"].evaluated.version == "2" and scores["qf_arith"].evaluated.filter == "first-number"
+    assert (scores["grp"].n, scores["grp"].n_available, scores["grp"].evaluated.version) == (5, 5, None)  # its leaves
 
 
 def test_samples_are_parsed_per_document(lm_eval_run):
@@ -189,9 +205,11 @@ def test_parsed_samples_feed_a_paired_table(lm_eval_run):
     assert all(r.method.startswith("paired bootstrap") for r in t.rows)
     rows = {r.task: r for r in t.rows}
     assert rows["qf_prose"].ci_low == pytest.approx(100.0) == rows["qf_prose"].ci_high  # log-likelihoods: no ties to bound
-    # identical 0/1 answers on 4 documents prove little: the rule-of-three bound, not a point
+    # identical 0/1 answers on 4 documents prove little: the paired score interval with none differing (Tango's
+    # z^2 / (n + z^2) of the documents could differ), clamped to what 2 right answers of 4 can reach (0% to 200%)
     facts = rows["qf_facts"]
-    half = 100 * -math.log(0.05) / 4 / 0.5
+    z2 = 1.6448536269514722 ** 2
+    half = 100 * z2 / (4 + z2) / 0.5
     assert "none differing" in facts.method and (facts.ci_low, facts.ci_high) == pytest.approx((100 - half, 100 + half))
     # and the average over such tasks is no surer than they are: never a point on a few identical answers
     assert t.average_ci_low <= 100 - half / len(t.average_tasks) and t.average_ci_high >= 100 + half / len(t.average_tasks)
@@ -203,3 +221,49 @@ def test_table_round_trips_with_what_the_average_covers():
     dumped = t.model_dump(mode="json")
     assert dumped["average_covers"] == "accuracy tasks, 1 of 2"
     assert type(t).model_validate(dumped) == t
+
+
+def _at_floor(base: float, discordant: float, floor: float = 0.92) -> list[float]:
+    """Cell probabilities (both right, lost, gained, both wrong) of a population whose recovery is exactly `floor`:
+    a large sample from it fails or straddles, never passes; discordant: the share of documents that differ."""
+    d = max(discordant, (1 - floor) * base)
+    lost, gained = (d + (1 - floor) * base) / 2, (d - (1 - floor) * base) / 2
+    return [base - lost, lost, gained, 1 - base - gained]
+
+
+def test_small_samples_pass_a_failing_population_no_more_often_than_the_error_rate():
+    """Simulated (seeded): pass/fail tasks of 5 to 300 documents drawn from populations at the 92% floor (the
+    hardest case; below it passing is rarer). Each bound of the 90% interval is a one-sided 5% test, so PASSED may
+    come at most 5% of the time (plus the simulation's own error). The gate's interval is never narrower than the
+    paired score interval (min of its lower bound and the bootstrap's), so the score interval passing bounds it."""
+    rng, sims = np.random.default_rng(23), 2000
+    allowed = 0.05 + 3 * math.sqrt(0.05 * 0.95 / sims)
+    rates = {}
+    for n in (5, 10, 20, 30, 50, 100, 300):
+        for base in (0.3, 0.6, 0.9):
+            for discordant in (0.0, 0.1, 0.3):
+                probs = _at_floor(base, discordant)
+                if min(probs) < 0:
+                    continue
+                both, lost, gained, _ = rng.multinomial(n, probs, size=sims).T
+                right = both + lost
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    low = paired_recovery(gained, lost, np.full(sims, n), right)[0]
+                rates[n, base, discordant] = float(np.mean((right > 0) & (low >= 92.0)))
+    worst = max(rates, key=rates.get)
+    assert rates[worst] <= allowed, f"PASSED {rates[worst]:.3f} of the time at the floor for {worst}"
+    assert rates[5, 0.6, 0.1] == rates[10, 0.6, 0.0] == 0.0 and rates[100, 0.6, 0.1] > 0.01  # honest, not just strict
+
+
+def test_the_gate_passes_no_sample_the_score_interval_would_not():
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        n = int(rng.integers(5, 60))
+        cells = rng.choice(4, size=n, p=_at_floor(0.7, 0.15))
+        b, q = np.isin(cells, [0, 1]).astype(float), np.isin(cells, [0, 2]).astype(float)
+        if not b.sum():
+            continue
+        r = table({"a": s("a", b.mean(), samples=docs("a", b))}, {"a": s("a", q.mean(), samples=docs("a", q))},
+                  n_boot=300).rows[0]
+        lo, hi = paired_recovery(r.gained, r.lost, n, b.sum())
+        assert r.ci_low <= lo + 1e-9 and r.ci_high >= hi - 1e-9

@@ -28,6 +28,7 @@ def test_shipped_references_fit_their_suites(name):
     assert references.problems(ref, load(suite), model) == []
     assert all(0 <= v <= 1 for v in ref.scores.values())
     assert set(ref.docs) == set(ref.scores) and all(n > 0 for n in ref.docs.values())  # every score has its stderr
+    assert set(ref.evaluated) == set(ref.scores) and ref.harness  # and names the evaluation that produced it
 
 
 def test_reference_reproduces_the_seed_cards_recovery_column():
@@ -80,14 +81,18 @@ def test_flow_with_a_published_baseline_evaluates_only_the_variant(tiny_model, t
     from components.specs import VariantSpec
 
     ref = tmp_path / "tiny-llama.smoke.yaml"
-    ref.write_text("model: local/tiny-llama\nsuite: smoke\nsource: a table published by the test\n"
-                   "scores: {qf_facts: 0.5, qf_arith: 0.25, qf_prose: 50.0}\n")
+    ref.write_text("model: local/tiny-llama\nsuite: smoke\nsource: a table published by the test\nharness: lm-eval 0.4.13\n"
+                   "scores: {qf_facts: 0.5, qf_arith: 0.25, qf_prose: 50.0}\nevaluated:\n"
+                   "  qf_facts: {task: qf_facts, version: '1', metric: acc}\n"
+                   "  qf_arith: {task: qf_arith, version: '1', metric: exact_match, filter: first-number}\n"
+                   "  qf_prose: {task: qf_prose, version: '1', metric: word_perplexity}\n")
     spec = VariantSpec.model_validate(tiny_spec(tiny_model, evaluation__seed=4242, evaluation__reference_baseline=str(ref),
                                                 stores=[{"kind": "local", "uri": str(tmp_path / "published")}]))
     state = quantize_variant(spec, return_state=True)
     outcome = state.result()
     assert task_states(state.state_details.flow_run_id)["evaluate"] == ["Completed"]  # the variant only
     assert {r.task: r.base for r in outcome.table.rows} == {"qf_facts": 0.5, "qf_arith": 0.25, "qf_prose": 50.0}
+    assert not any(r.not_comparable for r in outcome.table.rows)  # the same upstream tasks, versions and metrics
     card = Path(outcome.card).read_text()
     assert "it is the published reference (a table published by the test)" in card
     assert "| Benchmark | tiny-llama (published) |" in card

@@ -69,7 +69,7 @@ def tiny_spec(model: Path, **over) -> dict:
     field by its path, `__` between levels (`evaluation__seed=7`, `stores=[...]`)."""
     spec = {"base": {"source": str(model)}, "scheme": "w8a8-int8",
             "calibration": {"num_samples": 8, "max_seq_length": 64},
-            "evaluation": {"engine": "hf", "limit": 2}}
+            "evaluation": {"engine": "hf", "limit": 2, "suite": "smoke"}}
     for dotted, value in over.items():
         node = spec
         *parents, leaf = dotted.split("__")

@@ -25,6 +25,46 @@ class DocScores(BaseModel):
                                            "averaging its subtasks' means with equal weight")
 
 
+class Evaluated(BaseModel):
+    """The evaluation that produced a score: two scores compare only when it is the same task definition over the
+    same documents, scored the same way (a published baseline names it in its reference file)."""
+
+    harness: str = Field(description="upstream `lm-eval <version>`, or the fork that ran it")
+    task: str = Field(description="the task's name in that harness")
+    version: str | None = Field(None, description="the task's version (lm-eval's `versions`); None: not published")
+    docs: int | None = Field(None, description="documents scored (lm-eval's n-samples); None: not published")
+    metric: str | None = Field(description="None: not published")
+    filter: str | None = Field("none", description="None: not published")
+
+
+def not_comparable(base: Evaluated | None, quant: Evaluated | None) -> str | None:
+    """Why two scores are not of the same evaluation (None: they are, as far as both sides say). A fork's task is
+    its own definition even where an upstream task took its name: names must match (or the reference says `same_as`)."""
+    if base is None or quant is None:
+        return None
+    differ = []
+    if base.task != quant.task:
+        differ.append(f"task {base.harness}'s {base.task} vs {quant.harness}'s {quant.task}")
+    elif base.version is not None and quant.version is not None and base.version != quant.version:
+        differ.append(f"task version {base.version} vs {quant.version}")
+    if base.docs is not None and quant.docs is not None and base.docs != quant.docs:
+        differ.append(f"{base.docs} vs {quant.docs} documents")
+    for what, b, q in (("metric", base.metric, quant.metric), ("filter", base.filter, quant.filter)):
+        if b is not None and q is not None and b != q:
+            differ.append(f"{what} {b} vs {q}")
+    return "baseline and variant differ: " + "; ".join(differ) if differ else None
+
+
+def _version(v) -> str | None:
+    """lm-eval writes a task version as a number or a string: one spelling (1 and 1.0 are the same version)."""
+    if v is None:
+        return None
+    try:
+        return f"{float(v):g}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
 class TaskScore(BaseModel):
     task: str
     label: str
@@ -34,6 +74,8 @@ class TaskScore(BaseModel):
     higher_is_better: bool
     n: int | None
     samples: DocScores | None = None  # None when lm-eval logged none for this metric (published baselines, scorers)
+    n_available: int | None = Field(None, description="documents the task has (lm-eval's n-samples original)")
+    evaluated: Evaluated | None = None  # what produced it; None: not recorded (an older result)
 
 
 def parse(results: dict, suite: Suite) -> dict[str, TaskScore]:
@@ -48,10 +90,27 @@ def parse(results: dict, suite: Suite) -> dict[str, TaskScore]:
             raise KeyError(f"lm-eval results for {t.task} have no {t.result_key!r} (keys: {sorted(k for k in row if ',' in k)})")
         stderr = row.get(f"{t.metric}_stderr,{t.filter}")
         stderr = float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None
-        n = results.get("n-samples", {}).get(t.task, {}).get("effective") or row.get("sample_len")
+        counts = _counts(results, t.task)
+        n = counts[0] or row.get("sample_len")
+        harness = f"lm-eval {results['lm_eval_version']}" if results.get("lm_eval_version") else "lm-eval"
+        evaluated = Evaluated(harness=harness, task=t.task, version=_version(results.get("versions", {}).get(t.task)),
+                              docs=n, metric=t.metric, filter=t.filter)
         out[t.task] = TaskScore(task=t.task, label=t.label, metric=t.metric, value=float(row[t.result_key]),
-                                stderr=stderr, higher_is_better=t.higher_is_better, n=n)
+                                stderr=stderr, higher_is_better=t.higher_is_better, n=n, n_available=counts[1],
+                                evaluated=evaluated)
     return out
+
+
+def _counts(results: dict, task: str) -> tuple[int | None, int | None]:
+    """(documents scored, documents the task has) from n-samples; a group's are its leaves' sums."""
+    per = results.get("n-samples", {})
+    if task in per:
+        return per[task].get("effective"), per[task].get("original")
+    leaves = leaf_tasks(results, task)
+    if leaves == [task] or not all(leaf in per for leaf in leaves):
+        return None, None
+    return (sum(per[leaf].get("effective") or 0 for leaf in leaves) or None,
+            sum(per[leaf].get("original") or 0 for leaf in leaves) or None)
 
 
 def leaf_tasks(results: dict, task: str) -> list[str]:

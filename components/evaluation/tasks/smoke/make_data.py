@@ -39,11 +39,70 @@ FACTS = [
     ("The tallest animal is the", ["mouse", "giraffe", "rabbit", "penguin"], 1),
 ]
 
+# Templated facts (the demo suite's qf_recall): many short loglikelihood questions a 135M model mostly knows, so
+# that a recovery interval can decide (30 hand-written facts cannot).
+CAPITALS = [
+    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin"),
+    ("England", "London"), ("Russia", "Moscow"), ("China", "Beijing"), ("Egypt", "Cairo"), ("Greece", "Athens"),
+    ("Portugal", "Lisbon"), ("Ireland", "Dublin"), ("Austria", "Vienna"), ("Norway", "Oslo"), ("Sweden", "Stockholm"),
+    ("Finland", "Helsinki"), ("Denmark", "Copenhagen"), ("Poland", "Warsaw"), ("Hungary", "Budapest"),
+    ("Turkey", "Ankara"), ("India", "New Delhi"), ("Thailand", "Bangkok"), ("South Korea", "Seoul"),
+    ("Indonesia", "Jakarta"), ("Canada", "Ottawa"), ("Mexico", "Mexico City"), ("Argentina", "Buenos Aires"),
+    ("Peru", "Lima"), ("Chile", "Santiago"), ("Kenya", "Nairobi"), ("Australia", "Canberra"), ("Cuba", "Havana"),
+    ("Belgium", "Brussels"), ("the Netherlands", "Amsterdam"), ("Switzerland", "Bern"), ("Iran", "Tehran"),
+    ("Iraq", "Baghdad"), ("Vietnam", "Hanoi"), ("the Philippines", "Manila"), ("Colombia", "Bogota"),
+]
+OPPOSITES = [
+    ("hot", "cold"), ("up", "down"), ("big", "small"), ("fast", "slow"), ("day", "night"), ("black", "white"),
+    ("happy", "sad"), ("open", "closed"), ("old", "young"), ("early", "late"), ("rich", "poor"), ("wet", "dry"),
+    ("strong", "weak"), ("light", "dark"), ("full", "empty"), ("hard", "soft"), ("loud", "quiet"), ("high", "low"),
+    ("left", "right"), ("win", "lose"), ("buy", "sell"), ("push", "pull"), ("good", "bad"), ("long", "short"),
+    ("inside", "outside"), ("true", "false"), ("love", "hate"), ("clean", "dirty"), ("thick", "thin"), ("near", "far"),
+]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+FACTS_SEED = 11
+
+
+def _choice(rng: random.Random, question: str, answer: str, pool: list[str], exclude: str = "", k: int = 2) -> dict:
+    """k choices: the answer and k - 1 others from pool (not `exclude`), the answer at a random place."""
+    others = rng.sample([p for p in dict.fromkeys(pool) if p not in (answer, exclude)], k - 1)
+    at = rng.randrange(k)
+    return {"question": question, "choices": others[:at] + [answer] + others[at:], "answer": at}
+
+
+def templated() -> list[dict]:
+    rng = random.Random(FACTS_SEED)
+    capitals = [c for _, c in CAPITALS]
+    rows = [_choice(rng, f"The capital of {country} is", city, capitals) for country, city in CAPITALS]
+    words = [w for pair in OPPOSITES for w in pair]
+    rows += [_choice(rng, f"The opposite of {a} is", b, words, a) for a, b in OPPOSITES]
+    rows += [_choice(rng, f"The day after {d} is", DAYS[(i + 1) % 7], DAYS) for i, d in enumerate(DAYS)]
+    rows += [_choice(rng, f"The month after {m} is", MONTHS[(i + 1) % 12], MONTHS) for i, m in enumerate(MONTHS)]
+    letters = [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+    rows += [_choice(rng, f"In the alphabet, the letter after {a} is", b, letters) for a, b in zip(letters, letters[1:])]
+    rows += [_choice(rng, f"Counting: {', '.join(WORDS[i:i + 3])},", WORDS[i + 3], WORDS) for i in range(len(WORDS) - 3)]
+    for n in rng.sample(range(2, 400), 300):
+        nums = [str(k) for k in range(max(1, n - 10), n + 12) if k != n + 1]
+        rows.append(_choice(rng, f"Counting: {n - 1}, {n},", str(n + 1), nums))
+    return rows
+
+
 ARITH_SEED = 7
 
 
 def facts() -> list[dict]:
     return [{"question": q, "choices": c, "answer": a} for q, c, a in FACTS]
+
+
+def recall() -> list[dict]:
+    """The demo suite's facts: the hand-written ones and the templated ones, two choices each (one loglikelihood
+    request per choice: two choices keep the suite's cost within minutes of the smoke suite's on CPU)."""
+    rng = random.Random(FACTS_SEED)
+    hand = [_choice(rng, q, c[a], c) for q, c, a in FACTS]
+    return hand + templated()
 
 
 def arith(n: int = 30) -> list[dict]:
@@ -70,6 +129,6 @@ def prose(n: int = 24) -> list[dict]:
 
 
 if __name__ == "__main__":
-    for name, rows in {"facts": facts(), "arith": arith(), "prose": prose()}.items():
+    for name, rows in {"facts": facts(), "recall": recall(), "arith": arith(), "prose": prose()}.items():
         with open(HERE / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
