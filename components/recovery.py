@@ -23,7 +23,7 @@ from statistics import NormalDist
 import numpy as np
 from pydantic import BaseModel, Field, computed_field
 
-from components.evaluation.results import LOG_SCALE, DocScores, TaskScore, not_comparable
+from components.evaluation.results import LOG_SCALE, DocScores, TaskScore, binomial_se, not_comparable
 
 CONFIDENCE = 0.90  # two-sided; each bound alone is a one-sided 95% test (the old gate's z 1.645)
 N_BOOT = 2000
@@ -82,11 +82,6 @@ def recovery(base: float, quant: float, higher_is_better: bool = True, eps: floa
     if higher_is_better:
         return None if abs(base) < eps else 100.0 * quant / base
     return None if abs(quant) < eps else 100.0 * base / quant
-
-
-def binomial_se(p: float, n: int | None) -> float | None:
-    """Standard error of a proportion over n documents (None when it is not a proportion or n is unknown)."""
-    return math.sqrt(p * (1 - p) / n) if n and 0.0 <= p <= 1.0 else None
 
 
 def _scale(s: TaskScore) -> tuple[float, float | None]:

@@ -6,7 +6,8 @@ import pytest
 
 from components.evaluation.results import DocScores, TaskScore, leaf_tasks, parse_dir
 from components.evaluation.suites import Suite, SuiteTask
-from components.recovery import binomial_se, paired_recovery, recovery, table
+from components.evaluation.results import binomial_se
+from components.recovery import paired_recovery, recovery, table
 
 
 def s(task, value, hib=True, stderr=0.01, metric="acc", samples=None, n=100):

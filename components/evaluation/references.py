@@ -19,10 +19,9 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from components.evaluation.command import EngineSettings
-from components.evaluation.results import Evaluated, TaskScore
+from components.evaluation.results import Evaluated, TaskScore, binomial_se
 from components.evaluation.runner import EvalResult, suite_digest
 from components.evaluation.suites import Suite
-from components.recovery import binomial_se
 
 REFERENCES = Path(__file__).parent / "references"
 

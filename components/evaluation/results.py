@@ -78,6 +78,11 @@ class TaskScore(BaseModel):
     evaluated: Evaluated | None = None  # what produced it; None: not recorded (an older result)
 
 
+def binomial_se(p: float, n: int | None) -> float | None:
+    """Standard error of a proportion over n documents (None when it is not a proportion or n is unknown)."""
+    return math.sqrt(p * (1 - p) / n) if n and 0.0 <= p <= 1.0 else None
+
+
 def parse(results: dict, suite: Suite) -> dict[str, TaskScore]:
     """Scores for the suite's tasks found in one lm-eval results document."""
     out = {}
