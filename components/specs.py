@@ -195,8 +195,11 @@ class EvalSpec(StrictModel):
     suite: Annotated[str, WithJsonSchema(SUITE_SCHEMA)] = Field(
         "demo", description="A shipped suite (components/evaluation/suites/, see `quantflow suites`) or a suite YAML file.")
     engine: Engine = Engine.auto
-    tensor_parallel_size: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
-        "auto", description="vLLM's tensor parallelism. auto: the smallest power of two at which base and variant fit "
+    # "auto" or a number in the form: a one-value enum, not a const (Prefect's form draws a const as "cannot be changed")
+    tensor_parallel_size: Annotated[Literal["auto"] | Annotated[int, Field(ge=1)], WithJsonSchema(
+        {"anyOf": [{"type": "string", "enum": ["auto"], "title": "auto"}, {"type": "integer", "minimum": 1, "title": "GPUs"}]}
+    )] = Field(
+        "auto", title="Tensor Parallel Size", description="vLLM's tensor parallelism. auto: the smallest power of two at which base and variant fit "
                             "the visible GPUs (components/evaluation/fit.py; 1 on CPU); a number: checked the same way.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, title="GPU Memory Utilization",
                                                  description="vLLM's share of GPU memory (default: vLLM's own).")

@@ -432,7 +432,10 @@ def _prefect_defaults() -> None:
     from components.settings import settings
 
     home = settings().home.expanduser().resolve()
-    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(home / "prefect-results"))
+    # Under Prefect's own name: a worker hands its settings to its runs under their canonical names, which beat an
+    # alias (PREFECT_LOCAL_STORAGE_PATH) set in a run's job variables.
+    if not {"PREFECT_RESULTS_LOCAL_STORAGE_PATH", "PREFECT_LOCAL_STORAGE_PATH"} & set(os.environ):
+        os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(home / "prefect-results")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network at run time
     if not _verbose:  # llm-compressor's per-layer lines (hundreds; its METRIC level is above WARNING) go to a file
         os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")

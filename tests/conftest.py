@@ -61,7 +61,7 @@ def pytest_configure(config):
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["QUANTFLOW_HOME"] = str(ROOT / "home")
-    os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(ROOT / "home" / "prefect-results")
+    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(ROOT / "home" / "prefect-results")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] = "0.3"
     (ROOT / "prefect").mkdir()

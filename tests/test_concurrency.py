@@ -53,7 +53,7 @@ def test_two_identical_runs_at_once_share_one_checkpoint_and_one_record(tiny_mod
                                                 evaluation__seed=3301,
                                                 stores=[{"kind": "local", "uri": str(tmp_path / "published")}]))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "QUANTFLOW_HOME": str(home), "QF_COUNT": str(tmp_path / "count"),
-           "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect-results"), "QF_SPEC": spec.model_dump_json()}
+           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect-results"), "QF_SPEC": spec.model_dump_json()}
     procs = []
     for i in (1, 2):
         log = open(tmp_path / f"run{i}.log", "w")

@@ -55,7 +55,7 @@ def test_run_button_runs_the_flow_on_the_worker(api, worker, tiny_model, data_ro
     r = api.post(f"/deployments/{deployment}/create_flow_run",
                  json={"parameters": {"spec": spec},
                        "job_variables": {"env": {"QUANTFLOW_HOME": str(home),
-                                                 "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect-results")}}})
+                                                 "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect-results")}}})
     assert r.status_code == 201, r.text
     run_id = r.json()["id"]
     deadline = time.time() + 900

@@ -374,7 +374,7 @@ def test_d_eval_crash_is_retried_in_a_fresh_process_and_never_cached(tiny_model,
     plan = preflight(spec2)
     base_key = evaluate_key(evaluate, {"model_digest": digest_dir(tiny_model), "suite_digest": plan.suite_digest,
                                        "engine": plan.engine})
-    results = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])
+    results = Path(os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"])
     assert not (results / base_key).exists(), "a failed evaluation leaves no cached result"
     assert any(p.name.startswith("evaluate-") for p in results.iterdir())
 
@@ -481,8 +481,9 @@ def _cli_run(tiny: Path, tmp: Path, name: str, seed: int) -> tuple[subprocess.Po
         "calibration": {"num_samples": 8, "max_seq_length": 64, "seed": seed},
         "evaluation": {"engine": "hf", "limit": 2, "serving": {"enabled": False}},
         "stores": [{"kind": "local", "uri": str(tmp / "published")}]}))
-    # Nor PREFECT_LOCAL_STORAGE_PATH: quantflow keeps Prefect's results (the task cache) under its own home
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_LOCAL_STORAGE_PATH")}
+    # Nor Prefect's results folder: quantflow keeps Prefect's results (the task cache) under its own home
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "PREFECT_RESULTS_LOCAL_STORAGE_PATH", "PREFECT_LOCAL_STORAGE_PATH")}
     env["PREFECT_HOME"] = str(tmp / "prefect-home")
     env["QUANTFLOW_HOME"] = str(tmp / "home")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "quantflow"), "run", "--spec", str(spec)], cwd=ROOT,

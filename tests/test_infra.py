@@ -181,7 +181,8 @@ def test_job_variables_fit_the_pool_template(item):
         assert env["QUANTFLOW_EVAL_PYTHON"] == EVAL_PYTHON and env["QUANTFLOW_HOME"].startswith("/")
         assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"].startswith("s3-bucket/")
     else:  # machine facts (the home among them) come from the worker: job variables would override its environment
-        assert not {"QUANTFLOW_HOME", "PREFECT_LOCAL_STORAGE_PATH", "QUANTFLOW_EVAL_PYTHON"} & set(env), env
+        assert not {"QUANTFLOW_HOME", "PREFECT_RESULTS_LOCAL_STORAGE_PATH", "PREFECT_LOCAL_STORAGE_PATH",
+                    "QUANTFLOW_EVAL_PYTHON"} & set(env), env
 
 
 @pytest.mark.parametrize("pool,path", sorted(TEMPLATES.items()))

@@ -125,7 +125,7 @@ def test_the_base_evaluation_runs_beside_quantization_with_the_same_table(tiny_m
                                                     evaluation__overlap_base=overlap,
                                                     stores=[{"kind": "local", "uri": str(tmp_path / "published")}]))
         env = {**os.environ, "PYTHONPATH": str(ROOT), "QUANTFLOW_HOME": str(home), "QF_SPEC": spec.model_dump_json(),
-               "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect-results")}
+               "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect-results")}
         with open(tmp_path / f"run-{overlap}.log", "w") as log:
             procs[overlap] = subprocess.Popen([sys.executable, "-c", RUN, str(tmp_path / f"outcome-{overlap}.json")],
                                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -166,6 +166,8 @@ def test_the_form_draws_every_field_plainly_with_its_own_label():
     for name, model in schema["$defs"].items():
         for key, prop in model.get("properties", {}).items():
             assert {"type": "null"} not in prop.get("anyOf", []), (name, key, prop)
+            # a const (a one-value Literal) is drawn as "is a const and cannot be changed"
+            assert all("const" not in branch for branch in [prop, *prop.get("anyOf", [])]), (name, key, prop)
             labels.append(prop.get("title"))
     evaluation = schema["$defs"]["EvalSpec"]["properties"]
     assert evaluation["overlap_base"]["enum"] == ["auto", True, False] and "type" not in evaluation["overlap_base"]

@@ -70,7 +70,7 @@ def test_sweep_spreads_over_two_workers(api, pool, tiny_model, data_root):
     data = tiny_sweep(tiny_model, ["w8a8-int8", "fp8-dynamic"], calibration__seed=11, evaluation__limit=4,
                       evaluation__seed=11, evaluation__serving={"enabled": False})
     spec = SweepSpec.model_validate({**data, "dispatch": "deployments", "job_variables": {"env": {
-        "QUANTFLOW_HOME": str(home), "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect-results"),
+        "QUANTFLOW_HOME": str(home), "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "prefect-results"),
         "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": pool}}})
     outcomes = sweep(spec)
     assert [o.name for o in outcomes] == ["tiny-llama-quantized.w8a8", "tiny-llama-FP8-dynamic"]
