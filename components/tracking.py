@@ -134,10 +134,32 @@ TASK_TAG = "{task}.verdict"  # per task: its recovery and verdict in one cell, e
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 
 
+# The view's charts, in the shape MLflow 3.17's UI writes when a user adds them and saves the view: `compareRunCharts`
+# cards, each drawn in the `compareRunSections` section its `metricSectionId` names (ids need only be unique; titles
+# are the metrics' names). A bar chart of one metric draws each run in its colour (`mlflow.runColor`; several metrics
+# in one bar chart are coloured by metric) and no chart type draws an interval: the average stands between its bounds,
+# a bar each, low to high.
+SECTION = "quantflow-variants"
+CHARTS = [*({"uuid": f"quantflow-{key}", "type": "BAR", "runsCountToCompare": 10, "metricSectionId": SECTION,
+             "deleted": False, "isGenerated": False, "metricKey": key}
+            for key in ("average_recovery_ci_low", "average_recovery", "average_recovery_ci_high")),
+          {"uuid": "quantflow-size-vs-recovery", "type": "SCATTER", "runsCountToCompare": 100, "metricSectionId": SECTION,
+           "deleted": False, "isGenerated": False,
+           "xaxis": {"key": "checkpoint_mb", "type": "METRIC"}, "yaxis": {"key": "average_recovery", "type": "METRIC"}}]
+# Ours first: MLflow sorts named sections before its own two, which it fills with a chart per other metric. Three
+# cards a row, 250 px high: both rows in view at 1440 x 900 beside the runs list.
+SECTIONS = [{"uuid": SECTION, "name": "Variants: recovery and size", "display": True, "isReordered": False,
+             "deleted": False, "isGenerated": False, "columns": 3, "cardHeight": 250},
+            *({"uuid": f"quantflow-{name.split()[0].lower()}", "name": name, "display": True, "isReordered": False,
+               "deleted": False, "isGenerated": True} for name in ("Model metrics", "System metrics"))]
+
+
 def view_state(tasks: list[str] = ()) -> str:
-    """The runs table's columns as MLflow's UI reads a shared view (`mlflow.sharedViewState.<key>`, plain JSON): the
-    gate, the average with its interval, size and compression, then each task's recovery and verdict, in this order
-    (not alphabetical: low before high), each wide enough to read its name; a column no run has logged is not drawn."""
+    """The shared view as MLflow's UI reads it (`mlflow.sharedViewState.<key>`, plain JSON): the runs table's columns
+    (the gate, the average with its interval, size and compression, then each task's recovery and verdict, in this order,
+    not alphabetical: low before high, each wide enough to read its name; a column no run has logged is not drawn) and
+    its charts (`compareRunsMode=CHART` opens them): the average recovery between its interval's bounds and size
+    against recovery, each variant in its colour."""
     names = HEADLINE + [("tags", TASK_TAG.format(task=t)) for t in tasks] + TRAILING
     columns = [f"{kind}.`{name}`" for kind, name in names]
     # ~6.2 px a character in the headers' font, ~7.5 in the cells': a gate cell holds up to "NOT COMPARABLE", a
@@ -145,7 +167,8 @@ def view_state(tasks: list[str] = ()) -> str:
     cell = {"quantflow.gate": 14, **{TASK_TAG.format(task=t): 18 for t in tasks}}
     return json.dumps({"selectedColumns": columns, "columnOrder": columns,
                        "columnWidths": {c: int(20 + max(6.2 * len(name), 7.5 * cell.get(name, 0)))
-                                        for c, (_, name) in zip(columns, names, strict=True)}})
+                                        for c, (_, name) in zip(columns, names, strict=True)},
+                       "compareRunCharts": CHARTS, "compareRunSections": SECTIONS})
 
 
 def _view_tasks(view: str | None) -> list[str]:
@@ -433,9 +456,9 @@ def run_url(run_id: str) -> str | None:
     return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
 
-def experiment_url(base_name: str) -> str | None:
-    """The base's runs table in the MLflow UI, headline columns first (the shared view `_experiment` sets), when
-    tracking goes to a server and the experiment exists."""
+def experiment_url(base_name: str, charts: bool = False) -> str | None:
+    """The base's runs table in the MLflow UI, headline columns first (the shared view `_experiment` sets), or with
+    `charts` the view's charts, when tracking goes to a server and the experiment exists."""
     uri = settings().tracking_uri
     if not uri.startswith("http"):
         return None
@@ -450,7 +473,9 @@ def experiment_url(base_name: str) -> str | None:
         experiment_id = experiment.experiment_id
     # model-training mode (MLflow 3 opens an experiment in its GenAI mode unless told; the experiment's kind is not
     # enough once a browser has been in GenAI mode)
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW}&workflowType=machine_learning"
+    mode = "&compareRunsMode=CHART" if charts else ""  # the table/charts toggle is the URL's, not the view's
+    return (f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW}"
+            f"&workflowType=machine_learning{mode}")
 
 
 def register(run_id: str, name: str, published: list[Published], verdict: GateVerdict, table: RecoveryTable,

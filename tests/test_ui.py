@@ -191,16 +191,16 @@ def _table_rows(pg, names: list[str]) -> dict[str, list[str]]:
             for name in names}
 
 
-def test_mlflow_shared_view_compares_variants_at_a_glance(tmp_path):
-    """Two variants of one base recorded in the session's MLflow, its link opened with no click: model-training mode,
-    the gate in words, the average with its interval as a person reads them (2 decimals), size and compression, each
-    task's recovery beside its verdict, every column in view at 1920 x 1080."""
+@pytest.fixture(scope="module")
+def glance(tmp_path_factory) -> str:
+    """Two variants of one base recorded in the session's MLflow (records only, no flow run): its name."""
     import uuid
 
     from records import variant_record
 
     from components.digests import FileStamp
 
+    tmp_path = tmp_path_factory.mktemp("glance")
     base = f"Llama-glance-{uuid.uuid4().hex[:6]}"
     weights = lambda size: [FileStamp(path="model.safetensors", size=size, mtime_ns=0, sha256="0" * 64)]  # noqa: E731
     for i, (name, values) in enumerate([("quantized.w8a8", (0.78, 0.27, 21.0)), ("quantized.w4a16", (0.79, 0.3, 20.2))]):
@@ -209,6 +209,14 @@ def test_mlflow_shared_view_compares_variants_at_a_glance(tmp_path):
         tracking.log_variant(record.model_copy(update={
             "checkpoint": record.checkpoint.model_copy(update={"files": weights((3 - i) * 2**20)}),
             "base": record.base.model_copy(update={"files": weights(6 * 2**20)})}))
+    return base
+
+
+def test_mlflow_shared_view_compares_variants_at_a_glance(glance):
+    """Two variants of one base recorded in the session's MLflow, its link opened with no click: model-training mode,
+    the gate in words, the average with its interval as a person reads them (2 decimals), size and compression, each
+    task's recovery beside its verdict, every column in view at 1920 x 1080."""
+    base = glance
     columns = ["quantflow.gate", "average_recovery", "average_recovery_ci_low", "average_recovery_ci_high",
                "checkpoint_mb", "compression", "qf_facts.verdict", "qf_arith.verdict", "qf_prose.verdict"]
     with page(width=1920, height=1080) as pg:
@@ -232,6 +240,30 @@ def test_mlflow_shared_view_compares_variants_at_a_glance(tmp_path):
         assert {"2", "3", "98.75 PASSED", "99.01 PASSED"} <= set(cells["quantized.w4a16"]), cells
         numbers = [c for c in cells["quantized.w8a8"] + cells["quantized.w4a16"] if re.fullmatch(r"[\d.]+", c)]
         assert numbers and all(re.fullmatch(r"\d+(\.\d{1,2})?", n) for n in numbers), numbers
+        assert not pg.errors, pg.errors
+
+
+def test_mlflow_shared_view_charts_each_variant_in_its_colour(glance):
+    """The view's charts, opened by their link with no click at 1440 x 900: the average recovery between its interval's
+    bounds (a bar chart each) and size against recovery, all four in view, each variant in its own colour."""
+    titles = ["average_recovery_ci_low", "average_recovery", "average_recovery_ci_high", "checkpoint_mb vs. average_recovery"]
+    colours = {tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in tracking.PALETTE[:2]}  # w8a8's, w4a16's
+    with page(width=1440, height=900) as pg:
+        pg.add_init_script(RETURNING)
+        pg.goto(tracking.experiment_url(glance, charts=True), wait_until="load")
+        section = pg.get_by_test_id("draggable-chart-cards-grid").first  # the first section: ours
+        pg.get_by_text("Variants: recovery and size", exact=True).first.wait_for()
+        section.locator(".scatterlayer .point").nth(1).wait_for()  # the scatter drawn last
+        drawn = section.get_by_test_id("experiment-view-compare-runs-card").evaluate_all("""cards => cards.map(card => ({
+            title: card.querySelector('h4').textContent, box: card.getBoundingClientRect().toJSON(),
+            fills: [...card.querySelectorAll('.point path, path.point')].map(p => getComputedStyle(p).fill)}))""")
+        shot(pg, "mlflow-charts")
+        print(drawn)
+        assert [c["title"] for c in drawn] == titles, drawn
+        for chart in drawn:
+            assert chart["box"]["bottom"] <= 900 and chart["box"]["right"] <= 1440, chart  # in view, no scrolling
+            fills = {tuple(map(int, re.findall(r"\d+", f)[:3])) for f in chart["fills"]}
+            assert len(chart["fills"]) == 2 and fills == colours, chart  # one mark per variant, in its colour
         assert not pg.errors, pg.errors
 
 
