@@ -48,11 +48,12 @@ MiB = 1 << 20
 class PreflightError(ValueError):
     """Everything wrong with a spec, found before any heavy work; `problems` lists them one by one."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], unchecked: list[str] = ()):
         self.problems = list(problems)
+        self.unchecked = list(unchecked)  # what could not be checked until a problem is fixed
         n = len(self.problems)
         super().__init__(f"preflight found {n} problem{'s' if n != 1 else ''}, nothing was started:\n  - "
-                         + "\n  - ".join(self.problems))
+                         + "\n  - ".join(self.problems) + "".join(f"\n{u}" for u in self.unchecked))
 
 
 @dataclass
@@ -78,6 +79,7 @@ class _Checks:
         self.spec = spec
         self.problems: list[str] = []
         self.notes: list[str] = []
+        self.unchecked: list[str] = []  # what a problem found here kept from being checked (said with the refusal)
 
     def problem(self, msg: str) -> None:
         self.problems.append(msg)
@@ -200,9 +202,12 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     checkpoint = None
     if memo is not None and memo.facts is not None:  # every check below passed for exactly these inputs
         checkpoint = memo.facts.checkpoint_bytes
+    elif scheme is not None and base is None:  # refused already: llm-compressor (seconds to import) waits for a base
+        c.unchecked.append(f"not checked until the base model can be read: the recipe of scheme {scheme.name!r} as "
+                           "llm-compressor reads it, against the model's modules")
     elif scheme is not None:
         modifiers = c.found(f"scheme {scheme.name!r}", recipes.modifiers, scheme)
-        if modifiers and base is not None and base.skeleton is not None:
+        if modifiers and base.skeleton is not None:
             checkpoint = c.found(f"scheme {scheme.name!r} against {base.name}", recipes.model_problems, scheme,
                                  modifiers, base)
     if scheme is not None and scheme.needs_calibration:
@@ -243,7 +248,7 @@ def preflight(spec: VariantSpec | dict) -> Plan:
         c.add("tracking", tracking_problems)
     c.guard("disk", _disk, c, base, checkpoint)
     if c.problems:
-        raise PreflightError(c.problems)
+        raise PreflightError(c.problems, c.unchecked)
     if memo is not None and base is not None:
         memo.remember(base.config_json, base.params, checkpoint)
     return Plan(scheme=scheme, suite=suite, suite_digest=suite_digest(suite), engine=engine, name=name,

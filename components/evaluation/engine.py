@@ -4,11 +4,16 @@ from __future__ import annotations
 from components.evaluation import environment
 from components.evaluation.command import EngineSettings
 from components.evaluation.suites import Suite
+from components.memory_plan import gpu_possible
 from components.recipes import SchemeDef
 from components.specs import EvalSpec
 
 
 def detect_platform() -> str:
+    """cuda when torch can use a GPU here, else cpu. Where no GPU is possible (gpu_possible) torch, seconds to import,
+    is not asked: a preflight refusal on a CPU machine imports none of it."""
+    if not gpu_possible():
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
