@@ -22,6 +22,7 @@ from servers import no_aws_environment
 from tiny import tiny_spec
 
 from components import recipes
+from components.messages import Checked
 from components.preflight import Plan, PreflightError, preflight
 from components.settings import settings
 from components.specs import VariantSpec
@@ -872,7 +873,7 @@ def test_the_suite_is_checked_against_the_lm_eval_that_runs_it(tiny_model, tmp_p
     found = problems_of(good(tiny_model, tmp_path, evaluation__engine="vllm", evaluation__suite="openllm-v1-2024"))
     assert any(p.startswith("evaluation.suite 'openllm-v1-2024': 'mmlu' (MMLU (5-shot)): unknown lm-eval task")
                for p in found), found
-    assert suites.inspect("openllm-v1-2024") == (suites.load("openllm-v1-2024"), [])  # this environment's lm-eval
+    assert suites.check("openllm-v1-2024") == Checked(suites.load("openllm-v1-2024"))  # this environment's lm-eval
 
 
 _REFUSED = """
