@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from components.digests import digest_obj
 from components.models import BaseInfo, looks_like_path, max_positions
-from components.messages import did_you_mean, first_line
+from components.messages import Checked, did_you_mean, first_line
 from components.specs import CalibrationSpec
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -163,17 +163,17 @@ class _Check:
     notes: list[str] = field(default_factory=list)
 
 
-def check(spec: CalibrationSpec, base: BaseInfo | None) -> tuple[list[str], list[str]]:
-    """(notes, problems) of the calibration set before any work: where it is, its column, every row's value for the
-    way it is used, enough rows, chat template or plain text as the model and the data allow, the sequence length
-    the model takes. A bad row otherwise fails minutes later inside `build`. Problems: one line each, with the fix;
-    notes: what is checked only when a Hub dataset is loaded."""
+def check(spec: CalibrationSpec, base: BaseInfo | None) -> Checked[None]:
+    """The calibration set before any work: where it is, its column, every row's value for the way it is used, enough
+    rows, chat template or plain text as the model and the data allow, the sequence length the model takes. A bad row
+    otherwise fails minutes later inside `build`. Problems: one line each, with the fix; notes: what is checked only
+    when a Hub dataset is loaded. No value."""
     c = _Check(spec)
     try:
         _check(c, base)
     except Exception as e:  # noqa: BLE001 - a check that cannot run is itself a finding
         c.problems.append(f"calibration: {type(e).__name__}: {first_line(e)}")
-    return c.notes, c.problems
+    return Checked(problems=c.problems, notes=c.notes)
 
 
 def _check(c: _Check, base: BaseInfo | None) -> None:

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from components.messages import Checked
 from components.processes import free_port, start, stop, wait_http
 
 BIN = Path(sys.executable).parent
@@ -39,22 +40,23 @@ def prefect_api_problem(url: str) -> str | None:
             "up`), or unset PREFECT_API_URL to run with a temporary local server")
 
 
-def tracking_problems() -> list[str]:
+def check_tracking() -> Checked[None]:
     """The MLflow tracking server the run records to: no credentials in its URL (they would be printed and recorded),
-    and, when it is a server, it answers /health; before a run, not after hours of work."""
+    and, when it is a server, it answers /health; before a run, not after hours of work. No value."""
     from components.settings import settings
     from components.redaction import credentials_in_url, redact_url, safe_uri
 
     uri = settings().tracking_uri
     if credentials_in_url(uri):
-        return [f"QUANTFLOW_MLFLOW_TRACKING_URI {redact_url(uri)!r} carries credentials in the URL (they would be "
-                "printed and recorded with it): remove them and set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"]
+        return Checked(problems=[f"QUANTFLOW_MLFLOW_TRACKING_URI {redact_url(uri)!r} carries credentials in the URL "
+                                 "(they would be printed and recorded with it): remove them and set "
+                                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"])
     reason = _no_answer(uri) if uri.startswith(("http://", "https://")) else None
     if reason is None:
-        return []
-    return [f"MLflow tracking server {safe_uri(uri)} (QUANTFLOW_MLFLOW_TRACKING_URI) does not answer ({reason}): "
-            "start it (`quantflow server up`), or unset the variable to track in a local SQLite store"]
+        return Checked()
+    return Checked(problems=[f"MLflow tracking server {safe_uri(uri)} (QUANTFLOW_MLFLOW_TRACKING_URI) does not answer "
+                             f"({reason}): start it (`quantflow server up`), or unset the variable to track in a local "
+                             "SQLite store"])
 
 
 def tethered(argv: list[str], grace: float = 3) -> list[str]:

@@ -11,7 +11,9 @@ refuses with the numbers when none does. The cache figure is measured against ll
 """
 from __future__ import annotations
 
+import ctypes.util
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -82,12 +84,27 @@ class Machine(BaseModel):
     name: str = ""
 
 
-def machine_now(disk: Path) -> Machine:
-    """This machine: visible GPUs (the smallest card counts for all), host RAM, free disk where `disk` is."""
-    import psutil
-    import torch
+def gpu_possible() -> bool:
+    """Whether torch could find a GPU here: a GPU device node (NVIDIA's, or ROCm's /dev/kfd, which torch's CUDA API also
+    drives), NVIDIA's kernel driver loaded, or its user-space driver (libcuda, which creates missing nodes on first use)
+    installed. None of them: no CUDA runtime can start, whatever torch is installed."""
+    try:
+        nodes = [n for n in os.listdir("/dev") if n.startswith("nvidia") or n == "kfd"]
+    except OSError:
+        nodes = []
+    return bool(nodes) or Path("/proc/driver/nvidia").exists() or ctypes.util.find_library("cuda") is not None
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+def machine_now(disk: Path) -> Machine:
+    """This machine: visible GPUs (the smallest card counts for all), host RAM, free disk where `disk` is; torch counts
+    the GPUs, where any is possible."""
+    import psutil
+
+    gpus = 0
+    if gpu_possible():
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     gpu_bytes = min(torch.cuda.get_device_properties(i).total_memory for i in range(gpus)) if gpus else 0
     return Machine(gpus=gpus, gpu_bytes=gpu_bytes, host_bytes=psutil.virtual_memory().total,
                    disk_free_bytes=shutil.disk_usage(disk).free, name="this machine")

@@ -1,11 +1,27 @@
-"""How a problem is said: one line, the fix named, a did-you-mean for a misspelling. Shared by every component's
-checks (specs, models, recipes, suites, calibration, stores), so none of them imports another for its wording."""
+"""How a problem is said: one line, the fix named, a did-you-mean for a misspelling, and what a check found
+(`Checked`). Shared by every component's checks (specs, models, recipes, suites, calibration, stores), so none of them
+imports another for its wording."""
 from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from pydantic import ValidationError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Checked(Generic[T]):
+    """What one component's preflight check found, the one shape of them all (`check` / `check_<thing>`):
+    `value`, what preflight goes on with (None when it cannot be used); `problems`, one line each naming the field and
+    the fix (any refuses the run); `notes`, what was not checked here or was chosen, said with the plan."""
+
+    value: T | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def closest(value: str, choices: list[str]) -> list[str]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from components import artifacts
 from components.digests import FileStamp, check_stamps, digest_stamps, sha256_memo, stamp_dir
+from components.messages import Checked, first_line
 from components.settings import path_chars_problem, settings
 
 PKG_PREFIX = "pkg:"
@@ -181,8 +182,8 @@ class BaseInfo:
 Known = Callable[[bytes], "tuple[dict, int] | None"]
 
 
-def inspect(source: str, revision: str | None = None, chat_template: bool = False,
-            known: Known | None = None) -> tuple[BaseInfo | None, list[str]]:
+def check(source: str, revision: str | None = None, chat_template: bool = False,
+          known: Known | None = None) -> Checked[BaseInfo]:
     """The base model `source` names, read from config.json, tokenizer files and weight-file headers only, and every
     problem with it (one line each, with the fix), so a wrong source fails before any download or conversion; None
     when it cannot be used. `chat_template`: also read a GGUF's chat template (calibration applies one).
@@ -192,16 +193,10 @@ def inspect(source: str, revision: str | None = None, chat_template: bool = Fals
     read, check and build the model again. Everything else is read afresh."""
     out: list[str] = []
     try:
-        return _inspect(out, source, revision, chat_template, known), out
+        return Checked(_check(out, source, revision, chat_template, known), out)
     except Exception as e:  # noqa: BLE001 - a check that cannot run is itself a finding
-        out.append(f"base.source {source!r}: {type(e).__name__}: {_gist(e)}")
-        return None, out
-
-
-def _gist(e: BaseException) -> str:
-    from components.messages import first_line
-
-    return first_line(e)
+        out.append(f"base.source {source!r}: {type(e).__name__}: {first_line(e)}")
+        return Checked(None, out)
 
 
 def looks_like_path(source: str) -> bool:
@@ -225,7 +220,7 @@ def max_positions(config) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def _inspect(out: list[str], source: str, revision: str | None, chat_template: bool,
+def _check(out: list[str], source: str, revision: str | None, chat_template: bool,
              known: Known | None = None) -> BaseInfo | None:
     try:
         gguf = gguf_path(source)
@@ -278,7 +273,7 @@ def _gguf_base(out: list[str], source: str, gguf: Path, chat_template: bool, kno
         base.config_json = _config_dict(base.config)
     except Exception as e:  # noqa: BLE001
         out.append(f"base.source {source!r}: transformers cannot read this GGUF file's metadata "
-                   f"({type(e).__name__}: {_gist(e)})")
+                   f"({type(e).__name__}: {first_line(e)})")
         return None
     if chat_template:
         try:
@@ -354,7 +349,7 @@ def _hub_base(out: list[str], source: str, revision: str | None, known: Known | 
     try:
         validate_repo_id(source)
     except HFValidationError as e:
-        out.append(f"base.source {source!r}: neither a local path nor a valid Hub repo id ({_gist(e)})")
+        out.append(f"base.source {source!r}: neither a local path nor a valid Hub repo id ({first_line(e)})")
         return None
     offline = constants.is_offline_mode()
     try:
@@ -382,7 +377,7 @@ def _hub_base(out: list[str], source: str, revision: str | None, known: Known | 
         out.append(f"base.source {source!r}: the repo has no config.json: not a transformers model")
         return None
     except Exception as e:  # noqa: BLE001
-        out.append(f"base.source {source!r}: cannot fetch config.json from the Hub ({type(e).__name__}: {_gist(e)})")
+        out.append(f"base.source {source!r}: cannot fetch config.json from the Hub ({type(e).__name__}: {first_line(e)})")
         return None
     snapshot = config_path.parent
     headers = _weight_files(out, source, snapshot)
@@ -551,7 +546,7 @@ def _read_config(out: list[str], source: str, base: BaseInfo, d: Path, known: Kn
         raw = (d / "config.json").read_bytes()
         json.loads(raw)
     except (ValueError, OSError) as e:
-        out.append(f"base.source {source!r}: config.json is unreadable ({type(e).__name__}: {_gist(e)})")
+        out.append(f"base.source {source!r}: config.json is unreadable ({type(e).__name__}: {first_line(e)})")
         return False
     hit = known(raw) if known is not None else None
     if hit is not None:  # these exact bytes passed every check below before (preflight's memo)
@@ -564,7 +559,7 @@ def _read_config(out: list[str], source: str, base: BaseInfo, d: Path, known: Kn
         base.config = AutoConfig.from_pretrained(d)
         base.config_json = _config_dict(base.config)
     except Exception as e:  # noqa: BLE001
-        out.append(f"base.source {source!r}: transformers cannot read its config.json ({type(e).__name__}: {_gist(e)})")
+        out.append(f"base.source {source!r}: transformers cannot read its config.json ({type(e).__name__}: {first_line(e)})")
         return False
     return _check_causal_lm(out, source, base)
 
@@ -592,7 +587,7 @@ def _check_causal_lm(out: list[str], source: str, base: BaseInfo) -> bool:
             base.skeleton = AutoModelForCausalLM.from_config(config)
     except Exception as e:  # noqa: BLE001
         out.append(f"base.source {source!r}: AutoModelForCausalLM cannot build this model from its config "
-                   f"({type(e).__name__}: {_gist(e)})")
+                   f"({type(e).__name__}: {first_line(e)})")
         return False
     base.params = sum(p.numel() for p in base.skeleton.parameters())
     return True

@@ -11,9 +11,13 @@ checkpoint estimate, the GPUs torch counts) go to `$QUANTFLOW_HOME/preflight/<ke
 everything those checks read (components/preflight_memo.py). A later preflight with the same key takes them from there
 without importing torch, transformers or llm-compressor; every other check runs again.
 
-Each component checks what it owns (models.inspect, recipes.check, recipes.modifiers, recipes.model_problems,
-calibration.check, stores.problems, settings.home_problems, local_stack.tracking_problems, suites.inspect,
-engine.settings_for, serving.check, references.inspect); this module gathers their problems and builds the Plan.
+Each component checks what it owns, and every check has one name and one shape: a function `check` (`check_<thing>`
+where a module owns several) returning `messages.Checked`, its `value` (what preflight goes on with, None when it cannot
+be used), `problems` (one line each with the fix) and `notes`: models.check, recipes.check, recipes.check_recipe,
+recipes.check_against_model, calibration.check, stores.check, settings.check_home, local_stack.check_tracking,
+suites.check, fit.check, engine.check, serving.check, references.check (environment.check inside engine.check). A
+function named `problems` / `*_problems` returns the lines alone (`list[str]`), where no value comes with them. This
+module gathers the checks (`_Checks.take`) and builds the Plan.
 """
 from __future__ import annotations
 
@@ -24,21 +28,18 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from components import calibration, models, overlap, preflight_memo, recipes, stores
-from components.evaluation import environment, fit, references, suites
-from components.evaluation.engine import planned as engine_planned
-from components.evaluation.engine import settings_for as engine_settings
+from components import calibration, local_stack, models, overlap, preflight_memo, recipes, stores
+from components.evaluation import engine as engines
+from components.evaluation import environment, fit, references, serving, suites
 from components.evaluation.command import EngineSettings
 from components.evaluation.runner import EvalResult, suite_digest
-from components.evaluation.serving import check as serving_check
-from components.local_stack import tracking_problems
 from components.memory_plan import MemoryPlan, Settings
 from components.models import BaseInfo, gguf_path, max_positions
 from components.overlap import Split
 from components.quantize import CPU
 from components.recipes import SchemeDef
-from components.settings import existing, home_problems, settings
-from components.messages import first_line, validation_problems
+from components.settings import check_home, existing, settings
+from components.messages import Checked, first_line, validation_problems
 from components.specs import VariantSpec, check_variant_name
 
 GiB = 1 << 30
@@ -48,11 +49,12 @@ MiB = 1 << 20
 class PreflightError(ValueError):
     """Everything wrong with a spec, found before any heavy work; `problems` lists them one by one."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], unchecked: list[str] = ()):
         self.problems = list(problems)
+        self.unchecked = list(unchecked)  # what could not be checked until a problem is fixed
         n = len(self.problems)
         super().__init__(f"preflight found {n} problem{'s' if n != 1 else ''}, nothing was started:\n  - "
-                         + "\n  - ".join(self.problems))
+                         + "\n  - ".join(self.problems) + "".join(f"\n{u}" for u in self.unchecked))
 
 
 @dataclass
@@ -78,6 +80,7 @@ class _Checks:
         self.spec = spec
         self.problems: list[str] = []
         self.notes: list[str] = []
+        self.unchecked: list[str] = []  # what a problem found here kept from being checked (said with the refusal)
 
     def problem(self, msg: str) -> None:
         self.problems.append(msg)
@@ -90,19 +93,12 @@ class _Checks:
             self.problem(f"{what}: {type(e).__name__}: {first_line(e)}")
             return None
 
-    def found(self, what: str, fn: Callable, *args):
-        """Run a component's check that returns (what it found, its problems[, its notes]): record the problems and
-        notes, return what it found."""
-        value, problems, *notes = self.guard(what, fn, *args) or (None, [])
-        for problem in problems:
-            self.problem(problem)
-        self.notes += notes[0] if notes else []
-        return value
-
-    def add(self, what: str, fn: Callable, *args) -> None:
-        """Run a component's check and record the problems it returns."""
-        for problem in self.guard(what, fn, *args) or []:
-            self.problem(problem)
+    def take(self, what: str, check: Callable[..., Checked], *args):
+        """Run a component's check: record its problems and notes, return its value (None when it could not run)."""
+        found = self.guard(what, check, *args) or Checked()
+        self.problems += found.problems
+        self.notes += found.notes
+        return found.value
 
 
 def _memory(c: _Checks, scheme: SchemeDef, base: BaseInfo, here) -> tuple[MemoryPlan | None, Settings]:
@@ -136,14 +132,14 @@ def _memory(c: _Checks, scheme: SchemeDef, base: BaseInfo, here) -> tuple[Memory
 
 
 def _overlap(spec: VariantSpec, memory: MemoryPlan | None, how: Settings, engine: EngineSettings,
-             base_evaluated: bool, here) -> tuple[Split, list[str], list[str]]:
+             base_evaluated: bool, here) -> Checked[Split]:
     """evaluation.overlap_base on this machine (`here`, as the memory plan saw it; None: counted now) through
     components/overlap.py; a note says what was chosen when it overlaps."""
     from components.memory_plan import machine_now
 
     split, problems = overlap.resolve(spec.evaluation.overlap_base, memory, how, here or machine_now(Path.cwd()),
                                       overlap.evaluation_gpus(engine), base_evaluated)
-    return split, problems, [split.note()] if split.overlap or split.base_first else []
+    return Checked(split, problems, [split.note()] if split.overlap or split.base_first else [])
 
 
 # --- disk: every copy the run writes, against the free space where it lands ------------------------
@@ -190,23 +186,25 @@ def preflight(spec: VariantSpec | dict) -> Plan:
         except ValidationError as e:
             raise PreflightError(validation_problems(e)) from None
     c = _Checks(spec)
-    home = home_problems()
-    for problem in home:
-        c.problem(problem)
-    scheme = c.found(f"scheme {spec.scheme.value!r}", recipes.check, spec.scheme.value)
+    home = check_home().problems
+    c.problems += home
+    scheme = c.take(f"scheme {spec.scheme.value!r}", recipes.check, spec.scheme.value)
     memo = preflight_memo.Memo(scheme) if scheme is not None else None  # the model-side facts, by content
-    base = c.found(f"base.source {spec.base.source!r}", models.inspect, spec.base.source, spec.base.revision,
-                   spec.calibration.apply_chat_template, memo.known if memo else None)
+    base = c.take(f"base.source {spec.base.source!r}", models.check, spec.base.source, spec.base.revision,
+                  spec.calibration.apply_chat_template, memo.known if memo else None)
     checkpoint = None
     if memo is not None and memo.facts is not None:  # every check below passed for exactly these inputs
         checkpoint = memo.facts.checkpoint_bytes
+    elif scheme is not None and base is None:  # refused already: llm-compressor (seconds to import) waits for a base
+        c.unchecked.append(f"not checked until the base model can be read: the recipe of scheme {scheme.name!r} as "
+                           "llm-compressor reads it, against the model's modules")
     elif scheme is not None:
-        modifiers = c.found(f"scheme {scheme.name!r}", recipes.modifiers, scheme)
-        if modifiers and base is not None and base.skeleton is not None:
-            checkpoint = c.found(f"scheme {scheme.name!r} against {base.name}", recipes.model_problems, scheme,
-                                 modifiers, base)
+        modifiers = c.take(f"scheme {scheme.name!r}", recipes.check_recipe, scheme)
+        if modifiers and base.skeleton is not None:
+            checkpoint = c.take(f"scheme {scheme.name!r} against {base.name}", recipes.check_against_model, scheme,
+                                modifiers, base)
     if scheme is not None and scheme.needs_calibration:
-        c.notes += c.found("calibration", calibration.check, spec.calibration, base) or []
+        c.take("calibration", calibration.check, spec.calibration, base)
     memory, quantization, here = None, CPU, None
     if scheme is not None and base is not None and base.config_json is not None:
         here = c.guard("quantization", memo.machine, Path.cwd())
@@ -216,21 +214,21 @@ def preflight(spec: VariantSpec | dict) -> Plan:
     base_name = base.name if base is not None else None
     positions = max_positions(base.config_json) if base is not None and base.config_json is not None else None
     platform, gpus = memo.platform() if memo is not None else (None, None)
-    planned = engine_planned(ev, scheme, platform)  # the suite is checked against the lm-eval that will run it
+    planned = engines.planned(ev, scheme, platform)  # the suite is checked against the lm-eval that will run it
     tasks = c.guard("evaluation.engine", environment.lm_eval_tasks, planned) if planned else None
-    suite = c.found(f"evaluation.suite {ev.suite!r}", suites.inspect, ev.suite, tasks)
-    ev = c.found("evaluation.tensor_parallel_size", fit.check, ev, base.config_json if base is not None else None,
-                 scheme, suite, here, platform, planned) or fit.concrete(ev)  # base and variant fit vLLM's GPUs
-    engine = c.found("evaluation.engine", engine_settings, ev, scheme, suite, base_name, positions, platform, gpus)
-    serving = c.found("evaluation.serving", serving_check, ev.serving, engine, base_name, positions)
+    suite = c.take(f"evaluation.suite {ev.suite!r}", suites.check, ev.suite, tasks)
+    ev = c.take("evaluation.tensor_parallel_size", fit.check, ev, base.config_json if base is not None else None,
+                scheme, suite, here, platform, planned) or fit.concrete(ev)  # base and variant fit vLLM's GPUs
+    engine = c.take("evaluation.engine", engines.check, ev, scheme, suite, base_name, positions, platform, gpus)
+    measured = c.take("evaluation.serving", serving.check, ev.serving, engine, base_name, positions)
     reference = None
     if ev.reference_baseline and suite is not None and engine is not None:
-        reference = c.found("evaluation.reference_baseline", references.inspect, ev.reference_baseline, suite, engine,
-                            base_name)
+        reference = c.take("evaluation.reference_baseline", references.check, ev.reference_baseline, suite, engine,
+                           base_name)
     split = Split()
     if engine is not None:
-        split = c.found("evaluation.overlap_base", _overlap, spec, memory, quantization, engine,
-                        reference is None, here) or Split()
+        split = c.take("evaluation.overlap_base", _overlap, spec, memory, quantization, engine,
+                       reference is None, here) or Split()
     name = spec.variant_name or (f"{base.name}-{scheme.suffix}" if base is not None and scheme is not None else None)
     if name is not None and not spec.variant_name:
         try:
@@ -238,14 +236,14 @@ def preflight(spec: VariantSpec | dict) -> Plan:
         except ValueError as e:
             c.problem(f"variant_name: the default name, {e}: set variant_name")
             name = None
-    c.add("stores", stores.problems, spec.stores, name)
+    c.take("stores", stores.check, spec.stores, name)
     if not home:  # the default tracking store lives under it
-        c.add("tracking", tracking_problems)
+        c.take("tracking", local_stack.check_tracking)
     c.guard("disk", _disk, c, base, checkpoint)
     if c.problems:
-        raise PreflightError(c.problems)
+        raise PreflightError(c.problems, c.unchecked)
     if memo is not None and base is not None:
         memo.remember(base.config_json, base.params, checkpoint)
     return Plan(scheme=scheme, suite=suite, suite_digest=suite_digest(suite), engine=engine, name=name,
-                checkpoint_bytes=checkpoint, notes=c.notes, serving=bool(serving), reference=reference,
+                checkpoint_bytes=checkpoint, notes=c.notes, serving=bool(measured), reference=reference,
                 quantization=quantization, memory=memory, overlap=split)

@@ -52,7 +52,7 @@ class ModelFacts(BaseModel):
     key: str
     config: dict  # config.json as transformers reads it (PretrainedConfig.to_json_string, use_diff=False)
     params: int  # parameters of the meta-device skeleton (tied weights once)
-    checkpoint_bytes: int | None  # recipes.model_problems' estimate of the compressed checkpoint
+    checkpoint_bytes: int | None  # recipes.check_against_model's estimate of the compressed checkpoint
     gpus: int  # what torch counted (memory_plan.machine_now)
     gpu_bytes: float
     platform: str  # evaluation.engine.detect_platform(): cuda or cpu
@@ -112,7 +112,7 @@ def store(facts: ModelFacts) -> None:
 
 
 class Memo:
-    """One preflight's use of the memo: `known` is handed to models.inspect, which calls it with the config.json bytes
+    """One preflight's use of the memo: `known` is handed to models.check, which calls it with the config.json bytes
     it read; a hit fills `facts`. `machine` is this machine for the memory plan (from the facts on a hit, else counted
     by torch); `remember` stores what a clean miss found."""
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from components.messages import Checked
+
 
 def _default_eval_python() -> Path:
     # The set-up command puts the evaluation environment next to the main one.
@@ -95,15 +97,15 @@ def existing(path: Path) -> Path:
     return path
 
 
-def home_problems() -> list[str]:
+def check_home() -> Checked[None]:
     """QUANTFLOW_HOME usable: a directory (or creatable as one), writable, with a path lm_eval can be given; checked
-    before a run, since every artifact lands under it."""
+    before a run, since every artifact lands under it. No value."""
     home = settings().home.expanduser()
     what = f"QUANTFLOW_HOME {str(home)!r}"
     try:
         resolved = home.resolve()
     except OSError as e:
-        return [f"{what}: cannot be resolved ({e.strerror}): set QUANTFLOW_HOME to a writable directory"]
+        return Checked(problems=[f"{what}: cannot be resolved ({e.strerror}): set QUANTFLOW_HOME to a writable directory"])
     problems = []
     nearest = existing(resolved)
     if nearest == resolved and not resolved.is_dir():
@@ -116,4 +118,4 @@ def home_problems() -> list[str]:
     chars = path_chars_problem(resolved)
     if chars:
         problems.append(f"{what} {chars} (checkpoints live under it)")
-    return problems
+    return Checked(problems=problems)

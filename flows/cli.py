@@ -412,9 +412,9 @@ def _prefect_api(stop: _Stop, check: Callable[[], None] | None = None):
 def _flow_run(check: Callable[[], None] | None = None):
     """Everything a flow run from the command line needs around it (see each context); yields `tracked(flow)`."""
     from components.preflight import PreflightError
-    from components.settings import home_problems, settings
+    from components.settings import check_home, settings
 
-    problems = home_problems()
+    problems = check_home().problems
     if problems:
         raise PreflightError(problems)
     settings().path("logs")  # LLM_COMPRESSOR_LOG_FILE's folder

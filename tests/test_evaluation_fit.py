@@ -12,6 +12,7 @@ from components.evaluation import fit, suites
 from components.evaluation.command import EngineSettings
 from components.evaluation.environment import engine_env
 from components.memory_plan import Machine
+from components.messages import Checked
 from components.specs import EvalSpec
 
 CONFIG = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "Meta-Llama-3.1-70B-Instruct.json")
@@ -32,7 +33,7 @@ def check(scheme: str, gpus: int, gpu_bytes: int, **ev):
 
 @pytest.mark.parametrize("gpu_bytes,name", [(H200, "H200"), (H100, "H100")])
 def test_a_70b_bf16_base_at_tp_1_on_one_card_is_refused_with_the_numbers_and_the_fix(gpu_bytes, name):
-    ev, [problem], _ = check("fp8-static", 1, gpu_bytes, tensor_parallel_size=1)
+    [problem] = check("fp8-static", 1, gpu_bytes, tensor_parallel_size=1).problems
     budget = 0.9 * gpu_bytes / 1e9
     assert problem.startswith(f"evaluation: the base model does not fit vLLM at tensor_parallel_size 1: 141.1 GB of "
                               f"weights / 1 + KV cache for 1 x 4096 tokens 1.3 GB + overhead 2.1 GB = 144.6 GB a GPU, "
@@ -40,40 +41,40 @@ def test_a_70b_bf16_base_at_tp_1_on_one_card_is_refused_with_the_numbers_and_the
                               f"tensor_parallel_size 2 (or auto) on "), problem
     assert problem.endswith("such GPUs, or evaluation.reference_baseline (the base's published scores)"), problem
     # auto cannot find a fitting TP on one card either: the same line
-    assert check("fp8-static", 1, gpu_bytes)[1] == [problem]
+    assert check("fp8-static", 1, gpu_bytes).problems == [problem]
     # the 72.7 GB INT8 variant alone fits one card at TP 1 (seed 002 evaluated it so)
     assert check("w8a8-int8", 1, gpu_bytes, tensor_parallel_size=1,
-                 reference_baseline="Meta-Llama-3.1-70B-Instruct.openllm-v1-2024")[1] == []
+                 reference_baseline="Meta-Llama-3.1-70B-Instruct.openllm-v1-2024").problems == []
 
 
 def test_auto_picks_the_smallest_tp_that_fits_what_will_run():
     # base and variant on 2 x H100: the 141 GB base needs two cards
-    ev, problems, notes = check("w8a8-int8", 2, H100)
-    assert (ev.tensor_parallel_size, problems) == (2, []), problems
-    assert notes[0] == "evaluation.tensor_parallel_size auto: 2 (base and variant fit 2 GPU(s) of 85.5 GB)"
+    found = check("w8a8-int8", 2, H100)
+    assert (found.value.tensor_parallel_size, found.problems) == (2, []), found.problems
+    assert found.notes[0] == "evaluation.tensor_parallel_size auto: 2 (base and variant fit 2 GPU(s) of 85.5 GB)"
     # the FP8 variant alone (published baseline for the base) on one H200: one card
-    ev, problems, notes = check("fp8-static", 1, H200, reference_baseline="Meta-Llama-3.1-70B-Instruct.openllm-v1-2024")
-    assert (ev.tensor_parallel_size, problems) == (1, [])
-    assert notes == ["evaluation.tensor_parallel_size auto: 1 (variant fit 1 GPU(s) of 150.8 GB)"]
+    found = check("fp8-static", 1, H200, reference_baseline="Meta-Llama-3.1-70B-Instruct.openllm-v1-2024")
+    assert (found.value.tensor_parallel_size, found.problems) == (1, [])
+    assert found.notes == ["evaluation.tensor_parallel_size auto: 1 (variant fit 1 GPU(s) of 150.8 GB)"]
     # 8 x H100: TP 2 for base and variant, the other six GPUs are data-parallel room lm-eval cannot use without Ray
-    ev, problems, notes = check("fp8-static", 8, H100)
-    assert (ev.tensor_parallel_size, problems) == (2, [])
-    assert notes[1].startswith("evaluation: tensor_parallel_size 2 leaves room for 4 vLLM replicas on the 8 GPUs, "
-                               "but lm-eval's data_parallel_size needs Ray"), notes
+    found = check("fp8-static", 8, H100)
+    assert (found.value.tensor_parallel_size, found.problems) == (2, [])
+    assert found.notes[1].startswith("evaluation: tensor_parallel_size 2 leaves room for 4 vLLM replicas on the 8 GPUs, "
+                                     "but lm-eval's data_parallel_size needs Ray"), found.notes
     assert fit.data_parallel(2, 8) == 4
 
 
 def test_an_explicit_tp_is_checked_and_cpu_or_hf_are_not_sized():
-    assert check("fp8-static", 2, H100, tensor_parallel_size=2)[1] == []
-    ev, problems, _ = fit.check(EvalSpec(), CONFIG, recipes.load("fp8-static"), SUITE, machine(0, 0), "cpu", "vllm")
-    assert (ev.tensor_parallel_size, problems) == (1, [])
-    ev, problems, _ = fit.check(EvalSpec(), CONFIG, recipes.load("fp8-static"), SUITE, machine(1, H200), "cuda", "hf")
-    assert (ev.tensor_parallel_size, problems) == (1, [])
+    assert check("fp8-static", 2, H100, tensor_parallel_size=2).problems == []
+    found = fit.check(EvalSpec(), CONFIG, recipes.load("fp8-static"), SUITE, machine(0, 0), "cpu", "vllm")
+    assert (found.value.tensor_parallel_size, found.problems) == (1, [])
+    found = fit.check(EvalSpec(), CONFIG, recipes.load("fp8-static"), SUITE, machine(1, H200), "cuda", "hf")
+    assert (found.value.tensor_parallel_size, found.problems) == (1, [])
     # a config the plan cannot read is not a problem of the spec: no check, TP 1, and a note saying so
     odd = {k: v for k, v in CONFIG.items() if k != "hidden_size"}
-    ev, problems, notes = fit.check(EvalSpec(), odd, recipes.load("fp8-static"), SUITE, machine(1, H200), "cuda", "vllm")
-    assert (ev.tensor_parallel_size, problems, notes) == (1, [], ["evaluation: no GPU fit check (the base's config has "
-                                                                  "no 'hidden_size')"])
+    found = fit.check(EvalSpec(), odd, recipes.load("fp8-static"), SUITE, machine(1, H200), "cuda", "vllm")
+    assert (found.value.tensor_parallel_size, found.problems, found.notes) == (
+        1, [], ["evaluation: no GPU fit check (the base's config has no 'hidden_size')"])
 
 
 def test_the_spec_takes_auto_or_a_positive_number():
@@ -115,7 +116,7 @@ def test_preflight_refuses_a_base_that_does_not_fit_before_any_quantization(tmp_
                             eos_token="t1", bos_token="t2").save_pretrained(base)
     monkeypatch.setattr(mp, "machine_now", lambda disk: machine(1, H200))
     monkeypatch.setattr(engine, "detect_platform", lambda: "cuda")
-    monkeypatch.setattr(environment, "problems", lambda: [])  # vLLM's environment, as on a GPU machine
+    monkeypatch.setattr(environment, "check", Checked)  # vLLM's environment in place, as on a GPU machine
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(PreflightError) as e:
         preflight({"base": {"source": str(base)}, "scheme": "fp8-static",

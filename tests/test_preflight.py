@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections import namedtuple
@@ -21,6 +22,7 @@ from servers import no_aws_environment
 from tiny import tiny_spec
 
 from components import recipes
+from components.messages import Checked
 from components.preflight import Plan, PreflightError, preflight
 from components.settings import settings
 from components.specs import VariantSpec
@@ -871,4 +873,34 @@ def test_the_suite_is_checked_against_the_lm_eval_that_runs_it(tiny_model, tmp_p
     found = problems_of(good(tiny_model, tmp_path, evaluation__engine="vllm", evaluation__suite="openllm-v1-2024"))
     assert any(p.startswith("evaluation.suite 'openllm-v1-2024': 'mmlu' (MMLU (5-shot)): unknown lm-eval task")
                for p in found), found
-    assert suites.inspect("openllm-v1-2024") == (suites.load("openllm-v1-2024"), [])  # this environment's lm-eval
+    assert suites.check("openllm-v1-2024") == Checked(suites.load("openllm-v1-2024"))  # this environment's lm-eval
+
+
+_REFUSED = """
+import json, sys
+from components.preflight import PreflightError, preflight
+try:
+    preflight(json.loads(sys.argv[1]))
+except PreflightError as e:
+    print(json.dumps({"error": str(e), "imported": [m for m in sys.argv[2].split(",") if m in sys.modules]}))
+"""
+
+
+def test_a_missing_base_is_refused_without_importing_torch_transformers_or_llmcompressor(tmp_path):
+    """The recipe against the model cannot be checked without a model: a refusal for a missing base reads the recipe
+    and everything else without importing the heavy libraries (a fresh process: this one has them already). Where GPU
+    device nodes exist, torch is asked whether CUDA works; on a machine without any, nothing of it is needed."""
+    from components.memory_plan import gpu_possible
+
+    root = Path(__file__).resolve().parents[1]
+    spec = {"base": {"source": str(tmp_path / "no-such-model")}, "scheme": "w8a8-int8",
+            "stores": [{"kind": "local", "uri": str(tmp_path / "published")}]}
+    heavy = ("transformers", "llmcompressor", "compressed_tensors", *(() if gpu_possible() else ("torch",)))
+    r = subprocess.run([sys.executable, "-c", _REFUSED, json.dumps(spec), ",".join(heavy)], cwd=root,
+                       env={**os.environ, "PYTHONPATH": str(root), "QUANTFLOW_HOME": str(tmp_path / "home")},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr[-3000:]
+    found = json.loads(r.stdout.strip().splitlines()[-1])
+    assert found["imported"] == [], f"a refusal for a missing base imported {found['imported']}"
+    assert "no such directory or file" in found["error"] and "preflight found 1 problem" in found["error"]
+    assert "llm-compressor" in found["error"].splitlines()[-1]  # the one note: what waits for a readable base

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from components import determinism
 from components.evaluation.command import EngineSettings
+from components.messages import Checked
 from components.settings import settings
 
 
@@ -28,12 +29,12 @@ class EvaluationError(RuntimeError):
     pass
 
 
-def problems() -> list[str]:
-    """Why vLLM cannot run here, one line each with the fix; empty when the evaluation environment is in place."""
+def check() -> Checked[None]:
+    """Why vLLM cannot run here, one line each with the fix; none when the evaluation environment is in place."""
     python = settings().eval_python
     if Path(python).exists():
-        return []
-    return [f"evaluation environment not found at {python}: run `make setup` or set QUANTFLOW_EVAL_PYTHON"]
+        return Checked()
+    return Checked(problems=[f"evaluation environment not found at {python}: run `make setup` or set QUANTFLOW_EVAL_PYTHON"])
 
 
 _FIND_TASKS = ("import importlib.util as u, pathlib as p; s = u.find_spec('lm_eval'); "
@@ -49,8 +50,8 @@ def _tasks_of(python: str) -> Path | None:
 def lm_eval_tasks(engine: str) -> Path | None:
     """The lm_eval/tasks folder of the lm-eval that runs `engine`, found without importing lm_eval, so that a suite is
     checked against the tasks that will run it. None: this environment's (hf runs here; a missing evaluation
-    environment is problems()' finding)."""
-    if engine == "hf" or problems():
+    environment is check()'s finding)."""
+    if engine == "hf" or check().problems:
         return None
     return _tasks_of(str(settings().eval_python))
 
@@ -74,7 +75,7 @@ def _identity(python: str, distributions: tuple[str, ...]) -> tuple[tuple[str, s
         if out.returncode != 0:
             raise EvaluationError(f"{python} cannot say its sys.path (exit {out.returncode}): {out.stderr.strip()[-300:]}")
         path = json.loads(out.stdout)
-    else:  # the run fails with problems()' one line; the key only has to differ from an installed one
+    else:  # the run fails with check()'s one line; the key only has to differ from an installed one
         return tuple((name, "absent") for name in distributions)
     return tuple((name, library_identity(name, path)) for name in distributions)
 
@@ -91,7 +92,7 @@ def python_for(engine: str) -> str:
     """The interpreter that runs `engine`: this one for hf, the evaluation environment's for vLLM."""
     if engine == "hf":
         return sys.executable
-    missing = problems()
+    missing = check().problems
     if missing:
         raise EvaluationError(missing[0])
     return str(settings().eval_python)

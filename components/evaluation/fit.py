@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from components.memory_plan import ModelShape
+from components.messages import Checked
 
 GB = 1e9
 VLLM_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization
@@ -112,20 +113,20 @@ def concrete(ev):
     return ev.model_copy(update={"tensor_parallel_size": 1}) if ev.tensor_parallel_size == "auto" else ev
 
 
-def check(ev, config: dict | None, scheme, suite, machine, platform: str | None, engine: str | None):
-    """Preflight's evaluation fit: (the evaluation section with its TP resolved, problems, notes). Sized only where
-    vLLM runs on GPUs and the base's config.json and this machine's GPUs are known; base and variant both, or the
+def check(ev, config: dict | None, scheme, suite, machine, platform: str | None, engine: str | None) -> Checked:
+    """Preflight's evaluation fit: the evaluation section with its TP resolved (the value), problems, notes. Sized only
+    where vLLM runs on GPUs and the base's config.json and this machine's GPUs are known; base and variant both, or the
     variant alone when published baseline scores stand in for the base."""
     from components import memory_plan as mp
     from components.evaluation.engine import detect_platform
 
     platform = platform or detect_platform()
     if engine != "vllm" or platform != "cuda" or config is None or machine is None or scheme is None or suite is None:
-        return concrete(ev), [], []
+        return Checked(concrete(ev))
     try:
         shape = mp.shape_from_config(config)
     except (KeyError, TypeError, ValueError) as e:  # not a Llama-style config: vLLM finds out for itself
-        return concrete(ev), [], [f"evaluation: no GPU fit check (the base's config has no {e})"]
+        return Checked(concrete(ev), notes=[f"evaluation: no GPU fit check (the base's config has no {e})"])
     size = mp.sizes(shape, mp.Calibration(num_samples=0, seq_len=0), mp.quantization_of(scheme))
     kv = kv_bytes_per_token(shape)
     models = [Evaluated(what="variant", weights_bytes=size["checkpoint"], kv_bytes_per_token=kv)]
@@ -136,4 +137,4 @@ def check(ev, config: dict | None, scheme, suite, machine, platform: str | None,
     if ev.tensor_parallel_size == "auto" and not problems_:
         notes.insert(0, f"evaluation.tensor_parallel_size auto: {tp} ({' and '.join(m.what for m in models)} fit "
                         f"{tp} GPU(s) of {machine.gpu_bytes / GB:,.1f} GB)")
-    return ev.model_copy(update={"tensor_parallel_size": tp}), problems_, notes
+    return Checked(ev.model_copy(update={"tensor_parallel_size": tp}), problems_, notes)

@@ -22,6 +22,7 @@ from components.evaluation.command import EngineSettings
 from components.evaluation.results import Evaluated, TaskScore, binomial_se
 from components.evaluation.runner import EvalResult, suite_digest
 from components.evaluation.suites import Suite
+from components.messages import Checked
 
 REFERENCES = Path(__file__).parent / "references"
 
@@ -106,15 +107,15 @@ def as_eval(ref: Reference, suite: Suite, settings: EngineSettings) -> EvalResul
                       wall_s=0.0, output_dir="", date=datetime.date.today().isoformat(), reference=ref.source)
 
 
-def inspect(name: str, suite: Suite, settings: EngineSettings, base_name: str | None
-            ) -> tuple[EvalResult | None, list[str], list[str]]:
-    """The published baseline `name` standing in for evaluating the base, why it cannot (problems), and the note
-    that says it does."""
+def check(name: str, suite: Suite, settings: EngineSettings, base_name: str | None) -> Checked[EvalResult]:
+    """The published baseline `name` standing in for evaluating the base (the value), why it cannot (problems), and
+    the note that says it does."""
     try:
         ref = load(name)
     except ValueError as e:
-        return None, [f"evaluation.reference_baseline: {e}"], []
+        return Checked(problems=[f"evaluation.reference_baseline: {e}"])
     found = [f"evaluation.reference_baseline {name!r}: {p}" for p in problems(ref, suite, base_name)]
     if found:
-        return None, found, []
-    return as_eval(ref, suite, settings), [], [f"baseline: published scores ({ref.source}) stand in for evaluating {ref.model}"]
+        return Checked(problems=found)
+    return Checked(as_eval(ref, suite, settings),
+                   notes=[f"baseline: published scores ({ref.source}) stand in for evaluating {ref.model}"])

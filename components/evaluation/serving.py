@@ -18,6 +18,7 @@ from components import artifacts
 from components.evaluation import environment
 from components.evaluation.command import EngineSettings
 from components.evaluation.environment import EvaluationError
+from components.messages import Checked, first_line
 from components.processes import free_port, start, stop, wait_http
 from components.specs import ServingSpec
 
@@ -51,31 +52,29 @@ def checkpoint_mb(model_dir: str | Path) -> float:
 
 
 def check(spec: ServingSpec, engine: EngineSettings | None, base_name: str | None, max_positions: int | None
-          ) -> tuple[bool, list[str], list[str]]:
-    """Whether the serving benchmark runs (vLLM only), why it cannot (its prompt file, its length against the base
-    model's positions: one line each, with the fix), and a note when it is skipped."""
+          ) -> Checked[bool]:
+    """Whether the serving benchmark runs (the value; vLLM only), why it cannot (its prompt file, its length against
+    the base model's positions: one line each, with the fix), and a note when it is skipped."""
     if not spec.enabled or engine is None:
-        return False, [], []
+        return Checked(False)
     if engine.engine != "vllm":
-        return False, [], [f"evaluation.serving: not measured: this variant evaluates on {engine.engine} and serving "
-                           "speed is measured with vLLM"]
+        return Checked(False, notes=[f"evaluation.serving: not measured: this variant evaluates on {engine.engine} and "
+                                     "serving speed is measured with vLLM"])
     path = spec.prompts_path
     if not path.is_file():
-        return False, [f"evaluation.serving.prompts: no file {path}"], []
+        return Checked(False, [f"evaluation.serving.prompts: no file {path}"])
     rows = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     try:
         bad = [i + 1 for i, line in enumerate(rows) if not isinstance(json.loads(line).get("prompt"), str)]
     except (ValueError, AttributeError) as e:
-        from components.messages import first_line
-
-        return False, [f"evaluation.serving.prompts: {path} is not JSONL (one JSON object a line): {first_line(e)}"], []
+        return Checked(False, [f"evaluation.serving.prompts: {path} is not JSONL (one JSON object a line): {first_line(e)}"])
     if not rows or bad:
-        return False, [f"evaluation.serving.prompts: {path} needs a string `prompt` on every line"
-                       + (f" (missing on lines {bad[:5]})" if bad else " (the file is empty)")], []
+        return Checked(False, [f"evaluation.serving.prompts: {path} needs a string `prompt` on every line"
+                               + (f" (missing on lines {bad[:5]})" if bad else " (the file is empty)")])
     if max_positions and spec.max_model_len > max_positions:
-        return False, [f"evaluation.serving.max_model_len {spec.max_model_len} is above {base_name}'s "
-                       f"max_position_embeddings {max_positions} (vLLM refuses it)"], []
-    return True, [], []
+        return Checked(False, [f"evaluation.serving.max_model_len {spec.max_model_len} is above {base_name}'s "
+                               f"max_position_embeddings {max_positions} (vLLM refuses it)"])
+    return Checked(True)
 
 
 def serve_command(model: str, s: EngineSettings, spec: ServingSpec, port: int) -> list[str]:

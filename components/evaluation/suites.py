@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from components.digests import digest_dir, sha256_file
 from components.evaluation import task_index
 from components.evaluation.task_index import TaskIndex
+from components.messages import Checked, did_you_mean, first_line, validation_problems
 
 SUITES = Path(__file__).parent / "suites"
 
@@ -214,27 +215,26 @@ def validate(suite: Suite, index: TaskIndex | None = None) -> Suite:
     return suite
 
 
-def inspect(name: str, lm_eval_tasks: Path | None = None) -> tuple[Suite | None, list[str]]:
+def check(name: str, lm_eval_tasks: Path | None = None) -> Checked[Suite]:
     """The suite `name` names (shipped or a YAML path) and why it cannot run here, one line each with the fix: not
     found, invalid, tasks that the lm-eval running it (its lm_eval/tasks folder: `lm_eval_tasks`, default this
     environment's) does not know, and what its scored tasks need (code-execution opt-in, evalplus)."""
     from pydantic import ValidationError
 
-    from components.messages import did_you_mean, first_line, validation_problems
-
     try:
         suite = load(name)
     except ValueError as e:
         if isinstance(e, ValidationError):
-            return None, [f"evaluation.suite {name!r}: not a valid suite file: " + "; ".join(validation_problems(e))]
-        return None, [f"evaluation.suite {name!r}: no such suite{did_you_mean(name, names())} (suites: "
-                      f"{', '.join(names())}; or give the path of a suite YAML file)"]
+            return Checked(problems=[f"evaluation.suite {name!r}: not a valid suite file: "
+                                     + "; ".join(validation_problems(e))])
+        return Checked(problems=[f"evaluation.suite {name!r}: no such suite{did_you_mean(name, names())} (suites: "
+                                 f"{', '.join(names())}; or give the path of a suite YAML file)"])
     except Exception as e:  # noqa: BLE001 - YAML errors and unreadable files
-        return None, [f"evaluation.suite {name!r}: cannot be read ({type(e).__name__}: {first_line(e)})"]
+        return Checked(problems=[f"evaluation.suite {name!r}: cannot be read ({type(e).__name__}: {first_line(e)})"])
     found = [f"evaluation.suite {suite.name!r}: {p}"
              for p in problems(suite, task_index.load(suite.include_dir, lm_eval_tasks))]
     if found:
-        return None, found
+        return Checked(problems=found)
     if any(t.scorer for t in suite.tasks):
         from components.evaluation import humaneval, sandbox
 
@@ -243,4 +243,4 @@ def inspect(name: str, lm_eval_tasks: Path | None = None) -> tuple[Suite | None,
         except sandbox.CodeExecutionNotAllowed as e:
             found.append(f"evaluation.suite {suite.name!r}: {e}")
         found += [f"evaluation.suite {suite.name!r}: {p}" for p in humaneval.problems(t.task for t in suite.tasks)]
-    return suite, found
+    return Checked(suite, found)

@@ -8,6 +8,7 @@ import yaml
 from pydantic import BaseModel
 
 from components.digests import digest_obj
+from components.messages import Checked, did_you_mean, first_line, validation_problems
 
 if TYPE_CHECKING:
     from components.models import BaseInfo
@@ -49,55 +50,51 @@ def load(name: str) -> SchemeDef:
 
 # --- preflight: the recipe file, then llm-compressor's reading of it, then its patterns against the model -----------
 
-def check(name: str) -> tuple[SchemeDef | None, list[str]]:
+def check(name: str) -> Checked[SchemeDef]:
     """The scheme `name`, or None and why not (one line, with the fix): its recipe file missing, not YAML, or
     lacking scheme fields, named before any work starts."""
     from pydantic import ValidationError
 
-    from components.messages import did_you_mean, first_line, validation_problems
-
     path = RECIPES / f"{name}.yaml"
     if not path.is_file():
-        return None, [f"scheme {name!r}: no recipe file {path.name} in {RECIPES}{did_you_mean(name, names())} "
-                      f"(schemes: {', '.join(names())})"]
+        return Checked(problems=[f"scheme {name!r}: no recipe file {path.name} in {RECIPES}"
+                                 f"{did_you_mean(name, names())} (schemes: {', '.join(names())})"])
     try:
-        return load(name), []
+        return Checked(load(name))
     except yaml.YAMLError as e:
-        return None, [f"scheme {name!r}: {path} is not valid YAML ({first_line(e)})"]
+        return Checked(problems=[f"scheme {name!r}: {path} is not valid YAML ({first_line(e)})"])
     except ValidationError as e:
-        return None, [f"scheme {name!r}: {path} lacks or misstates scheme fields: " + "; ".join(validation_problems(e))]
+        return Checked(problems=[f"scheme {name!r}: {path} lacks or misstates scheme fields: "
+                                 + "; ".join(validation_problems(e))])
 
 
-def modifiers(scheme: SchemeDef) -> tuple[list | None, list[str]]:
+def check_recipe(scheme: SchemeDef) -> Checked[list]:
     """llm-compressor's modifiers for the scheme's recipe, or None and why it cannot run it (one line, with the fix)."""
-    from components.messages import first_line
-
     try:
         from llmcompressor.recipe import Recipe
 
         recipe = Recipe.create_instance(scheme.recipe_yaml)
     except Exception as e:  # noqa: BLE001
-        return None, [f"scheme {scheme.name!r}: its recipe is not a valid llm-compressor recipe "
-                      f"({type(e).__name__}: {first_line(e)}): fix `recipe:` in components/recipes/{scheme.name}.yaml"]
+        return Checked(problems=[f"scheme {scheme.name!r}: its recipe is not a valid llm-compressor recipe "
+                                 f"({type(e).__name__}: {first_line(e)}): fix `recipe:` in "
+                                 f"components/recipes/{scheme.name}.yaml"])
     if not recipe.modifiers:
-        return None, [f"scheme {scheme.name!r}: its recipe parses to no llm-compressor modifier: `recipe:` in "
-                      f"components/recipes/{scheme.name}.yaml needs a stage with e.g. QuantizationModifier or "
-                      "GPTQModifier"]
-    return list(recipe.modifiers), []
+        return Checked(problems=[f"scheme {scheme.name!r}: its recipe parses to no llm-compressor modifier: `recipe:` "
+                                 f"in components/recipes/{scheme.name}.yaml needs a stage with e.g. QuantizationModifier "
+                                 "or GPTQModifier"])
+    return Checked(list(recipe.modifiers))
 
 
-def model_problems(scheme: SchemeDef, modifiers: list, base: BaseInfo) -> tuple[int | None, list[str]]:
+def check_against_model(scheme: SchemeDef, modifiers: list, base: BaseInfo) -> Checked[int]:
     """The recipe against the model's modules on the meta device: targets and ignores that match nothing, group sizes
     that do not divide a layer (llm-compressor would fail or silently quantize nothing, after loading the weights);
-    with the estimated size of the compressed checkpoint (None if the check could not run)."""
-    from components.messages import first_line
-
+    the value: the estimated size of the compressed checkpoint (None if the check could not run)."""
     out: list[str] = []
     try:
-        return _model_problems(out, scheme, modifiers, base), out
+        return Checked(_model_problems(out, scheme, modifiers, base), out)
     except Exception as e:  # noqa: BLE001 - a check that cannot run is itself a finding
         out.append(f"scheme {scheme.name!r} against {base.name}: {type(e).__name__}: {first_line(e)}")
-        return None, out
+        return Checked(None, out)
 
 
 def _patterns(value) -> list[str]:
@@ -109,8 +106,6 @@ def _patterns(value) -> list[str]:
 def _model_problems(out: list[str], scheme: SchemeDef, modifiers: list, base: BaseInfo) -> int:
     import torch
     from compressed_tensors.utils.match import _match_class, is_match, match_name
-
-    from components.messages import first_line
 
     model = base.skeleton
     modules = [(n, m) for n, m in model.named_modules() if n]

@@ -1,12 +1,12 @@
 """Checkpoint stores: one interface (publish a folder with its manifest written last), several backends."""
 from __future__ import annotations
 
-from components.messages import first_line
+from components.messages import Checked, first_line
 from components.specs import StoreSpec
 from components.stores.base import CheckpointStore, Published, manifest
 from components.stores.local import LocalStore
 
-__all__ = ["CheckpointStore", "Published", "manifest", "open_store", "problems"]
+__all__ = ["CheckpointStore", "Published", "manifest", "check", "open_store"]
 
 
 def open_store(spec: StoreSpec) -> CheckpointStore:
@@ -24,9 +24,9 @@ def open_store(spec: StoreSpec) -> CheckpointStore:
     raise ValueError(f"unknown store kind {spec.kind!r}")
 
 
-def problems(specs: list[StoreSpec], name: str | None) -> list[str]:
+def check(specs: list[StoreSpec], name: str | None) -> Checked[None]:
     """Every store's problems with publishing `name`, each line naming the store (`stores[i] (kind uri)`): found
-    before the run, so a store that would refuse the checkpoint hours later is fixed first."""
+    before the run, so a store that would refuse the checkpoint hours later is fixed first. No value."""
     out = []
     for i, spec in enumerate(specs):
         where = f"stores[{i}] ({spec.kind}{' ' + spec.uri if spec.uri else ''})"
@@ -39,4 +39,4 @@ def problems(specs: list[StoreSpec], name: str | None) -> list[str]:
             out += [f"{where}: {p}" for p in store.problems(name)]
         except Exception as e:  # noqa: BLE001 - a check that cannot run is itself a finding
             out.append(f"{where}: {type(e).__name__}: {first_line(e)}")
-    return out
+    return Checked(problems=out)
