@@ -112,7 +112,8 @@ def lm_eval_timed(engine: str, model: Path, out: Path) -> dict:
 
     python = str(ROOT / ".venv-eval" / "bin" / "python") if engine == "vllm" else str(BIN / "python")
     tasks = ROOT / "components" / "evaluation" / "tasks"
-    margs = f"pretrained={model},dtype=auto," + ("max_model_len=2048,enforce_eager=True" if engine == "vllm" else "max_length=2048")
+    margs = f"pretrained={model},dtype=auto," + (
+        "max_model_len=2048,enforce_eager=True" if engine == "vllm" else "max_length=2048")
     argv = ["/usr/bin/time", "-v", python, "-m", "lm_eval", "--model", engine, "--model_args", margs,
             "--tasks", "qf_facts,qf_arith,qf_prose", "--include_path", str(tasks), "--log_samples", "--seed", "1234",
             "--batch_size", "auto" if engine == "vllm" else "4", "--output_path", str(out)]
@@ -126,7 +127,8 @@ def lm_eval_timed(engine: str, model: Path, out: Path) -> dict:
     results = json.loads(max(out.rglob("results_*.json"), key=lambda p: p.stat().st_mtime).read_text())["results"]
     return {"wall_s": wall, "peak_rss_mb": peak_rss_mb(text), "generated_tokens": generated,
             "generated_tok_per_wall_s": generated / wall,
-            "scores": {t: next(v for k, v in r.items() if isinstance(v, float) and "stderr" not in k) for t, r in results.items()}}
+            "scores": {t: next(v for k, v in r.items() if isinstance(v, float) and "stderr" not in k)
+                       for t, r in results.items()}}
 
 
 def engines(base: Path, repeats: int) -> dict:
@@ -194,7 +196,8 @@ def memory(base: Path, engines_result: dict | None, repeats: int) -> dict:
                 out["quantize"].append(row)
     for engine, r in (engines_result or {}).items():
         if isinstance(r, dict):  # results before 2026-12 also hold the ratio hf_over_vllm here
-            out["evaluate"].append({"model": "SmolLM2-135M", "engine": engine, "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"]})
+            out["evaluate"].append({"model": "SmolLM2-135M", "engine": engine, "wall_s": r["wall_s"],
+                                    "peak_rss_mb": r["peak_rss_mb"]})
     return out
 
 
@@ -325,8 +328,9 @@ def write_doc() -> None:
         m = record["machine"]
         # run_all.json is the run's own record: its numbers at the top level, its command rebuilt from its arguments
         result = record.get("result", record)
+        schemes = f" --schemes {record['schemes']}" if "schemes" in record else ""
         command = record.get("command") or (f"benchmarks/run_all.py --sections {record['sections']} --repeats "
-                                            f"{record['repeats']}" + (f" --schemes {record['schemes']}" if "schemes" in record else ""))
+                                            f"{record['repeats']}{schemes}")
         cpu = f"{m['cpu']}, " if m.get("cpu") and m["cpu"] != "x86_64" else ""
         where = f"`{command}` | {cpu}{m['cores']} cores, {m['mem_gb']} GiB | {record['date']}"
         parts += [f"## {heading}", "", f"Python {m['python']}; {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.", "",

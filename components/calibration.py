@@ -86,14 +86,16 @@ def build(spec: CalibrationSpec, tokenizer) -> tuple["Dataset", str]:  # noqa: F
         return {"text": value}
 
     def tokenize(example):
-        return tokenizer(example["text"], padding=False, max_length=spec.max_seq_length, truncation=True, add_special_tokens=False)
+        return tokenizer(example["text"], padding=False, max_length=spec.max_seq_length, truncation=True,
+                         add_special_tokens=False)
 
     # Fingerprints given, not hashed from the closures: datasets' hashing disassembles them through dill, which
     # Prefect's log_prints turns into hundreds of bytecode lines in the run log. In memory: no cache file to go stale.
     tag = digest_obj([spec.model_dump(mode="json"), str(getattr(tokenizer, "name_or_path", "")), len(tokenizer)])[:16]
     ds = raw.map(to_text, new_fingerprint=f"qf-text-{tag}", keep_in_memory=True).map(
         tokenize, remove_columns=raw.column_names + ["text"], new_fingerprint=f"qf-tokens-{tag}", keep_in_memory=True)
-    return ds, f"{spec.num_samples} samples of {spec.dataset} (split {spec.split}, seed {spec.seed}, max length {spec.max_seq_length})"
+    return ds, (f"{spec.num_samples} samples of {spec.dataset} (split {spec.split}, seed {spec.seed}, "
+                f"max length {spec.max_seq_length})")
 
 
 def token_digest(ds, batch_size: int = 1024) -> tuple[str, int]:

@@ -16,13 +16,14 @@ a sha256 of exactly that (`key`):
   and GPU list (/proc/driver/nvidia), its MIG capabilities, the /dev/nvidia* nodes, the *_VISIBLE_DEVICES variables,
   and host RAM.
 
-Kept (`ModelFacts`): the config as JSON, its parameter count (the skeleton's), the estimated compressed checkpoint size,
-the number of visible GPUs, the smallest one's memory and the platform the engine checks see (cuda or cpu). A memo is written only when the whole preflight found no
-problem, so a problem is always found afresh; it is written whole (a temporary file, then os.replace) to
-`$QUANTFLOW_HOME/preflight/<key>.json`; one that cannot be read or parsed, or holds another key, is a miss. What is cheap
-runs on every preflight: weight-file headers, tokenizer and chat-template files, calibration rows, the suite, stores,
-tracking, free disk, and the memory plan from the remembered config and GPUs. A GGUF file never converted before has no
-config.json: its facts are read afresh (that run converts it; the next ones read the conversion's config.json).
+Kept (`ModelFacts`): the config as JSON, its parameter count (the skeleton's), the estimated compressed checkpoint
+size, the number of visible GPUs, the smallest one's memory and the platform the engine checks see (cuda or cpu). A
+memo is written only when the whole preflight found no problem, so a problem is always found afresh; it is written
+whole (a temporary file, then os.replace) to `$QUANTFLOW_HOME/preflight/<key>.json`; one that cannot be read or parsed,
+or holds another key, is a miss. What is cheap runs on every preflight: weight-file headers, tokenizer and
+chat-template files, calibration rows, the suite, stores, tracking, free disk, and the memory plan from the remembered
+config and GPUs. A GGUF file never converted before has no config.json: its facts are read afresh (that run converts
+it; the next ones read the conversion's config.json).
 """
 from __future__ import annotations
 

@@ -133,7 +133,8 @@ class BaseModelSpec(StrictModel):
 class CalibrationSpec(StrictModel):
     """Where calibration samples come from and how they are prepared."""
 
-    source: Literal["dataset", "random"] = Field("dataset", description="An HF dataset (Hub id or local file/dir), or random token ids.")
+    source: Literal["dataset", "random"] = Field(
+        "dataset", description="An HF dataset (Hub id or local file/dir), or random token ids.")
     dataset: str = Field(CALIBRATION_DATA, description="Hub dataset id, a local JSON/JSONL/parquet file or directory, "
                                                       "or `pkg:<package>/<file>` (default: the chat set quantflow ships).")
     config_name: str | None = None
@@ -186,7 +187,8 @@ class ServingSpec(StrictModel):
         return package_path(self.prompts)
     num_prompts: int = Field(16, ge=1, le=100000)
     max_concurrency: int = Field(4, ge=1, le=4096, description="Requests in flight at once.")
-    output_len: int = Field(64, ge=1, le=131072, description="Output tokens per request (EOS ignored, so every variant writes as many).")
+    output_len: int = Field(64, ge=1, le=131072,
+                            description="Output tokens per request (EOS ignored, so every variant writes as many).")
     max_model_len: int = Field(2048, ge=16)
     seed: int = 0
 
@@ -199,8 +201,9 @@ class EvalSpec(StrictModel):
     tensor_parallel_size: Annotated[Literal["auto"] | Annotated[int, Field(ge=1)], WithJsonSchema(
         {"anyOf": [{"type": "string", "enum": ["auto"], "title": "auto"}, {"type": "integer", "minimum": 1, "title": "GPUs"}]}
     )] = Field(
-        "auto", title="Tensor Parallel Size", description="vLLM's tensor parallelism. auto: the smallest power of two at which base and variant fit "
-                            "the visible GPUs (components/evaluation/fit.py; 1 on CPU); a number: checked the same way.")
+        "auto", title="Tensor Parallel Size",
+        description="vLLM's tensor parallelism. auto: the smallest power of two at which base and variant fit "
+                    "the visible GPUs (components/evaluation/fit.py; 1 on CPU); a number: checked the same way.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, title="GPU Memory Utilization",
                                                  description="vLLM's share of GPU memory (default: vLLM's own).")
     batch_size: str = Field("auto", title="Evaluation Batch Size", description="lm-eval's `batch_size`: a number, or `auto`.")
@@ -211,7 +214,8 @@ class EvalSpec(StrictModel):
                                           "that came up without one), instead of running for hours on CPU.")
     rtol: float = Field(0.08, ge=0, le=1, title="Relative Tolerance (rtol)",
                        description="Gate: per-task relative tolerance (vLLM's lm-eval CI uses 0.08).")
-    min_average_recovery: float = Field(0.95, ge=0, le=1.5, description="Gate: floor on the average recovery (llm-compressor's e2e tests use 0.95).")
+    min_average_recovery: float = Field(
+        0.95, ge=0, le=1.5, description="Gate: floor on the average recovery (llm-compressor's e2e tests use 0.95).")
     reference_baseline: str | None = Field(None, description="Published baseline scores standing in for evaluating the "
                                                              "base model (e.g. Meta-Llama-3.1-70B-Instruct.openllm-v1-2024, a "
                                                              "seed card's baseline column; or a YAML path): marked as such "
@@ -239,8 +243,9 @@ class StoreSpec(StrictModel):
     uri: str | None = Field(None, title="URI", description="Where to publish. local: a folder (default `<home>/published`); "
                                               "s3: s3://bucket/prefix; hub: a repo id namespace/name, or a namespace "
                                               "alone to publish each variant as `namespace/<variant name>`.")
-    endpoint_url: str | None = Field(None, title="Endpoint URL", description="s3: endpoint of an S3-compatible server (MinIO, SeaweedFS...); "
-                                                       "hub: Hub endpoint (default HF_ENDPOINT or huggingface.co).")
+    endpoint_url: str | None = Field(None, title="Endpoint URL",
+                                     description="s3: endpoint of an S3-compatible server (MinIO, SeaweedFS...); "
+                                                 "hub: Hub endpoint (default HF_ENDPOINT or huggingface.co).")
     region: str | None = Field(None, description="s3: bucket region (default: from the AWS config/environment).")
     create_bucket: bool = Field(False, description="s3: create the bucket if it does not exist (else fail).")
     private: bool = Field(True, description="hub: create the repo private (an existing repo keeps its visibility).")

@@ -1,6 +1,7 @@
 from components.comparison import chart, markdown
 
-ROWS = [{"name": "m-quantized.w8a8", "scheme": "w8a8-int8", "gate": "passed", "recovery": {"a": 99.5, "b": 101.0}, "average": 100.1},
+ROWS = [{"name": "m-quantized.w8a8", "scheme": "w8a8-int8", "gate": "passed", "recovery": {"a": 99.5, "b": 101.0},
+         "average": 100.1},
         {"name": "m-FP8-dynamic", "scheme": "fp8-dynamic", "gate": "failed", "recovery": {"a": 90.0}, "average": None}]
 
 

@@ -86,7 +86,8 @@ def test_run_button_runs_the_flow_on_the_worker(api, worker, tiny_model, data_ro
 def test_invalid_parameters_rejected_by_the_server(api, worker):
     deployment = _deployment_id(api, "quantize-variant", "quantize-variant")
     # (unknown top-level keys pass: the schema Prefect generates does not forbid additional properties)
-    for bad in ({"spec": {"scheme": "fp9"}}, {"spec": {"calibration": {"num_samples": 0}}}, {"spec": {"stores": [{"kind": "ftp"}]}}):
+    for bad in ({"spec": {"scheme": "fp9"}}, {"spec": {"calibration": {"num_samples": 0}}},
+                {"spec": {"stores": [{"kind": "ftp"}]}}):
         r = api.post(f"/deployments/{deployment}/create_flow_run", json={"parameters": bad})
         assert r.status_code == 409 or r.status_code == 422, (bad, r.status_code, r.text)
 

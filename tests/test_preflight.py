@@ -433,7 +433,8 @@ def case_serving_prompts_not_jsonl(ctx):
 
 def case_serving_prompts_without_prompt(ctx):
     (ctx.tmp / "prompts.jsonl").write_text('{"prompt": "hi"}\n{"text": "no prompt"}\n')
-    return _serving_case(ctx, prompts=str(ctx.tmp / "prompts.jsonl")), r"needs a string `prompt` on every line \(missing on lines \[2\]\)"
+    return (_serving_case(ctx, prompts=str(ctx.tmp / "prompts.jsonl")),
+            r"needs a string `prompt` on every line \(missing on lines \[2\]\)")
 
 
 def case_serving_context_above_positions(ctx):
@@ -461,12 +462,14 @@ def case_gpu_required_but_absent(ctx):
 
 
 def case_variant_name_escapes(ctx):
-    return good(ctx.tiny, ctx.tmp, variant_name="../../etc/x"), r"variant_name: variant name '\.\./\.\./etc/x' must be one plain name"
+    return (good(ctx.tiny, ctx.tmp, variant_name="../../etc/x"),
+            r"variant_name: variant name '\.\./\.\./etc/x' must be one plain name")
 
 
 def case_default_name_not_plain(ctx):
     d = _model_copy(ctx, "my model (v2)")
-    return good(d, ctx.tmp), r"variant_name: the default name, variant name 'my model \(v2\)-quantized.w8a8' must be one plain name"
+    return (good(d, ctx.tmp),
+            r"variant_name: the default name, variant name 'my model \(v2\)-quantized.w8a8' must be one plain name")
 
 
 def case_local_store_root_is_a_file(ctx):
@@ -517,7 +520,8 @@ def case_s3_unreachable(ctx):
     ctx.mp.setenv("AWS_ACCESS_KEY_ID", "QFKEY")
     ctx.mp.setenv("AWS_SECRET_ACCESS_KEY", "qf-not-a-real-secret")
     [port] = free_ports(1)
-    return good(ctx.tiny, ctx.tmp, stores=[{"kind": "s3", "uri": "s3://qf-bucket/x", "endpoint_url": f"http://127.0.0.1:{port}"}]), \
+    return good(ctx.tiny, ctx.tmp, stores=[{"kind": "s3", "uri": "s3://qf-bucket/x",
+                                            "endpoint_url": f"http://127.0.0.1:{port}"}]), \
         rf"cannot reach bucket 'qf-bucket' at http://127.0.0.1:{port}"
 
 
@@ -530,7 +534,8 @@ def case_hub_token_missing(ctx):
 
 
 def case_hub_repo_id_invalid(ctx):
-    return good(ctx.tiny, ctx.tmp, stores=[{"kind": "hub", "uri": "qf-org/a/b"}]), r"Hub repo id 'qf-org/a/b' must be 'namespace/name'"
+    return (good(ctx.tiny, ctx.tmp, stores=[{"kind": "hub", "uri": "qf-org/a/b"}]),
+            r"Hub repo id 'qf-org/a/b' must be 'namespace/name'")
 
 
 def case_hub_offline(ctx):
@@ -770,8 +775,9 @@ def test_bad_spec_fails_in_seconds_before_any_work(tiny_model, data_root, tmp_pa
     monkeypatch.setattr(qv, "quantize", lambda *a, **k: calls.append("quantize"))
     checkpoints = data_root / "home" / "checkpoints"
     before = sorted(checkpoints.iterdir()) if checkpoints.exists() else []
-    spec = VariantSpec.model_validate(good(tiny_model, tmp_path, calibration__column="text", evaluation__suite=str(tmp_path / "smok.yaml"),
-                                           scheme="w4a16", variant_name="fast-fail"))
+    spec = VariantSpec.model_validate(good(tiny_model, tmp_path, calibration__column="text",
+                                           evaluation__suite=str(tmp_path / "smok.yaml"), scheme="w4a16",
+                                           variant_name="fast-fail"))
     start = time.time()
     state = qv.quantize_variant(spec, return_state=True)
     took = time.time() - start

@@ -59,7 +59,8 @@ def test_calibration_axes_make_one_variant_each(tmp_path):
         "SmolLM2-135M-Instruct-quantized.w8a8-n32-l512-ultrachat_200k", None,
         "SmolLM2-135M-Instruct-quantized.w4a16-n64-l512", "SmolLM2-135M-Instruct-quantized.w4a16-n256-l2048",
         "SmolLM2-135M-Instruct-quantized.w4a16-n32-l512-ultrachat_200k"]
-    assert [(v.calibration.num_samples, v.calibration.max_seq_length) for v in variants[:3]] == [(64, 512), (256, 2048), (32, 512)]
+    assert [(v.calibration.num_samples, v.calibration.max_seq_length) for v in variants[:3]] == \
+        [(64, 512), (256, 2048), (32, 512)]
     assert variants[2].calibration.dataset == str(data) and variants[3].scheme.value == "fp8-dynamic"
     assert [calibration_label(v) for v in variants[:4]] == ["64 x 512 chat", "256 x 2048 chat", "32 x 512 ultrachat_200k",
                                                              "data-free"]

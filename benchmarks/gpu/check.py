@@ -7,8 +7,9 @@ left is recorded as skipped.
 
 - G1 plan vs reality on the path a 70B takes: the memory plan's placement for the 80-layer model at the seed card's
   calibration size on this machine (one H200: W8A8's cache in host RAM, FP8's on the GPU), through the project's
-  quantize settings, on 2 layers: W8A8 at 16 x 8192, FP8 static at 64 x 4096. Recorded: the IntermediatesCache's bytes by kind at its peak, peak GPU memory per decoder
-  layer, peak host RSS; pass when the cache and the cuda:0 peak are within 15% of the plan.
+  quantize settings, on 2 layers: W8A8 at 16 x 8192, FP8 static at 64 x 4096. Recorded: the IntermediatesCache's bytes
+  by kind at its peak, peak GPU memory per decoder layer, peak host RSS; pass when the cache and the cuda:0 peak are
+  within 15% of the plan.
 - G2 the seed-length rate and TF32: one layer, W8A8 at 64 x 8192, fp32 then TF32 matmuls; time in forwards, Hessian
   accumulation and GPTQ solves, GPTQ loss per module, and the largest difference between the two checkpoints' weights.
 - G3 the flow's quantize step: plan -> settings -> components.quantize.quantize for both schemes; the checkpoint

@@ -2,8 +2,9 @@
 
 vLLM starts only when, on each GPU, its share of the weights (weights / TP), its share of the KV cache for the
 sequences of `max_model_len` it must hold at once (one for lm-eval's `auto` batch), and its own overhead (CUDA context,
-the activation peak it profiles, CUDA graphs) fit within `gpu_memory_utilization` x the GPU's memory. A 70B bf16 base (141 GB) does not fit one H200 at
-vLLM's default 0.9 (~136 GB): found at preflight, not after hours of quantization. Figures are arithmetic.
+the activation peak it profiles, CUDA graphs) fit within `gpu_memory_utilization` x the GPU's memory. A 70B bf16 base
+(141 GB) does not fit one H200 at vLLM's default 0.9 (~136 GB): found at preflight, not after hours of quantization.
+Figures are arithmetic.
 """
 from __future__ import annotations
 

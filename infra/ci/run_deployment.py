@@ -5,9 +5,9 @@
 
 Reads PREFECT_API_URL (and PREFECT_API_KEY for Prefect Cloud) from the environment. With --timeout the wait ends
 there and the flow run goes on on its work pool (a 70B GPTQ run outlasts any hosted CI job): the summary says it is
-still running, with its link, and the exit status is 0; a run that ended in any state but Completed exits 1. The run's `spec` parameter is
-the deployment's own `spec` defaults with the given fields laid over them (a run's parameters replace the
-deployment's top-level ones, so without this a GPU deployment's `engine: vllm` would be dropped). The markdown
+still running, with its link, and the exit status is 0; a run that ended in any state but Completed exits 1. The
+run's `spec` parameter is the deployment's own `spec` defaults with the given fields laid over them (a run's parameters
+replace the deployment's top-level ones, so without this a GPU deployment's `engine: vllm` would be dropped). The markdown
 artifacts the flow publishes (`recovery-table`, `sweep-recovery`) are printed and, under GitHub Actions,
 appended to $GITHUB_STEP_SUMMARY. Exit status 0 only when the flow run ends Completed.
 """

@@ -82,7 +82,8 @@ def templated() -> list[dict]:
     rows += [_choice(rng, f"The day after {d} is", DAYS[(i + 1) % 7], DAYS) for i, d in enumerate(DAYS)]
     rows += [_choice(rng, f"The month after {m} is", MONTHS[(i + 1) % 12], MONTHS) for i, m in enumerate(MONTHS)]
     letters = [chr(c) for c in range(ord("A"), ord("Z") + 1)]
-    rows += [_choice(rng, f"In the alphabet, the letter after {a} is", b, letters) for a, b in zip(letters, letters[1:], strict=False)]
+    rows += [_choice(rng, f"In the alphabet, the letter after {a} is", b, letters)
+             for a, b in zip(letters, letters[1:], strict=False)]
     rows += [_choice(rng, f"Counting: {', '.join(WORDS[i:i + 3])},", WORDS[i + 3], WORDS) for i in range(len(WORDS) - 3)]
     for n in rng.sample(range(2, 400), 300):
         nums = [str(k) for k in range(max(1, n - 10), n + 12) if k != n + 1]
