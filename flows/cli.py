@@ -811,7 +811,9 @@ def schemes() -> None:
 
     for name in recipes.names():
         s = recipes.load(name)
-        typer.echo(f"{name:12} W:{s.weights:5} A:{s.activations or '16-bit':7} calibration:{'yes' if s.needs_calibration else 'no':3}  vLLM on: {','.join(s.vllm_platforms)}")
+        calibration = "yes" if s.needs_calibration else "no"
+        typer.echo(f"{name:12} W:{s.weights:5} A:{s.activations or '16-bit':7} calibration:{calibration:3}  "
+                   f"vLLM on: {','.join(s.vllm_platforms)}")
 
 
 @app.command("suites")

@@ -114,8 +114,8 @@ def test_refuses_with_the_numbers_when_nothing_fits():
 def test_whole_model_estimate_is_near_what_one_h200_measured(layers, samples, seq_len, gptq, measured_gib):
     """Peak GPU memory measured on one H200 (issue 12: llm-compressor 0.14, random-init 70B-shaped layers, the model
     whole on the GPU, activations in host RAM, llm-compressor's default): the plan's figure for the same placement
-    is within 25% (it says 21.0 for the 26.6 measured). (The CPU-loaded, sequentially onloaded run measured 32.2 GiB where the plan says 12.3: not
-    understood yet, docs/scaling.md.)"""
+    is within 25% (it says 21.0 for the 26.6 measured). (The CPU-loaded, sequentially onloaded run measured 32.2 GiB
+    where the plan says 12.3: not understood yet, docs/scaling.md.)"""
     raw = json.loads((CONFIGS / "Meta-Llama-3.1-70B-Instruct.json").read_text())
     s = sizes(shape_from_config({**raw, "num_hidden_layers": layers}), Calibration(num_samples=samples, seq_len=seq_len),
               Quantization(weight_bits=8, gptq=gptq))
