@@ -95,6 +95,7 @@ class VariantRecord(BaseModel):
         return f"record-{digest_obj(parts)[:32]}"
 
     def outcome(self, mlflow_run_id: str) -> VariantOutcome:
+        """What the flow returns (a sweep and a deployment run's caller read it from result storage)."""
         return VariantOutcome(name=self.name, checkpoint=self.checkpoint.path, card=str(self.card),
                               engine=self.variant_eval.settings.engine, table=self.table, gate=self.gate, speed=self.speed,
                               published=self.published, mlflow_run_id=mlflow_run_id, flow_run_id=self.flow_run_id)
