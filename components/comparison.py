@@ -54,13 +54,13 @@ def markdown(tasks: list[str], rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def chart_row(name: str, table: RecoveryTable, verdict: GateVerdict) -> dict:
+def chart_row(name: str, table: RecoveryTable, gate: GateVerdict) -> dict:
     """One variant as `chart` (and `markdown`) take it: recovery per task with its interval, average, gate."""
-    return {"name": name, "gate": verdict.state.value, "average": table.average_recovery,
+    return {"name": name, "gate": gate.state.value, "average": table.average_recovery,
             "average_interval": (table.average_ci_low, table.average_ci_high), "average_covers": table.average_covers,
             "recovery": {r.task: r.recovery for r in table.rows if r.recovery is not None},
             "interval": {r.task: (r.ci_low, r.ci_high) for r in table.rows if r.recovery is not None},
-            "verdict": {t.task: t.state.value for t in verdict.tasks if t.state.value != "N/A"}}
+            "verdict": {t.task: t.state.value for t in gate.tasks if t.state.value != "N/A"}}
 
 
 def chart(tasks: list[str], rows: list[dict], path: Path) -> Path:

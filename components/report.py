@@ -6,14 +6,14 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from components import tracking
 from components.card.render import accuracy_table, gate_markdown, serving_table
-from components.tracking import VariantRecord
+from components.outcomes import VariantRecord
 
 
 def recovery_markdown(r: VariantRecord) -> str:
     """The recovery table under the two names, its columns headed `base` and `variant`: headed by the full model
     names it was 1208 px wide, and Prefect's artifact pane (868 px at a 1440 px window) hid the verdict."""
     markdown = (f"**base** `{r.base.name}` · **variant** `{r.name}`\n\n"
-                + accuracy_table(r.table, "base", "variant", r.verdict) + "\n\n" + gate_markdown(r.verdict))
+                + accuracy_table(r.table, "base", "variant", r.gate) + "\n\n" + gate_markdown(r.gate))
     if r.speed:
         markdown += "\n\n" + serving_table(r.speed, "base", "variant")
     return markdown
@@ -31,8 +31,10 @@ def variant(r: VariantRecord, mlflow_run: str) -> None:
                                        for p in r.published]
     create_markdown_artifact(key="published", markdown="\n".join(where), description=f"Where {r.name} was published")
     create_markdown_artifact(key="recovery-table", markdown=markdown, description=f"{r.name}: recovery vs {r.base.name}")
-    get_run_logger().info("Recovery of %s (%s engine):\n%s\nCard: %s\nMLflow run: %s", r.name,
-                          r.variant_eval.settings.engine, markdown, r.card, url or mlflow_run)
+    charts = tracking.experiment_url(r.base.name, charts=True)
+    get_run_logger().info("Recovery of %s (%s engine):\n%s\nCard: %s\nMLflow run: %s%s", r.name,
+                          r.variant_eval.settings.engine, markdown, r.card, url or mlflow_run,
+                          f"\nMLflow charts: {charts}" if charts else "")
 
 
 def comparison(base_name: str) -> None:

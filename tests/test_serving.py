@@ -10,7 +10,7 @@ from components.card.render import render, serving_table
 from components.evaluation.command import EngineSettings
 from components.evaluation.serving import ServingResult, Speed, bench_command, checkpoint_mb, serve_command
 from components.specs import ServingSpec
-from test_card import facts
+from test_card import MODEL_ID, facts
 
 SPEC = ServingSpec(num_prompts=8, max_concurrency=2, output_len=16, max_model_len=512, seed=3)
 
@@ -63,10 +63,10 @@ def test_card_shows_speed_and_the_commands_with_the_published_id(tmp_path):
     f = facts(tmp_path)
     local = "/data/ckpt/Meta-Llama-3.1-70B-Instruct-FP8"
     f = f.model_copy(update={"speed": Speed(base=result("/base"), variant=result(local, output_tok_s=180.0))})
-    card = render(f)
+    card = render(f, MODEL_ID)
     assert "### Serving speed and size" in card
     assert "| Output throughput (tok/s) | 100.0 | 180.0 | 1.80x |" in card
-    assert f"vllm serve {f.model_id}" in card and "vllm bench serve" in card and local not in card
+    assert f"vllm serve {MODEL_ID}" in card and "vllm bench serve" in card and local not in card
     assert serving_table(f.speed, f.base.name, f.name) in card
     assert "--dataset-path components/evaluation/serving_prompts.jsonl" in card and "--result-dir ." in card
     assert "### Serving speed and size" not in render(facts(tmp_path))  # no measurement, no section

@@ -72,8 +72,8 @@ def test_the_shared_view_compares_variants_at_a_glance(tmp_path):
         assert all(round(v, 2) == v for k, v in m.items() if "recovery" in k), m
         assert m["average_recovery"] == round(record.table.average_recovery, 2)
         assert m["checkpoint_mb"] == 3 - i and m["compression"] == round(6 / (3 - i), 2)
-        assert tags["quantflow.gate"] == record.verdict.state.value
-        for row, task in zip(record.table.rows, record.verdict.tasks, strict=True):
+        assert tags["quantflow.gate"] == record.gate.state.value
+        for row, task in zip(record.table.rows, record.gate.tasks, strict=True):
             assert tags[f"{row.task}.verdict"] == f"{row.recovery:.2f} {task.state.value}"
     assert runs[0].data.tags["quantflow.gate"] == "INCONCLUSIVE"  # not "failed", and gate_passed 0 for both
     assert len({r.data.tags["mlflow.runColor"] for r in runs}) == 2
@@ -163,7 +163,8 @@ def test_a_calibration_set_is_recorded_as_a_dataset_without_flooding_the_log(tmp
 _RECALL = """
 import json, sys
 from components import tracking
-run = tracking.log_variant(tracking.VariantRecord.model_validate_json(sys.stdin.read()))
+from components.outcomes import VariantRecord
+run = tracking.log_variant(VariantRecord.model_validate_json(sys.stdin.read()))
 print(json.dumps([run, "mlflow" in sys.modules]))
 """
 

@@ -81,7 +81,8 @@ def test_a_variant_lands_in_the_bucket_through_the_server(server_with_s3_artifac
     shown = client.get_object(Bucket=BUCKET, Key=prefix + "card/README.md")["Body"].read().decode()
     assert shown == CARD.replace("---\n", "```yaml\n", 1).replace("---\n", "```\n", 1)
     assert (tmp_path / "README.md").read_text() == CARD
-    moved = record.model_copy(update={"card": tmp_path / "elsewhere.md", "flow_run_id": "another run"})
+    moved = record.model_copy(update={"checkpoint": record.checkpoint.model_copy(update={"path": str(tmp_path / "elsewhere")}),
+                                      "flow_run_id": "another run"})
     assert tracking.log_variant(moved) == run_id  # the same content again: the same run, nothing new
 
 

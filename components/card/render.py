@@ -1,4 +1,4 @@
-"""Render README.md from one run's facts; every number comes from that run."""
+"""Render README.md from one run's record (components/outcomes.VariantRecord); every number comes from that run."""
 from __future__ import annotations
 
 import datetime as dt
@@ -7,41 +7,20 @@ import re
 from pathlib import Path
 
 import jinja2
-from pydantic import BaseModel
 
-from components.calibration import CalibSet, load_args
-from components.memory_plan import Settings
+from components.calibration import load_args
 from components.determinism import SEED
 from components.evaluation.command import render as render_command
-from components.evaluation.runner import EvalResult
 from components.evaluation.serving import Speed
-from components.evaluation.suites import Suite
 from components.gate import GateVerdict
+from components.memory_plan import Settings
 from components.models import ModelRef
-from components.recipes import SchemeDef
+from components.outcomes import VariantRecord
 from components.recovery import RecoveryRow, RecoveryTable
-from components.specs import VariantSpec
 
 TEMPLATE = Path(__file__).parent / "template.md.j2"
 DEFAULT_PORT = "8000"  # vllm serve's default
-
-
-class CardFacts(BaseModel):
-    name: str
-    model_id: str
-    spec: VariantSpec
-    base: ModelRef
-    scheme: SchemeDef
-    calibration: CalibSet | None
-    suite: Suite
-    variant_eval: EvalResult
-    table: RecoveryTable
-    gate: GateVerdict
-    versions: dict[str, str]
-    speed: Speed | None = None  # serving benchmark of base and variant (vLLM only)
-    baseline_reference: str | None = None  # where the baseline column was published, when it was not measured here
-    quantization: Settings | None = None  # where llm-compressor put the model and the activations (the memory plan)
-    developers: str = "quantflow"
+DEVELOPERS = "quantflow"
 
 
 def pct(x: float | None) -> str:
@@ -67,16 +46,16 @@ def average_label(table: RecoveryTable) -> str:
     return "Average" if covers.startswith(("all", "its only")) else f"Average ({covers})"
 
 
-def accuracy_table(table: RecoveryTable, base_name: str, name: str, verdict: GateVerdict) -> str:
+def accuracy_table(table: RecoveryTable, base_name: str, name: str, gate: GateVerdict) -> str:
     """The cards' accuracy table in Markdown (average row in bold), each recovery with its interval and verdict."""
     conf = f"{100 * table.confidence:g}%"
-    states = {t.task: t.state.value for t in verdict.tasks}
+    states = {t.task: t.state.value for t in gate.tasks}
     lines = [f"| Benchmark | {base_name} | {name} (this model) | Recovery | {conf} interval | Verdict |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r.label} | {score(r, r.base)} | {score(r, r.quant)} | {rec(r.recovery)} | "
               f"{interval(r.ci_low, r.ci_high)} | {states.get(r.task, 'N/A')} |" for r in table.rows]
     if table.average_base is not None:
-        state = verdict.average_state.value if verdict.average_state else "N/A"
+        state = gate.average_state.value if gate.average_state else "N/A"
         lines.append(f"| **{average_label(table)}** | **{pct(table.average_base)}** | **{pct(table.average_quant)}** | "
                      f"**{rec(table.average_recovery)}** | {interval(table.average_ci_low, table.average_ci_high)} | {state} |")
     return "\n".join(lines)
@@ -127,11 +106,11 @@ def published_table(names: list[str], quantized: str, recovery_format: str = ".2
     return "\n".join(lines)
 
 
-def headline(table: RecoveryTable, verdict: GateVerdict) -> str:
+def headline(table: RecoveryTable, gate: GateVerdict) -> str:
     """The average recovery as a sentence: never without what it covers, its interval and the verdict."""
     return (f"{rec(table.average_recovery)} recovery over {table.average_covers}, "
             f"{100 * table.confidence:g}% interval {interval(table.average_ci_low, table.average_ci_high)}; "
-            f"gate {verdict.state.value}")
+            f"gate {gate.state.value}")
 
 
 def interval_note(table: RecoveryTable) -> str:
@@ -167,14 +146,14 @@ def serving_table(speed: Speed, base_name: str, name: str) -> str:
     return "\n".join(lines)
 
 
-def serving_reproduction(f: CardFacts) -> list[tuple[str, str]]:
+def serving_reproduction(f: VariantRecord, model_id: str) -> list[tuple[str, str]]:
     """The server and benchmark commands, the local checkpoint path replaced by the published id."""
     local = f.speed.variant.commands[0][2]
     serve = f.speed.variant.commands[0]
     port = serve[serve.index("--port") + 1] if "--port" in serve else None
     out = []
     for title, argv in zip(("Serving: start the server", "Serving: benchmark it"), f.speed.variant.commands, strict=True):
-        shown = [a.replace(local, f.model_id) for a in argv]
+        shown = [a.replace(local, model_id) for a in argv]
         if port:  # the run took a free port; the card shows vLLM's default
             shown = [DEFAULT_PORT if a == port else a.replace(f":{port}", f":{DEFAULT_PORT}") for a in shown]
         if "--dataset-path" in shown:  # the shipped prompts: their path inside a quantflow checkout; results here
@@ -193,7 +172,7 @@ def _config(base: ModelRef) -> dict:
 _DTYPE_BITS = {"bfloat16": 16, "float16": 16, "float32": 32}
 
 
-def bits_sentence(f: CardFacts) -> str:
+def bits_sentence(f: VariantRecord) -> str:
     """The cards' weight-size sentence, from the base's stored dtype and the scheme's weight format (arithmetic: only
     the quantized Linear layers shrink, so "approximately"); empty when the base's dtype is not known."""
     config = _config(f.base)
@@ -206,13 +185,13 @@ def bits_sentence(f: CardFacts) -> str:
             f"and GPU memory requirements by approximately {100 * (base_bits - q) / base_bits:.0f}%.")
 
 
-def deploy_max_model_len(f: CardFacts) -> int:
+def deploy_max_model_len(f: VariantRecord) -> int:
     """The context length the snippet asks vLLM for: the longest this model was evaluated (or served) with here."""
     lengths = [t.max_model_len or f.suite.max_model_len for t in f.suite.tasks]
     return max(lengths + ([f.spec.evaluation.serving.max_model_len] if f.speed else []))
 
 
-def license_line(f: CardFacts, data: dict) -> str:
+def license_line(f: VariantRecord, data: dict) -> str:
     """The License(s) bullet: the base card's licence (its own name for 'other'), linked where that card links it."""
     license_id = data.get("license")
     if not license_id:
@@ -249,7 +228,7 @@ def base_card_data(base: ModelRef) -> dict:
     return {k: data[k] for k in ("license", "license_name", "license_link", "language") if data.get(k)}
 
 
-def front_matter(f: CardFacts, tags: list[str], base_data: dict) -> str:
+def front_matter(f: VariantRecord, tags: list[str], base_data: dict) -> str:
     """The card's YAML metadata, built with huggingface_hub's ModelCardData as the Hub reads it."""
     from huggingface_hub import ModelCardData
 
@@ -281,7 +260,7 @@ def _placement_args(q: Settings | None) -> str:
             + (f', pipeline="{q.pipeline}"' if q.pipeline else ""))
 
 
-def creation_code(f: CardFacts) -> str:
+def creation_code(f: VariantRecord) -> str:
     c = f.spec.calibration
     lines = ["from datasets import load_dataset, Dataset", "from transformers import AutoModelForCausalLM, AutoTokenizer",
              "from llmcompressor import oneshot", "", *_model_stub(f.base),
@@ -289,8 +268,10 @@ def creation_code(f: CardFacts) -> str:
              "tokenizer = AutoTokenizer.from_pretrained(model_stub)", ""]
     if f.calibration and c.source == "random":
         lines += ["import random", f"random.seed({c.seed})", "max_token_id = len(tokenizer.get_vocab()) - 1",
-                  f"input_ids = [[random.randint(0, max_token_id) for _ in range({c.max_seq_length})] for _ in range({c.num_samples})]",
-                  f"ds = Dataset.from_dict({{\"input_ids\": input_ids, \"attention_mask\": [[1] * {c.max_seq_length}] * {c.num_samples}}})"]
+                  f"input_ids = [[random.randint(0, max_token_id) for _ in range({c.max_seq_length})] "
+                  f"for _ in range({c.num_samples})]",
+                  f"ds = Dataset.from_dict({{\"input_ids\": input_ids, "
+                  f"\"attention_mask\": [[1] * {c.max_seq_length}] * {c.num_samples}}})"]
     elif f.calibration:
         args, kwargs = load_args(c)
         if "data_files" in kwargs:  # a local file: shown inside a quantflow checkout, or by its name
@@ -300,7 +281,8 @@ def creation_code(f: CardFacts) -> str:
                   f"ds = ds.shuffle(seed={c.seed}).select(range({c.num_samples}))",
                   f'ds = ds.map(lambda x: {{"text": tokenizer.apply_chat_template(x["{c.column}"], tokenize=False)}})'
                   if c.apply_chat_template else f'ds = ds.map(lambda x: {{"text": x["{c.column}"]}})',
-                  f'ds = ds.map(lambda x: tokenizer(x["text"], padding=False, max_length={c.max_seq_length}, truncation=True, add_special_tokens=False), remove_columns=ds.column_names)']
+                  f'ds = ds.map(lambda x: tokenizer(x["text"], padding=False, max_length={c.max_seq_length}, '
+                  'truncation=True, add_special_tokens=False), remove_columns=ds.column_names)']
     lines += ["", 'recipe = """', f.scheme.recipe_yaml.rstrip(), '"""', ""]
     if f.calibration:  # as quantflow does: llm-compressor draws the calibration order from torch's global generator
         lines += ["import torch", f"torch.manual_seed({SEED})"]
@@ -316,14 +298,14 @@ def creation_code(f: CardFacts) -> str:
     return "\n".join(lines)
 
 
-def reproduction(f: CardFacts) -> list[tuple[str, str]]:
+def reproduction(f: VariantRecord, model_id: str) -> list[tuple[str, str]]:
     """One block per lm_eval command, the model path replaced by the published id."""
     out = []
     local = f.variant_eval.commands and _pretrained(f.variant_eval.commands[0])
     for argv in f.variant_eval.commands:
         tasks = argv[argv.index("--tasks") + 1].split(",")
         title = ", ".join(t.label for t in f.suite.tasks if t.task in tasks)
-        shown = [a.replace(local, f.model_id) if local else a for a in argv]
+        shown = [a.replace(local, model_id) if local else a for a in argv]
         if "--include_path" in shown:  # shipped tasks: the path inside a quantflow checkout
             i = shown.index("--include_path") + 1
             shown[i] = "components/evaluation/tasks"
@@ -341,7 +323,7 @@ def _in_checkout(path: str, elsewhere: str | None = None) -> str:
     return str(p.relative_to(root)) if p.is_relative_to(root) else (elsewhere or p.name)
 
 
-def _calibration_description(f: CardFacts) -> str:
+def _calibration_description(f: VariantRecord) -> str:
     """The calibration set's description, a local dataset named as the Creation code names it (no path of this machine)."""
     if f.calibration is None:
         return ""
@@ -356,7 +338,9 @@ def _pretrained(argv: list[str]) -> str:
     return args.split(",")[0].removeprefix("pretrained=")
 
 
-def render(f: CardFacts) -> str:
+def render(f: VariantRecord, model_id: str | None = None) -> str:
+    """The card of `f`, naming the model `model_id` (default: the variant's name) where a reader loads it."""
+    model_id = model_id or f.name
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     tags = ["quantflow", "llmcompressor", "compressed-tensors", f.scheme.name, "vllm"]
     s, sv = f.variant_eval.settings, f.spec.evaluation.serving
@@ -364,11 +348,11 @@ def render(f: CardFacts) -> str:
     base_data = base_card_data(f.base)
     languages = base_data.get("language")
     return env.from_string(TEMPLATE.read_text()).render(
-        front_matter=front_matter(f, tags, base_data), name=f.name, model_id=f.model_id, base_name=f.base.name,
+        front_matter=front_matter(f, tags, base_data), name=f.name, model_id=model_id, base_name=f.base.name,
         license=license_line(f, base_data), languages=[languages] if isinstance(languages, str) else languages,
         version=f"{f.scheme.version}.0", bits_sentence=bits_sentence(f), max_model_len=deploy_max_model_len(f),
         base_ref=f"[{f.base.name}]({link})" if link else f.base.name, architecture=_architecture(f.base),
-        scheme=f.scheme, date=dt.date.fromisoformat(f.variant_eval.date).strftime("%m/%d/%Y"), developers=f.developers,
+        scheme=f.scheme, date=dt.date.fromisoformat(f.variant_eval.date).strftime("%m/%d/%Y"), developers=DEVELOPERS,
         calibration=f.calibration, tensor_parallel_size=s.tensor_parallel_size, creation_code=creation_code(f),
         calibration_description=_calibration_description(f),
         versions=f.versions, engine_name={"vllm": "vLLM", "hf": "Hugging Face transformers"}[s.engine],
@@ -376,7 +360,8 @@ def render(f: CardFacts) -> str:
         table=f.table, gate=gate_markdown(f.gate), baseline_reference=f.baseline_reference,
         headline=headline(f.table, f.gate), gate_state=f.gate.state.value, interval_note=interval_note(f.table),
         accuracy_table=accuracy_table(f.table, f.base.name + (" (published)" if f.baseline_reference else ""), f.name, f.gate),
-        reproduction=reproduction(f) + (serving_reproduction(f) if f.speed else []), base_digest=f.base.digest,
+        reproduction=reproduction(f, model_id) + (serving_reproduction(f, model_id) if f.speed else []),
+        base_digest=f.base.digest,
         speed=f.speed, serving_table=serving_table(f.speed, f.base.name, f.name) if f.speed else "",
         serving_setup=f"{sv.num_prompts} fixed prompts, {sv.max_concurrency} in flight, {sv.output_len} output tokens each",
         pct=pct, rec=rec,
