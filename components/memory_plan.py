@@ -208,6 +208,28 @@ def sizes(shape: ModelShape, calib: Calibration, q: Quantization) -> dict[str, f
             "checkpoint": quantized_linears * q.weight_bits / 8 + scales + unquantized * b}
 
 
+# Scratch a run writes under QUANTFLOW_HOME besides the checkpoint (arithmetic, generous on purpose): one evaluated
+# model's lm-eval outputs with every sample logged (--log_samples) and its serving results (openllm-v1's samples are
+# under 1 GB); the container's own writes beside the home that count against the same ephemeral storage (compile
+# caches, /tmp, logs); and a 10% margin over the sum, as preflight's free-disk check.
+EVAL_OUTPUT_BYTES = 5 * GB
+CONTAINER_BYTES = 20 * GB
+DISK_MARGIN = 1.10
+
+
+def disk_needed(shape: ModelShape, calib: Calibration, q: Quantization, converted: bool = False,
+                local_copies: int = 0, evaluations: int = 2) -> float:
+    """Bytes of scratch one variant run needs where QUANTFLOW_HOME is (a pod's emptyDir): the bf16 copy of the base
+    when it is converted there (GGUF; a Hub download lands in the HF cache, not here), the checkpoint and each local
+    store's copy of it, the tokenized calibration set (input ids and attention mask, int64), each evaluated model's
+    outputs (base and variant; the variant alone with a published baseline) and the container's own writes, plus
+    DISK_MARGIN."""
+    s = sizes(shape, calib, q)
+    need = (s["weights"] if converted else 0.0) + s["checkpoint"] * (1 + local_copies) \
+        + calib.num_samples * calib.seq_len * 16 + evaluations * EVAL_OUTPUT_BYTES + CONTAINER_BYTES
+    return need * DISK_MARGIN
+
+
 # Calibration size llm-compressor's maintainers advise: its examples start at 256-512 samples x 2048 tokens, and they
 # call 1024 samples "excessively high" (vllm-project/llm-compressor issue #2039, 2025-12-17).
 ADVISED_SAMPLES, ADVISED_SEQ_LEN = 512, 2048

@@ -15,7 +15,8 @@ Each component checks what it owns, and every check has one name and one shape: 
 where a module owns several) returning `messages.Checked`, its `value` (what preflight goes on with, None when it cannot
 be used), `problems` (one line each with the fix) and `notes`: models.check, recipes.check, recipes.check_recipe,
 recipes.check_against_model, calibration.check, stores.check, settings.check_home, local_stack.check_tracking,
-suites.check, fit.check, engine.check, serving.check, references.check (environment.check inside engine.check). A
+suites.check, fit.check, engine.check, serving.check, references.check (environment.check inside engine.check), and
+in a pod pod_limits.check_memory and check_scratch (its memory limit and scratch volume, where lower than the node's). A
 function named `problems` / `*_problems` returns the lines alone (`list[str]`), where no value comes with them. This
 module gathers the checks (`_Checks.take`) and builds the Plan.
 """
@@ -28,7 +29,7 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from components import calibration, local_stack, models, overlap, preflight_memo, recipes, stores
+from components import calibration, local_stack, models, overlap, pod_limits, preflight_memo, recipes, stores
 from components.evaluation import engine as engines
 from components.evaluation import environment, fit, references, serving, suites
 from components.evaluation.command import EngineSettings
@@ -155,8 +156,11 @@ def _disk(c: _Checks, base: BaseInfo | None, checkpoint: int | None) -> None:
     if base.dir is None and gguf_path(c.spec.base.source) is not None:  # GGUF converted to bf16 once
         if base.params:
             need["bf16 conversion of the GGUF"] = base.params * 2
-    elif base.to_download_bytes:
-        need["Hub download"] = base.to_download_bytes  # lands in the HF cache: counted here when on the same disk
+    elif base.to_download_bytes:  # lands in the HF cache: counted here when on the same disk (not a pod's PVC)
+        from huggingface_hub import constants
+
+        if existing(Path(constants.HF_HUB_CACHE)).stat().st_dev == home.stat().st_dev:
+            need["Hub download"] = base.to_download_bytes
     for i, s in enumerate(c.spec.stores):
         if s.kind == "local":
             root = existing(Path(s.uri).expanduser() if s.uri else settings().home / "published")
@@ -174,6 +178,8 @@ def _disk_on(c: _Checks, where: Path, need: dict[str, int], hint: str = "free so
         parts = ", ".join(f"{k} ~{v / GiB:.2f} GiB" for k, v in need.items())
         c.problem(f"not enough free disk under {where}: ~{total / GiB:.2f} GiB needed ({parts}, plus 10%), "
                   f"{free / GiB:.2f} GiB free: {hint}")
+    else:  # the node has room; a pod's scratch volume may have less
+        c.take("disk", pod_limits.check_scratch, where, total)
 
 
 # --- all together -------------------------------------------------------------------------------
@@ -210,6 +216,7 @@ def preflight(spec: VariantSpec | dict) -> Plan:
         here = c.guard("quantization", memo.machine, Path.cwd())
         if here is not None:
             memory, quantization = c.guard("quantization", _memory, c, scheme, base, here) or (None, CPU)
+            c.take("quantization", pod_limits.check_memory, memory, here.host_bytes)  # in a pod: its memory limit
     ev = spec.evaluation
     base_name = base.name if base is not None else None
     positions = max_positions(base.config_json) if base is not None and base.config_json is not None else None

@@ -16,12 +16,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from components import recipes, report, tracking
 from components.card.render import average_label, interval, rec
 from components.comparison import chart, chart_row
 from components.models import model_name
+from components.pod_limits import GpuNode
 from components.specs import (BaseModelSpec, CalibrationSpec, EvalSpec, QuantizationSpec, Scheme, Stores, StoreSpec,
                               StrictModel, VariantSpec)
 from flows.cache import key
@@ -58,6 +59,16 @@ class SweepSpec(StrictModel):
     job_variables: dict[str, Any] = Field(
         default_factory=dict, description="Job variables for each variant run over the deployment's, e.g. "
                                           "`{\"env\": {\"PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK\": \"s3-bucket/quantflow-results\"}}`.")
+    gpu_node: GpuNode | None = Field(
+        None, title="GPU node", description="With `dispatch: deployments` to a Kubernetes GPU pool: the node type the "
+                                            "variants run on. Each variant's pod is then sized from its memory plan "
+                                            "(GPUs, memory request and limit, scratch); `job_variables` given here "
+                                            "win. Empty: the deployment's own sizes.")
+
+    @field_validator("gpu_node")
+    @classmethod
+    def _empty_node_sizes_nothing(cls, node: GpuNode | None) -> GpuNode | None:
+        return None if node is not None and node.empty else node
 
     def variants(self) -> list[VariantSpec]:
         """Schemes x calibration overrides, in that order; a data-free scheme once, under its usual name."""
@@ -142,12 +153,50 @@ def track_sweep(outcomes: list[VariantOutcome], specs: list[VariantSpec]) -> str
                   "quantflow.prefect_flow_run_url": str(flow_run.get_flow_run_ui_url() or "")})
 
 
+def pod_job_variables(variant: VariantSpec, node: GpuNode) -> dict[str, Any]:
+    """Job variables for the variant's GPU pod on `node` (components/pod_limits.size_for), from what its preflight
+    will plan there: config.json read as preflight reads it (models.check: no weights), the memory plan, vLLM's tensor
+    parallelism (fit.check). ValueError, one line with the numbers, when the plan does not fit a node."""
+    from components import memory_plan as mp
+    from components import models, overlap, pod_limits
+    from components.evaluation import engine as engines
+    from components.evaluation import fit, suites
+    from components.evaluation.command import EngineSettings
+
+    what = f"sizing the pod of variant {variant.variant_name or variant.scheme.value}"
+    scheme = recipes.load(variant.scheme.value)
+    base = models.check(variant.base.source, variant.base.revision)
+    if base.value is None or base.value.config_json is None:
+        raise ValueError(f"{what}: {'; '.join(base.problems) or 'no config.json'}")
+    config, machine, ev = base.value.config_json, node.machine(), variant.evaluation
+    shape = mp.shape_from_config(config)
+    cal = variant.calibration if scheme.needs_calibration else None
+    calib = mp.Calibration(num_samples=cal.num_samples if cal else 0, seq_len=cal.max_seq_length if cal else 0,
+                           batch_size=variant.quantization.batch_size)
+    q = mp.quantization_of(scheme)
+    memory = mp.plan(shape, calib, q, machine)
+    engine = engines.planned(ev, scheme, "cuda")
+    fitted = fit.check(ev, config, scheme, suites.load(ev.suite), machine, "cuda", engine)
+    if not memory.fits or fitted.problems:
+        raise ValueError(f"{what} on a {machine.name}: {'; '.join(memory.problems + fitted.problems)}")
+    tp = fit.concrete(fitted.value).tensor_parallel_size
+    eval_gpus = overlap.evaluation_gpus(EngineSettings(engine=engine or "hf", platform="cuda", tensor_parallel_size=tp))
+    disk = mp.disk_needed(shape, calib, q, converted=models.gguf_path(variant.base.source) is not None,
+                          local_copies=sum(s.kind == "local" for s in variant.stores),
+                          evaluations=1 if ev.reference_baseline else 2)
+    return pod_limits.size_for(memory, mp.settings_for(variant.quantization, memory, machine), eval_gpus, disk, node,
+                               ev.overlap_base)
+
+
 @task(cache_policy=NO_CACHE)
 def run_variant(variant: VariantSpec, spec: SweepSpec) -> VariantOutcome:
     """The variant as a run of the deployment on its work pool, shown under this sweep; its outcome is the run's
-    persisted result (result storage the workers and this process share, e.g. the S3 block of infra/README.md)."""
+    persisted result (result storage the workers and this process share, e.g. the S3 block of infra/README.md). With
+    `spec.gpu_node` its pod is sized from its plan, under the sweep's own job variables."""
+    sized = pod_job_variables(variant, spec.gpu_node) if spec.gpu_node else {}
     run = run_deployment(spec.deployment, parameters={"spec": variant.model_dump(mode="json")},
-                         work_queue_name=spec.work_queue, job_variables=spec.job_variables or None, poll_interval=2,
+                         work_queue_name=spec.work_queue, job_variables={**sized, **spec.job_variables} or None,
+                         poll_interval=2,
                          flow_run_name=variant.variant_name or f"{flow_run.get_name()}-{variant.scheme.value}")
     if not run.state.is_completed():
         raise RuntimeError(f"variant run {run.name} ({run.id}) ended {run.state.type.value}: {run.state.message}")

@@ -423,3 +423,29 @@ def fake_hub(**kwargs) -> Iterator[FakeHub]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+SEED_BASES = {"meta-llama/Meta-Llama-3.1-70B-Instruct": "Meta-Llama-3.1-70B-Instruct.json",  # seed card 000
+              "meta-llama/Llama-3.3-70B-Instruct": "Llama-3.3-70B-Instruct.json"}  # seed card 002
+
+
+@contextmanager
+def seed_bases(cache) -> Iterator[FakeHub]:
+    """The seed cards' 70B bases on a fake Hub, each repo holding only its config.json (benchmarks/configs/: what
+    sizing a pod reads, no weights), and huggingface_hub pointed at it: online, Xet off, a fresh cache under `cache`."""
+    import os
+    from pathlib import Path
+    from unittest import mock
+
+    from huggingface_hub import HfApi, constants
+
+    configs = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+    with fake_hub() as hub, mock.patch.multiple(
+            constants, HF_HUB_OFFLINE=False, HF_HUB_DISABLE_XET=True, ENDPOINT=hub.url, HF_HUB_CACHE=str(cache),
+            HUGGINGFACE_CO_URL_TEMPLATE=hub.url + "/{repo_id}/resolve/{revision}/{filename}"), \
+            mock.patch.dict(os.environ, {"HF_TOKEN": hub.token}):
+        api = HfApi(endpoint=hub.url, token=hub.token)
+        for repo, name in SEED_BASES.items():
+            api.create_repo(repo)
+            api.upload_file(path_or_fileobj=str(configs / name), path_in_repo="config.json", repo_id=repo)
+        yield hub

@@ -324,23 +324,59 @@ def test_the_kubernetes_sweep_pod_holds_no_gpu_and_fans_out_to_the_gpu_deploymen
     assert job["metadata"]["labels"]["prefect.io/deployment-name"] == "k8s"
 
 
-def test_the_kubernetes_variant_pod_requests_gpus_memory_and_keeps_its_home_on_the_scratch_volume(deployed):
-    """A variant run as a sweep dispatches it (the sweep's job_variables over the deployment's): GPUs requested and
-    limited, memory request and limit, GPU node selector and toleration, QUANTFLOW_HOME on the mounted volume."""
-    job = _rendered_job("quantize-variant/gpu-k8s",
-                        {"gpu_count": 2, "memory_request": "400Gi", "memory_limit": "440Gi", "scratch_size": "800Gi"})
+@pytest.fixture(scope="module")
+def sized(tmp_path_factory) -> dict[str, dict]:
+    """Job variables pod_job_variables gives card 000's variant and card 002's sweep variant (n1024: the card's own
+    calibration) on the sweep file's node (8 x H100 80 GB, 2000 GB): config.json from a fake Hub, as the sweep pod
+    reads it."""
+    from hub_server import seed_bases
+
+    from components.specs import VariantSpec
+    from flows.sweep import SweepSpec, pod_job_variables
+
+    sweep = SweepSpec.model_validate_json((INFRA / "k8s" / "sweep-card-002.json").read_text())
+    card_000 = VariantSpec.model_validate({
+        "base": {"source": "meta-llama/Meta-Llama-3.1-70B-Instruct"}, "scheme": "fp8-static",
+        "calibration": {"dataset": "HuggingFaceH4/ultrachat_200k", "split": "train_sft", "num_samples": 512,
+                        "max_seq_length": 4096},
+        "evaluation": {"engine": "vllm", "suite": "openllm-v1-2024"}, "stores": sweep.stores})
+    with seed_bases(tmp_path_factory.mktemp("hf-cache")):
+        return {"000": pod_job_variables(card_000, sweep.gpu_node),
+                "002": pod_job_variables(sweep.variants()[-1], sweep.gpu_node)}
+
+
+@pytest.mark.parametrize("card,gpus,memory,scratch", [("000", 2, "171Gi", "106Gi"), ("002", 2, "460Gi", "106Gi")])
+def test_the_kubernetes_variant_pod_is_sized_from_the_plan_and_keeps_its_home_on_the_scratch_volume(
+        deployed, sized, card, gpus, memory, scratch):
+    """A variant run as a sweep with gpu_node dispatches it: the plan's GPUs requested and limited, memory request =
+    limit from its host peak, ephemeral storage, the scratch volume's sizeLimit and QUANTFLOW_SCRATCH_LIMIT from its
+    disk figure; GPU node selector and toleration; QUANTFLOW_HOME on the mounted volume, HF_HOME on the PVC."""
+    job = _rendered_job("quantize-variant/gpu-k8s", sized[card])
     spec, container = _pod(job)
-    assert container["resources"]["requests"] == {"memory": "400Gi", "nvidia.com/gpu": 2}
-    assert container["resources"]["limits"] == {"memory": "440Gi", "nvidia.com/gpu": 2}
+    want = {"memory": memory, "ephemeral-storage": scratch, "nvidia.com/gpu": gpus}
+    assert container["resources"]["requests"] == want and container["resources"]["limits"] == want
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     env = _env(container)
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert mounts[env["QUANTFLOW_HOME"]] == "scratch" and volumes["scratch"]["emptyDir"]["sizeLimit"] == "800Gi"
+    assert mounts[env["QUANTFLOW_HOME"]] == "scratch" and volumes["scratch"]["emptyDir"]["sizeLimit"] == scratch
+    assert env["QUANTFLOW_SCRATCH_LIMIT"] == scratch  # what preflight in the pod checks its disk needs against
     assert mounts[env["HF_HOME"]] == "hf-cache" and "persistentVolumeClaim" in volumes["hf-cache"]
     assert env["QUANTFLOW_EVAL_PYTHON"] == EVAL_PYTHON
+    assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"].startswith("s3-bucket/")  # the deployment's env, kept
+    assert container["envFrom"] == [{"secretRef": {"name": "quantflow-credentials", "optional": True}}]
     assert job["metadata"]["labels"]["prefect.io/flow-name"] == "quantize-variant"
+    print(f"card {card} variant pod: nvidia.com/gpu {gpus}, memory {memory} (request = limit), scratch {scratch}")
+
+
+def test_a_variant_run_on_its_own_gets_the_deployments_bounded_sizes(deployed):
+    """quantize-variant/gpu-k8s without a sweep: 1 GPU, 64Gi requested and limited (preflight refuses a plan that needs
+    more, with the numbers), the template's 200Gi of scratch."""
+    spec, container = _pod(_rendered_job("quantize-variant/gpu-k8s"))
+    want = {"memory": "64Gi", "ephemeral-storage": "200Gi", "nvidia.com/gpu": 1}
+    assert container["resources"]["requests"] == want and container["resources"]["limits"] == want
+    assert _env(container)["QUANTFLOW_SCRATCH_LIMIT"] == "200Gi"
 
 
 # --- images -----------------------------------------------------------------------------------------------------
