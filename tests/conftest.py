@@ -49,6 +49,10 @@ TESTS = {
     "test_references::test_flow_with_a_published_baseline_evaluates_only_the_variant": ("flow",),
     "test_infra::test_deploy_for_real_to_the_session_prefect_server": ("stack",),
     "test_infra::test_run_deployment_reads_the_flow_runs_recovery_table": ("stack",),
+    "test_infra::test_run_deployment_stops_waiting_and_leaves_a_long_run_going": ("stack",),
+    "test_infra::test_the_kubernetes_sweep_pod_holds_no_gpu_and_fans_out_to_the_gpu_deployment": ("stack",),
+    "test_infra::test_the_kubernetes_variant_pod_is_sized_from_the_plan_and_keeps_its_home_on_the_scratch_volume": ("stack",),
+    "test_infra::test_a_variant_run_on_its_own_gets_the_deployments_bounded_sizes": ("stack",),
     "test_infra::test_start_script_starts_a_server": ("stack",),
     "test_store_hub::test_token_from_a_prefect_secret_block": ("stack",),
 }
