@@ -15,10 +15,10 @@ Each component checks what it owns, and every check has one name and one shape: 
 where a module owns several) returning `messages.Checked`, its `value` (what preflight goes on with, None when it cannot
 be used), `problems` (one line each with the fix) and `notes`: models.check, recipes.check, recipes.check_recipe,
 recipes.check_against_model, calibration.check, stores.check, settings.check_home, local_stack.check_tracking,
-suites.check, fit.check, engine.check, serving.check, references.check (environment.check inside engine.check), and
-in a pod pod_limits.check_memory and check_scratch (its memory limit and scratch volume, where lower than the node's). A
-function named `problems` / `*_problems` returns the lines alone (`list[str]`), where no value comes with them. This
-module gathers the checks (`_Checks.take`) and builds the Plan.
+suites.check, fit.check, engine.check, serving.check, references.check, remote.check (environment.check inside
+engine.check), and in a pod pod_limits.check_memory and check_scratch (its memory limit and scratch volume, where lower
+than the node's). A function named `problems` / `*_problems` returns the lines alone (`list[str]`), where no value
+comes with them. This module gathers the checks (`_Checks.take`) and builds the Plan.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from components import calibration, local_stack, models, overlap, pod_limits, preflight_memo, recipes, stores
+from components import calibration, local_stack, models, overlap, pod_limits, preflight_memo, recipes, remote, stores
 from components.evaluation import engine as engines
 from components.evaluation import environment, fit, references, serving, suites
 from components.evaluation.command import EngineSettings
@@ -244,6 +244,7 @@ def preflight(spec: VariantSpec | dict) -> Plan:
             c.problem(f"variant_name: the default name, {e}: set variant_name")
             name = None
     c.take("stores", stores.check, spec.stores, name)
+    c.take("artifact store", remote.check)
     if not home:  # the default tracking store lives under it
         c.take("tracking", local_stack.check_tracking)
     c.guard("disk", _disk, c, base, checkpoint)

@@ -41,9 +41,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="QUANTFLOW_")
 
-    home: Path = Field(default=Path(".quantflow"), description="Data dir: models, calibration sets, checkpoints, eval results, MLflow store.")
-    eval_python: Path = Field(default_factory=_default_eval_python, description="Python of the evaluation environment (vLLM + lm-eval).")
+    home: Path = Field(default=Path(".quantflow"),
+                       description="Data dir: models, calibration sets, checkpoints, eval results, MLflow store.")
+    eval_python: Path = Field(default_factory=_default_eval_python,
+                              description="Python of the evaluation environment (vLLM + lm-eval).")
     mlflow_tracking_uri: str | None = Field(default=None, description="MLflow server; default: a SQLite store under home.")
+    artifact_store: str | None = Field(default=None, description="s3://bucket/prefix where each step's artifact is "
+                                       "also kept, for other homes (pods) to fetch; default: none, home only.")
 
     def path(self, *parts: str) -> Path:
         p = self.home.resolve().joinpath(*parts)

@@ -12,6 +12,8 @@ for it, then reads its committed result and shows as Cached.
 
 A hit is used only once its artifact checks out (`checked`, `started`): every cached result type says how its own
 artifact differs from what was recorded when it was made (`artifact_problems()`); on any difference the step runs again.
+With an artifact store configured, a hit whose artifact is not in this home is first fetched and checked
+(components/remote.py).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from prefect import get_run_logger
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.locking.protocol import LockManager
 
+from components import remote
 from components.artifacts import IntegrityError
 from components.digests import code_digest, digest_obj, sha256_file
 from components.evaluation import environment
@@ -218,7 +221,14 @@ def started(step, *args, run_name: str | None = None) -> Callable[[], Checked]:
 
 
 def _verified(step, result: C, args: tuple) -> C:
-    """`result`, once its artifact matches its record; else `step` recomputed (`refresh_cache`), checked again."""
+    """`result`, once its artifact matches its record; else `step` recomputed (`refresh_cache`), checked again.
+
+    With an artifact store (components/remote.py) the result names its folder under this home, and a folder missing
+    or damaged here is first fetched from the store, checked against the record on the way in."""
+    if settings().artifact_store:
+        result = remote.localized(result)
+        if result.artifact_problems():
+            remote.fetch(result, get_run_logger())
     if problems := result.artifact_problems():
         get_run_logger().warning("%s: the cached result's artifact is not what was made (%s): recomputing it",
                                  step.name, "; ".join(problems[:3]))

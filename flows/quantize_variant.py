@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 
-from components import artifacts, calibration, recovery, report, tracking
+from components import artifacts, calibration, recovery, remote, report, tracking
 from components.gate import gate as judge
 from components.calibration import CalibSet
 from components.card.render import render
@@ -44,7 +44,9 @@ def build_calibration(spec: CalibrationSpec, base: ModelRef) -> CalibSet:
     from transformers import AutoTokenizer
 
     ds, description = calibration.build(spec, AutoTokenizer.from_pretrained(base.path))
-    return calibration.save(ds, description, spec, settings().path("calibration"))
+    calib = calibration.save(ds, description, spec, settings().path("calibration"))
+    remote.upload(calib, get_run_logger())
+    return calib
 
 
 def _artifact_dir(root: str, key_fn) -> Path:
@@ -76,6 +78,7 @@ def quantize_checkpoint(base: ModelRef, scheme: SchemeDef, calib: CalibSet | Non
             artifacts.install(tmp, out, checkpoint, exclude=(CARD,), files=files)
         finally:
             artifacts.remove(tmp)
+    remote.upload(checkpoint, get_run_logger())
     return checkpoint
 
 
@@ -99,6 +102,7 @@ def evaluate(model_path: str, model_digest: str, suite_file: str, suite_digest: 
             artifacts.install(tmp, out, result)
         finally:
             artifacts.remove(tmp)
+    remote.upload(result, get_run_logger())
     return result
 
 
@@ -117,6 +121,7 @@ def measure_serving(model_path: str, model_digest: str, engine: EngineSettings, 
             artifacts.remove(out)
         result = serving.measure(model_path, engine, spec, out, log=get_run_logger().info)
         artifacts.stamp(out, result)
+    remote.upload(result, get_run_logger())
     return result
 
 

@@ -34,7 +34,7 @@ MODULES = {
     "test_tracking_s3": ("stack",), "test_store_s3": ("stack",), "test_readme": ("stack", "drill"),
     "test_deployment": ("flow", "stack"), "test_flow_e2e": ("flow",), "test_concurrency": ("flow",),
     "test_sweep": ("flow",), "test_sweep_spread": ("flow", "stack"), "test_secrets": ("flow",),
-    "test_faults": ("flow", "drill"), "test_ui": ("browser", "flow", "stack"),
+    "test_faults": ("flow", "drill"), "test_ui": ("browser", "flow", "stack"), "test_remote_artifacts": ("flow",),
 }
 # Tests whose tiers differ from their module's, by module and function name (all parameters of a parametrized test).
 TESTS = {
@@ -55,6 +55,8 @@ TESTS = {
     "test_infra::test_a_variant_run_on_its_own_gets_the_deployments_bounded_sizes": ("stack",),
     "test_infra::test_start_script_starts_a_server": ("stack",),
     "test_store_hub::test_token_from_a_prefect_secret_block": ("stack",),
+    "test_remote_artifacts::test_a_folder_made_in_one_home_is_fetched_whole_in_another_or_not_at_all": ("stack",),
+    "test_remote_artifacts::test_the_artifact_store_check": ("unit",),
 }
 _procs: list = []
 _ports: dict[str, int] = {}

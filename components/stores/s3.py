@@ -59,13 +59,16 @@ class S3Store:
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str | None = None,
                  create_bucket: bool = False, credentials_block: str | None = None,
-                 multipart_threshold: int = 64 * MiB, multipart_chunksize: int = 16 * MiB, max_concurrency: int = 8):
+                 multipart_threshold: int = 64 * MiB, multipart_chunksize: int = 16 * MiB, max_concurrency: int = 8,
+                 keep_revisions: bool = True):
         if not _BUCKET_RE.match(bucket or "") or ".." in bucket:
             raise ValueError(f"invalid S3 bucket name {bucket!r} (3-63 lowercase letters, digits, '.', '-')")
         prefix = (prefix or "").strip("/")
         if prefix:
             safe_key_path(prefix, "S3 prefix")
         self.bucket, self.prefix, self.create_bucket = bucket, prefix, create_bucket
+        # False for the artifact store (components/remote.py): a copy there is a cache, replaced, never a revision
+        self.keep_revisions = keep_revisions
         self.region = region
         self.credentials_block = credentials_block
         self.transfer_config = TransferConfig(multipart_threshold=multipart_threshold,
@@ -272,7 +275,7 @@ class S3Store:
                     return published(self.kind, self.uri(name), m).model_copy(update={"revision": rev})
                 log.warning("%s: %s do not match the manifest's checksums: uploading them again", self.uri(name),
                             ", ".join(damaged[:3]))
-            elif old is not None:
+            elif old is not None and self.keep_revisions:
                 keep = self._keep(root, self.revision_root(name, revision_of(old)), old)
                 log.warning("%s: other content under an existing name: publishing it as new revision %s; the previous "
                             "revision %s stays at s3://%s/%s", self.uri(name), rev, revision_of(old), self.bucket, keep)
@@ -376,6 +379,13 @@ class S3Store:
         if bad:
             raise StoreError(f"uploading to {self.where}: {', '.join(bad[:3])} stored with another checksum than the "
                              "manifest's file (changed during the upload, or damaged on the way); not published, rerun")
+
+    def manifest_of(self, name: str) -> dict | None:
+        """The committed manifest of `name`, None when there is none (never uploaded, or not finished)."""
+        try:
+            return self._read_manifest(self._root(name))
+        except Exception as e:  # noqa: BLE001
+            raise self._error(e, f"reading the manifest of {name!r}") from None
 
     def get(self, name: str, dest: Path) -> Path:
         dest = Path(dest)
