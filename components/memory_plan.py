@@ -157,7 +157,8 @@ class MemoryPlan(BaseModel):
     def lines(self) -> list[str]:
         """The plan as a person reads it, sizes in GB."""
         out = [f"weights {_gb(self.weights_bytes)}, one layer {_gb(self.layer_bytes)}, calibration activations "
-               f"{_gb(self.activation_cache_bytes)} (of which the causal mask {_gb(self.mask_cache_bytes)}), GPTQ Hessians per layer {_gb(self.hessian_bytes)}, forward workspace "
+               f"{_gb(self.activation_cache_bytes)} (of which the causal mask {_gb(self.mask_cache_bytes)}), "
+               f"GPTQ Hessians per layer {_gb(self.hessian_bytes)}, forward workspace "
                f"{_gb(self.workspace_bytes)}, checkpoint {_gb(self.checkpoint_bytes)}"]
         if self.placement:
             per_device = ", ".join(f"{k} {_gb(v)}" for k, v in self.devices.items())
@@ -196,9 +197,11 @@ def sizes(shape: ModelShape, calib: Calibration, q: Quantization) -> dict[str, f
     batch_tokens = batch * calib.seq_len
     share = batch / max(calib.num_samples, 1)
     onloaded = (cache["hidden"] + cache["mask"]) * share + cache["in_flight"]
-    workspace = onloaded + batch_tokens * (4 * h + 3 * shape.intermediate) * b + batch * shape.heads * calib.seq_len ** 2 * (b + 4)
+    scores = batch * shape.heads * calib.seq_len ** 2 * (b + 4)  # attention scores and their fp32 softmax
+    workspace = onloaded + batch_tokens * (4 * h + 3 * shape.intermediate) * b + scores
     if q.gptq:
-        workspace += batch_tokens * shape.intermediate * 4 + max(a * a for a, _ in linears) * 4 + max(a * o for a, o in linears) * 4
+        workspace += (batch_tokens * shape.intermediate * 4 + max(a * a for a, _ in linears) * 4
+                      + max(a * o for a, o in linears) * 4)
     hessians = sum(a * a * 4 for a, _ in linears) if q.gptq else 0.0
     quantized_linears = sum(a * o for a, o in linears) * shape.layers
     scales = sum(o * (a // q.group_size if q.group_size else 1) for a, o in linears) * shape.layers * 2

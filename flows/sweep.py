@@ -57,8 +57,9 @@ class SweepSpec(StrictModel):
     work_queue: str | None = Field(None, description="A queue of the deployment's work pool (e.g. a GPU queue); "
                                                      "default: the deployment's.")
     job_variables: dict[str, Any] = Field(
-        default_factory=dict, description="Job variables for each variant run over the deployment's, e.g. "
-                                          "`{\"env\": {\"PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK\": \"s3-bucket/quantflow-results\"}}`.")
+        default_factory=dict,
+        description="Job variables for each variant run over the deployment's, e.g. "
+                    "`{\"env\": {\"PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK\": \"s3-bucket/quantflow-results\"}}`.")
     gpu_node: GpuNode | None = Field(
         None, title="GPU node", description="With `dispatch: deployments` to a Kubernetes GPU pool: the node type the "
                                             "variants run on. Each variant's pod is then sized from its memory plan "

@@ -196,7 +196,8 @@ def test_base_job_templates_are_valid(pool, path):
     jsonschema.Draft202012Validator.check_schema(variables)
     for prop in variables["properties"].values():
         if "default" in prop:
-            jsonschema.validate(prop["default"], {**prop, **{k: variables[k] for k in ("$defs", "definitions") if k in variables}})
+            defs = {k: variables[k] for k in ("$defs", "definitions") if k in variables}
+            jsonschema.validate(prop["default"], {**prop, **defs})
 
 
 def test_kubernetes_template_requests_gpus_on_gpu_nodes_with_the_hf_cache():
