@@ -22,8 +22,9 @@ EVAL_DROP := torchvision torchaudio torchcodec
 UV_INDEXES = $(shell $(PY) requirements/pip_indexes.py)
 LOCK := $(UV) pip compile -q --python $(PY) --generate-hashes --custom-compile-command 'make lock' $(UV_INDEXES)
 # Every tier with its real services (pyproject.toml [tool.pytest.ini_options]): modules spread over two workers, one
-# module's tests on one worker (module fixtures: a worker, deployments, a server).
-PYTEST_ALL := -m 'not slow' -n 2 --dist loadfile --durations=25
+# module's tests on one worker (module fixtures: a worker, deployments, a server), the longest modules first
+# (tests/conftest.py orders them; xdist's own reordering, by number of tests, would leave them for last).
+PYTEST_ALL := -m 'not slow' -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 .PHONY: setup browser run test test-all lock clean
 

@@ -112,12 +112,30 @@ def pytest_collection_modifyitems(config, items):
             for tier in tiers_of(item):
                 item.add_marker(tier)
     default = os.environ.get(_DEFAULT, "")
-    if config.option.markexpr or not default:
-        return
-    keep = [i for i in items if (i.get_closest_marker("unit") if default == "unit" else not i.get_closest_marker("slow"))]
-    if len(keep) < len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
-        items[:] = keep
+    if default and not config.option.markexpr:
+        keep = [i for i in items
+                if (i.get_closest_marker("unit") if default == "unit" else not i.get_closest_marker("slow"))]
+        if len(keep) < len(items):
+            config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+            items[:] = keep
+    _heaviest_modules_first(items)
+
+
+HEAVY = {"flow", "drill", "browser", "vllm"}
+
+
+def _heaviest_modules_first(items: list) -> None:
+    """Modules in the order pytest-xdist hands them out to `make test`'s two workers (one module at a time, with
+    `--no-loadscope-reorder`: its default order, by number of tests, leaves the few long flow modules for last, one
+    worker running them while the other waits): most pipeline runs first, then most server tests, the quick unit
+    modules last to fill in. Within a module, the order as written."""
+    weight: dict[str, list[int]] = {}
+    for item in items:
+        tiers = {m.name for m in item.iter_markers()}
+        w = weight.setdefault(str(item.fspath), [0, 0])
+        w[0] -= bool(HEAVY & tiers)
+        w[1] -= "stack" in tiers
+    items.sort(key=lambda item: (*weight[str(item.fspath)], str(item.fspath)))
 
 
 def pytest_report_header(config):

@@ -675,12 +675,18 @@ def case_home_under_a_file(ctx):
 
 
 def case_hub_unreachable_not_offline(ctx):
+    """huggingface_hub retries a refused connection five times, 1 + 2 + 4 + 8 + 8 s apart: the retries run, their waits
+    are skipped (its module's `time`, whose only use is that sleep)."""
+    import types
+
     from huggingface_hub import constants
+    from huggingface_hub.utils import _http
 
     from servers import free_ports
 
     [port] = free_ports(1)
     dead = f"http://127.0.0.1:{port}"
+    ctx.mp.setattr(_http, "time", types.SimpleNamespace(sleep=lambda seconds: None))
     ctx.mp.setattr(constants, "HF_HUB_OFFLINE", False)
     ctx.mp.setattr(constants, "ENDPOINT", dead)
     ctx.mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")

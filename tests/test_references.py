@@ -66,7 +66,8 @@ def test_unknown_or_malformed_reference_is_a_clear_error(tmp_path):
 
 
 def test_card_marks_a_published_baseline(tmp_path):
-    f = facts(tmp_path).model_copy(update={"baseline_reference": "the seed card"})
+    f = facts(tmp_path)
+    f = f.model_copy(update={"base_eval": f.base_eval.model_copy(update={"reference": "the seed card"})})
     card = render(f)
     assert "it is the published reference (the seed card)" in card
     assert "| Benchmark | Meta-Llama-3.1-70B-Instruct (published) |" in card
