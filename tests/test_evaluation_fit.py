@@ -14,6 +14,7 @@ from components.evaluation.environment import engine_env
 from components.memory_plan import Machine
 from components.messages import Checked
 from components.specs import EvalSpec
+from tiny import config_only_base
 
 CONFIG = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "Meta-Llama-3.1-70B-Instruct.json")
                     .read_text())
@@ -101,19 +102,12 @@ def test_preflight_refuses_a_base_that_does_not_fit_before_any_quantization(tmp_
     """A 70B (config.json and a tokenizer: preflight reads no weights) on one H200, as torch would count it: the
     evaluation fit is one of preflight's problems, so the flow stops before quantizing (it runs preflight first)."""
     import torch
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
 
     from components import memory_plan as mp
     from components.evaluation import engine, environment
     from components.preflight import PreflightError, preflight
 
-    base = tmp_path / "llama-70b"
-    base.mkdir()
-    (base / "config.json").write_text(json.dumps(CONFIG))
-    vocab = {f"t{i}": i for i in range(CONFIG["vocab_size"])}
-    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), unk_token="t0",
-                            eos_token="t1", bos_token="t2").save_pretrained(base)
+    base = config_only_base(tmp_path / "llama-70b", CONFIG)
     monkeypatch.setattr(mp, "machine_now", lambda disk: machine(1, H200))
     monkeypatch.setattr(engine, "detect_platform", lambda: "cuda")
     monkeypatch.setattr(environment, "check", Checked)  # vLLM's environment in place, as on a GPU machine

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from tiny import config_only_base
 
 from components import memory_plan as mp
 from components import pod_limits
@@ -130,20 +131,6 @@ def test_pod_job_variables_read_config_json_from_the_hub_and_size_every_sweep_va
 
 # --- preflight inside a pod -----------------------------------------------------------------------------------------
 
-def _llama_70b(tmp_path: Path) -> Path:
-    """Card 002's base as preflight reads it: config.json and a tokenizer, no weights."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    base = tmp_path / "Llama-3.3-70B-Instruct"
-    base.mkdir()
-    (base / "config.json").write_text(json.dumps(CONFIG))
-    vocab = {f"t{i}": i for i in range(CONFIG["vocab_size"])}
-    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), unk_token="t0",
-                            eos_token="t1", bos_token="t2").save_pretrained(base)
-    return base
-
-
 def test_preflight_in_a_pod_refuses_what_its_limits_cannot_hold_and_passes_a_sized_pod(tmp_path, monkeypatch):
     """Card 002 in a pod on a 2 x H100 node with 2000 GB of RAM and a large disk: under the gpu-k8s deployment's own
     64Gi memory limit and 100Gi of scratch, preflight refuses both, in one line each with the numbers and the fix;
@@ -154,7 +141,7 @@ def test_preflight_in_a_pod_refuses_what_its_limits_cannot_hold_and_passes_a_siz
     from components.evaluation import engine, environment
     from components.messages import Checked
 
-    base = _llama_70b(tmp_path)
+    base = config_only_base(tmp_path / "Llama-3.3-70B-Instruct", CONFIG)
     home, cgroup = tmp_path / "home", tmp_path / "cgroup"
     home.mkdir()
     cgroup.mkdir()

@@ -22,6 +22,22 @@ def save_embedded_tokenizer(out: Path) -> Path:
     return out
 
 
+def config_only_base(out: Path, config: dict) -> Path:
+    """A base as preflight reads it: `config` as config.json and a word-level tokenizer of its vocabulary, no weights
+    (a 70B's shapes in milliseconds)."""
+    import json
+
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(config))
+    vocab = {f"t{i}": i for i in range(config["vocab_size"])}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), unk_token="t0",
+                            eos_token="t1", bos_token="t2").save_pretrained(out)
+    return out
+
+
 def make_embedded_shaped(out: Path, tokenizer_dir: Path) -> Path:
     """A model of the embedded default's architecture and shapes (its config, read from the GGUF) with random bf16
     weights: for checks that read configs and weight-file headers only, without dequantizing the GGUF (~40 s)."""
