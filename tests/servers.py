@@ -6,6 +6,7 @@ Plain functions and context managers (no pytest): ``with seaweed_s3() as s3: ...
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -20,7 +21,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+import httpx
+
 from components.local_stack import stop as stop_process
+
+
+def prefect_api(url: str | None = None) -> httpx.Client:
+    """A client of the Prefect API (the session's server unless `url`) with the retries Prefect's own clients make.
+
+    Under parallel tests the server's SQLite is busy at times and Prefect answers 503 ("Service Unavailable", meant
+    to be retried); workers and flows retry it, and so must a test. Other statuses are returned for the test to read.
+    """
+    from prefect.client.base import PrefectHttpxSyncClient
+
+    return PrefectHttpxSyncClient(base_url=url or os.environ["PREFECT_API_URL"], timeout=30, raise_on_all_errors=False)
 
 
 class S3Server(NamedTuple):

@@ -10,8 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
-import httpx
 import pytest
+from servers import prefect_api
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTFLOW = str(Path(sys.executable).parent / "quantflow")
@@ -29,7 +29,7 @@ def test_deploy_then_status(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "prefect worker start" not in result.stdout + result.stderr, result.stdout
     assert (result.stdout + result.stderr).count("quantflow worker --pool quantflow-local") == 1, result.stdout
-    with httpx.Client(base_url=os.environ["PREFECT_API_URL"]) as api:
+    with prefect_api() as api:
         assert api.get("/work_pools/quantflow-local").json()["concurrency_limit"] == 3  # one variant per GPU
         result = quantflow("deploy")  # unset: no limit (a redeploy lifts an old one)
         assert result.returncode == 0, result.stdout + result.stderr

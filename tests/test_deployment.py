@@ -1,7 +1,6 @@
 """Deploy from infra/prefect.yaml, start a process worker, and launch a run as the UI's Run button does."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import prefect_api
 from tiny import tiny_spec
 
 from components.local_stack import start, stop
@@ -26,7 +26,7 @@ def _prefect(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def api() -> httpx.Client:
-    with httpx.Client(base_url=os.environ["PREFECT_API_URL"], timeout=30) as client:
+    with prefect_api() as client:
         yield client
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from components.local_stack import free_port
+from servers import prefect_api
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,14 +48,16 @@ def test_the_deployments_steps_work_in_a_fresh_shell(tmp_path):
         assert "<html" in httpx.get(f"http://127.0.0.1:{prefect_port}/", timeout=30).text.lower()  # the dashboard
         assert httpx.get(f"http://127.0.0.1:{mlflow_port}/health", timeout=30).status_code == 200
         sh(steps[1])
-        names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()}
+        with prefect_api(api) as client:
+            names = {d["name"] for d in client.post("/deployments/filter", json={}).json()}
         assert {"quantize-variant", "sweep"} <= names, names
 
         worker = subprocess.Popen(["bash", "-c", f"exec {steps[2]}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
         deadline = time.time() + 120
         while time.time() < deadline:
-            workers = httpx.post(f"{api}/work_pools/quantflow-local/workers/filter", json={}, timeout=30).json()
+            with prefect_api(api) as client:
+                workers = client.post("/work_pools/quantflow-local/workers/filter", json={}).json()
             if workers:
                 break
             assert worker.poll() is None, worker.stdout.read()

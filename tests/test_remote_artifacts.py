@@ -7,11 +7,9 @@ deleted, a manifest removed, a file truncated), home C recomputes exactly the da
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from components import artifacts, remote
@@ -19,7 +17,7 @@ from components.digests import sha256_file
 from components.evaluation.serving import ServingResult
 from components.settings import settings
 from components.specs import VariantSpec
-from servers import ensure_bucket, seaweed_s3, use_only_these_aws_credentials
+from servers import ensure_bucket, prefect_api, seaweed_s3, use_only_these_aws_credentials
 from tiny import tiny_spec
 
 BUCKET = "quantflow-artifacts"
@@ -96,7 +94,7 @@ def states(flow_run_id: str, settle_s: float = 60) -> dict[str, list[str]]:
 def logs(flow_run_id: str, marker: str, n: int, settle_s: float = 30) -> list[str]:
     """The flow run's log messages holding `marker`, once at least `n` reached the server (logs are sent in batches)."""
     deadline, found = time.time() + settle_s, []
-    with httpx.Client(base_url=os.environ["PREFECT_API_URL"], timeout=30) as api:
+    with prefect_api() as api:
         while True:
             page, found = None, []
             while page != []:

@@ -5,17 +5,15 @@ comparison equals an in-process sweep's.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
 from components.local_stack import start, stop
-from servers import ensure_bucket, seaweed_s3, use_only_these_aws_credentials
+from servers import ensure_bucket, prefect_api, seaweed_s3, use_only_these_aws_credentials
 from tiny import tiny_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +28,7 @@ def _prefect(*args: str) -> None:
 
 @pytest.fixture
 def api():
-    with httpx.Client(base_url=os.environ["PREFECT_API_URL"], timeout=30) as client:
+    with prefect_api() as client:
         yield client
 
 

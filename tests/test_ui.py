@@ -20,6 +20,7 @@ import pytest
 from browser import choose, form_field, page, select_options, shot
 from components import tracking
 from components.local_stack import start, stop
+from servers import prefect_api
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -29,7 +30,7 @@ SCHEMES = sorted(p.stem for p in (ROOT / "components" / "recipes").glob("*.yaml"
 
 @pytest.fixture(scope="module")
 def api():
-    with httpx.Client(base_url=os.environ["PREFECT_API_URL"], timeout=30) as client:
+    with prefect_api() as client:
         yield client
 
 
