@@ -148,7 +148,7 @@ def test_a_cancelled_run_leaves_the_limit_of_one_intact(api, tmp_path, data_root
         r = api.post(f"/flow_runs/{a}/set_state", json={"state": {"type": "CANCELLING", "name": "Cancelling"}})
         assert r.status_code in (200, 201), r.text
         until(a, {"CANCELLED"})
-        b = run(45)
+        b = run(30)
         until(b, {"RUNNING"})
         c = run(1)
         seen = []
